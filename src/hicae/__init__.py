@@ -1,0 +1,9 @@
+"""hicae: hierarchical in-context autoencoding on Qwen."""
+
+from .config import ICAEConfig
+from .errors import CheckpointError, ConfigError, DataError, HicaeError
+from .memory import Memory
+from .model import ICAE
+
+__version__ = "0.1.0"
+__all__ = ["ICAE", "ICAEConfig", "Memory", "HicaeError", "DataError", "ConfigError", "CheckpointError", "__version__"]

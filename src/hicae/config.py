@@ -1,0 +1,139 @@
+"""Method settings of ICAE, separate from the Trainer's arguments (like peft's ``LoraConfig``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+POSITION_LAYOUTS = ("contiguous", "spread")
+OVERLONG_POLICIES = ("error", "truncate")
+
+
+@dataclass
+class ICAEConfig:
+    mem_size: int = field(
+        default=128,
+        metadata={"help": "k: memory slots per segment (the seed's --fixed_mem_size)."},
+    )
+    compression_rate: int = field(
+        default=4,
+        metadata={"help": "r: mean tokens per slot; a segment holds at most k*r tokens (--mean_compression_rate)."},
+    )
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank of the encoder adapter."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Module names the encoder adapter wraps (the paper: q and v projections)."},
+    )
+    position_layout: str = field(
+        default="contiguous",
+        metadata={
+            "help": "Position ids of memory tokens in the encoder: 'contiguous' (right after the segment's "
+            "tokens, as the reference does for one unpadded segment) or 'spread' (evenly over the "
+            "segment's span, an ablation)."
+        },
+    )
+    model_max_length: int = field(
+        default=5120,
+        metadata={"help": "Longest text (in tokens) that compress() and training accept."},
+    )
+    overlong: str = field(
+        default="error",
+        metadata={"help": "What to do with a text over model_max_length: 'error' (refuse) or 'truncate' (keep the head)."},
+    )
+    compress_batch_tokens: int = field(
+        default=32768,
+        metadata={"help": "Token budget of one encoder batch: segments of all texts are packed up to this many tokens."},
+    )
+    leave_tokens_for_lm: int = field(
+        default=8, metadata={"help": "LM objective: the first N continuation tokens carry no loss."}
+    )
+    min_tokens_for_lm: int = field(
+        default=64, metadata={"help": "LM objective: used only when the continuation would exceed N tokens."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.mem_size < 1:
+            raise ConfigError(f"mem_size must be >= 1, got {self.mem_size}")
+        if self.compression_rate < 1:
+            raise ConfigError(f"compression_rate must be >= 1, got {self.compression_rate}")
+        if self.lora_r < 1:
+            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.position_layout not in POSITION_LAYOUTS:
+            raise ConfigError(f"position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
+        if self.overlong not in OVERLONG_POLICIES:
+            raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
+        if self.model_max_length < 1:
+            raise ConfigError(f"model_max_length must be >= 1, got {self.model_max_length}")
+        if self.compress_batch_tokens < self.segment_tokens + self.mem_size:
+            raise ConfigError(
+                f"compress_batch_tokens ({self.compress_batch_tokens}) must hold at least one segment "
+                f"({self.segment_tokens} tokens + {self.mem_size} memory tokens)"
+            )
+
+    @property
+    def segment_tokens(self) -> int:
+        """Most text tokens one segment holds (k * r)."""
+        return self.mem_size * self.compression_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ICAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown ICAEConfig fields: {unknown}")
+        return cls(**d)
+
+    # Fields that change what a memory slot means; runtime knobs (batch budget, length policy,
+    # LM loss settings) do not, so memory stays valid across them.
+    _MEMORY_FIELDS = ("mem_size", "compression_rate", "lora_r", "lora_alpha", "lora_target_modules", "position_layout")
+
+    def memory_fingerprint(self, base_config: dict[str, Any]) -> str:
+        """A short hash of everything that determines the meaning of the slots."""
+        payload = {
+            "icae": {k: getattr(self, k) for k in self._MEMORY_FIELDS},
+            "base": {k: base_config.get(k) for k in BASE_SHAPE_KEYS},
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Keys of the base model's config that a checkpoint and a memory file must agree on.
+BASE_SHAPE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "head_dim",
+    "rope_theta",
+    "tie_word_embeddings",
+)
+
+
+def base_shape(config: Any) -> dict[str, Any]:
+    """The shape-defining fields of a transformers config (missing ones are None)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    out = {k: d.get(k) for k in BASE_SHAPE_KEYS}
+    if out["rope_theta"] is None:  # transformers 5 keeps it under rope_parameters
+        rp = d.get("rope_parameters") or {}
+        out["rope_theta"] = rp.get("rope_theta") if isinstance(rp, dict) else None
+    return out
+
+
+def shape_mismatches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    return [f"{k}: expected {expected.get(k)!r}, got {actual.get(k)!r}" for k in BASE_SHAPE_KEYS if expected.get(k) != actual.get(k)]

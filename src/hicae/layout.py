@@ -1,0 +1,92 @@
+"""Sequence layouts of the encoder and decoder, as plain id lists.
+
+Both sides use negative *placeholder ids* for positions whose embedding is not a vocabulary
+token: the model replaces them (see ``ICAE._embed``). Keeping layouts as id lists lets the
+training collator and inference share one code path, and makes them easy to test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Placeholder ids. Vocabulary ids are >= 0.
+MEM = -1  # encoder: a memory token (the j-th of a row's k memory tokens, in order)
+SLOT = -1  # decoder: a memory slot (filled in order with the example's slots)
+AE = -2  # decoder: the [AE] task embedding (reconstruct)
+LM = -3  # decoder: the [LM] task embedding (continue)
+FT = -4  # decoder: the [FT] task embedding (instruction)
+TASK_IDS = {"ae": AE, "lm": LM, "ft": FT}
+IGNORE = -100  # label of positions without loss
+
+
+def segment_lengths(num_tokens: int, mem_size: int, compression_rate: int) -> list[int]:
+    """Cut ``num_tokens`` into ``n = ceil(L / (k*r))`` segments of ``ceil(L / n)`` tokens (the last may be shorter).
+
+    This is the reference's multi-span rule; for every L >= 1 it yields exactly n non-empty segments.
+    """
+    if num_tokens < 1:
+        raise ValueError("a text must have at least one token")
+    n = math.ceil(num_tokens / (mem_size * compression_rate))
+    size = math.ceil(num_tokens / n)
+    lengths = [size] * (num_tokens // size)
+    if num_tokens % size:
+        lengths.append(num_tokens % size)
+    assert len(lengths) == n, (num_tokens, mem_size, compression_rate)
+    return lengths
+
+
+@dataclass
+class EncoderRows:
+    """Flattened encoder input: one row per segment, over all texts of a batch."""
+
+    rows: list[list[int]]  # each: segment token ids followed by k MEM placeholders
+    text_lengths: list[int]  # tokens per segment (without memory tokens), one per row
+    segments_per_text: list[int]  # how many rows belong to each text, in order
+
+
+def encoder_rows(token_lists: list[list[int]], mem_size: int, compression_rate: int) -> EncoderRows:
+    rows: list[list[int]] = []
+    seg_lens: list[int] = []
+    counts: list[int] = []
+    for ids in token_lists:
+        start = 0
+        lengths = segment_lengths(len(ids), mem_size, compression_rate)
+        for n in lengths:
+            rows.append(list(ids[start : start + n]) + [MEM] * mem_size)
+            seg_lens.append(n)
+            start += n
+        counts.append(len(lengths))
+    return EncoderRows(rows, seg_lens, counts)
+
+
+def encoder_position_ids(seg_len: int, mem_size: int, layout: str) -> list[int]:
+    """Position ids of one encoder row (segment then memory tokens).
+
+    ``contiguous``: 0..seg_len+k-1, what the reference computes for a single unpadded segment.
+    ``spread``: memory token j sits at the centre of the j-th of k equal parts of the segment.
+    """
+    text = list(range(seg_len))
+    if layout == "contiguous":
+        return text + list(range(seg_len, seg_len + mem_size))
+    if layout == "spread":
+        return text + [min(seg_len - 1, int((j + 0.5) * seg_len / mem_size)) for j in range(mem_size)]
+    raise ValueError(f"unknown position layout {layout!r}")
+
+
+@dataclass
+class DecoderExample:
+    """One decoder sequence: ``ids`` (vocabulary ids and placeholders) and its ``labels``."""
+
+    ids: list[int]
+    labels: list[int]
+
+
+def with_target(prefix: list[int], target: list[int], loss_from: int = 0) -> DecoderExample:
+    """``prefix + target`` with loss on ``target[loss_from:]``.
+
+    ``labels[i]`` is the token at position ``i`` (unshifted, as transformers expects); the loss
+    predicts it from position ``i - 1``.
+    """
+    labels = [IGNORE] * (len(prefix) + loss_from) + list(target[loss_from:])
+    return DecoderExample(list(prefix) + list(target), labels)

@@ -1,0 +1,135 @@
+"""Compressed contexts: the memory slots of each text, with the metadata that says what made them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+from .fileio import atomic_path
+
+FORMAT = "hicae-memory"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Memory:
+    """Slots of a batch of texts.
+
+    ``slots[i]`` is a ``[num_slots_i, D]`` tensor: text ``i``'s segments' slots, concatenated in text
+    order. Texts of different lengths have different slot counts, so a list (not a padded tensor).
+    """
+
+    slots: list[torch.Tensor]
+    num_tokens: list[int]  # text tokens each entry stands for
+    num_segments: list[int]
+    base_model: str
+    fingerprint: str
+    mem_size: int
+    compression_rate: int
+    levels: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.slots)
+        if not (len(self.num_tokens) == len(self.num_segments) == n):
+            raise ValueError("slots, num_tokens and num_segments must have one entry per text")
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    @property
+    def num_slots(self) -> list[int]:
+        return [int(s.shape[0]) for s in self.slots]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.slots[0].shape[-1]) if self.slots else 0
+
+    def _with(self, slots: list[torch.Tensor], idx: list[int]) -> "Memory":
+        return Memory(
+            slots,
+            [self.num_tokens[i] for i in idx],
+            [self.num_segments[i] for i in idx],
+            self.base_model,
+            self.fingerprint,
+            self.mem_size,
+            self.compression_rate,
+            self.levels,
+            dict(self.extra),
+        )
+
+    def __getitem__(self, i: int | slice | list[int]) -> "Memory":
+        if isinstance(i, int):
+            idx = [range(len(self))[i]]
+        elif isinstance(i, slice):
+            idx = list(range(len(self)))[i]
+        else:
+            idx = list(i)
+        return self._with([self.slots[j] for j in idx], idx)
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Memory":
+        return self._with([s.to(device=device, dtype=dtype) for s in self.slots], list(range(len(self))))
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "base_model": self.base_model,
+            "fingerprint": self.fingerprint,
+            "mem_size": str(self.mem_size),
+            "compression_rate": str(self.compression_rate),
+            "levels": str(self.levels),
+            "num_tokens": json.dumps(self.num_tokens),
+            "num_segments": json.dumps(self.num_segments),
+            "extra": json.dumps(self.extra),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a safetensors file atomically (no partial file is left on failure)."""
+        tensors = {f"slots.{i}": s.detach().contiguous().cpu() for i, s in enumerate(self.slots)}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=self.metadata())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: Any = "cpu") -> "Memory":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such memory file")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise CheckpointError(f"{path}: not a hicae memory file (metadata format={meta.get('format')!r})")
+                if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+                    raise CheckpointError(f"{path}: memory format {meta['format_version']} is newer than this hicae reads")
+                n = len(json.loads(meta["num_tokens"]))
+                keys = set(f.keys())
+                expected = {f"slots.{i}" for i in range(n)}
+                if keys != expected:
+                    raise CheckpointError(
+                        f"{path}: tensors {sorted(keys ^ expected)} are missing or unexpected for {n} texts"
+                    )
+                slots = [f.get_tensor(f"slots.{i}") for i in range(n)]
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors' header errors, bad JSON
+            raise CheckpointError(f"{path}: cannot read memory file: {e}") from e
+        return cls(
+            slots,
+            json.loads(meta["num_tokens"]),
+            json.loads(meta["num_segments"]),
+            meta["base_model"],
+            meta["fingerprint"],
+            int(meta["mem_size"]),
+            int(meta["compression_rate"]),
+            int(meta.get("levels", 1)),
+            json.loads(meta.get("extra", "{}")),
+        )

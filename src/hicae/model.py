@@ -1,0 +1,393 @@
+"""The In-Context Autoencoder on a Qwen (or any decoder-only transformers) model.
+
+Encoder: the LLM with a LoRA adapter reads ``segment + k memory tokens``; the final hidden states
+(after the final norm) at the memory positions are that segment's slots. Decoder: the same LLM
+without the adapter, reading ``slots + task embedding + tokens`` as input embeddings.
+
+One copy of the weights: the decoder is a *twin* module tree whose parameters are the very
+tensors of the base model (see ``twin_module``). It has no LoRA layers at all, so it is correct
+under gradient checkpointing, where peft's ``disable_adapter()`` context would already have
+exited when the backward pass recomputes the decoder's layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .batching import DecoderBatch, EncoderBatch, budget_chunks, pad_decoder, pad_encoder
+from .config import ICAEConfig, base_shape
+from .errors import CheckpointError, DataError
+from .layout import AE, FT, IGNORE, LM, MEM, SLOT, DecoderExample, encoder_position_ids, encoder_rows, with_target
+from .memory import Memory
+from .tokens import SpecialTokens, tokenize
+
+TASKS = ("ae", "lm", "ft")
+_CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
+
+
+def twin_module(module: nn.Module) -> nn.Module:
+    """A second module tree that holds the *same* parameter and buffer tensors (zero copy).
+
+    Later in-place changes to ``module``'s structure (peft replacing ``q_proj`` by a LoRA wrapper)
+    do not reach the twin, while the weights stay one set of tensors.
+    """
+    twin = copy.copy(module)
+    for k, v in list(vars(module).items()):
+        if isinstance(v, (dict, OrderedDict, set)):  # _parameters, _buffers, _modules, hook dicts
+            setattr(twin, k, copy.copy(v))
+    twin._modules = OrderedDict((k, twin_module(m) if m is not None else None) for k, m in module._modules.items())
+    return twin
+
+
+class ICAE(nn.Module):
+    def __init__(self, base_model: nn.Module, tokenizer: Any, config: ICAEConfig | None = None, *, share_decoder: bool = True):
+        """Wrap an already-built causal LM; no I/O. The base model is frozen and gets a LoRA adapter in place.
+
+        ``share_decoder=False`` makes the decoder an independent deep copy (the reference's
+        two-copies design); it exists as a baseline for tests and benchmarks.
+        """
+        super().__init__()
+        self.icae_config = config or ICAEConfig()
+        self.tokenizer = tokenizer
+        self.base_model_name = str(getattr(base_model.config, "_name_or_path", "") or "")
+        self.tokens = SpecialTokens.from_tokenizer(tokenizer, getattr(base_model, "generation_config", None))
+        base_model.requires_grad_(False)
+        self.decoder = twin_module(base_model) if share_decoder else copy.deepcopy(base_model)
+        cfg = self.icae_config
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            bias="none",
+        )
+        self.encoder = get_peft_model(base_model, lora)
+        emb = base_model.get_input_embeddings().weight
+        D = emb.shape[1]
+        std = float(emb.detach().float().std())
+        g = torch.Generator().manual_seed(0)
+        # Trainable embeddings live in fp32 (like peft's adapter weights) and are cast on use.
+        self.mem_embeddings = nn.Parameter(torch.randn(cfg.mem_size, D, generator=g).mul_(std).to(emb.device))  # [k, D]
+        self.task_embeddings = nn.Parameter(torch.randn(len(TASKS), D, generator=g).mul_(std).to(emb.device))  # [3, D]
+        self.hidden_size = D
+        self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config))
+
+    # ---- construction and I/O live in checkpoint.py; thin aliases here -------------------------
+
+    @classmethod
+    def from_base(cls, name_or_path: str, config: ICAEConfig | None = None, **kwargs: Any) -> "ICAE":
+        from .checkpoint import load_base
+
+        base, tok = load_base(name_or_path, **kwargs)
+        return cls(base, tok, config)
+
+    @classmethod
+    def from_pretrained(cls, path: str, base_model: nn.Module | None = None, tokenizer: Any = None, **kwargs: Any) -> "ICAE":
+        from .checkpoint import load_icae
+
+        return load_icae(path, base_model=base_model, tokenizer=tokenizer, **kwargs)
+
+    def save_pretrained(self, path: str, save_base: bool = False) -> None:
+        from .checkpoint import save_icae
+
+        save_icae(self, path, save_base=save_base)
+
+    # ---- properties ----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.mem_embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.get_input_embeddings().weight.dtype
+
+    @property
+    def base_config(self) -> Any:
+        return self.decoder.config
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        # Non-reentrant checkpointing: the inputs (embeddings of a frozen table) need no grad.
+        kw = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.encoder.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.encoder.get_base_model().gradient_checkpointing_disable()
+        self.decoder.gradient_checkpointing_disable()
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was)
+
+    # ---- embeddings ------------------------------------------------------------------------------
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embed vocabulary ids; placeholders get a zero row for now.  ids: [B, T] -> [B, T, D]"""
+        return self.decoder.get_input_embeddings()(ids.clamp(min=0))
+
+    def _encoder_embeds(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self._embed(ids)  # [R, T, D]
+        R = ids.shape[0]
+        mem = self.mem_embeddings.to(x.dtype).unsqueeze(0).expand(R, -1, -1)  # [R, k, D]
+        # Each row has exactly k MEM placeholders, in order: row-major scatter places mem j at the j-th.
+        return x.masked_scatter((ids == MEM).unsqueeze(-1), mem)
+
+    def _decoder_embeds(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """ids: [B, T] with SLOT and task placeholders; slots: [S, D], every example's slots in order."""
+        x = self._embed(ids)  # [B, T, D]
+        n_slot = int((ids == SLOT).sum())
+        if n_slot != slots.shape[0]:
+            raise ValueError(f"decoder layout has {n_slot} slot positions but {slots.shape[0]} slots were given")
+        x = x.masked_scatter((ids == SLOT).unsqueeze(-1), slots.to(x.dtype))
+        task = self.task_embeddings.to(x.dtype)
+        for j, tid in enumerate((AE, LM, FT)):
+            x = torch.where((ids == tid).unsqueeze(-1), task[j], x)
+        return x
+
+    # ---- encoder ---------------------------------------------------------------------------------
+
+    def _encoder_positions(self, seg_lens: torch.Tensor, width: int) -> torch.Tensor:
+        k = self.icae_config.mem_size
+        rows = []
+        for n in seg_lens.tolist():
+            p = encoder_position_ids(n, k, self.icae_config.position_layout)
+            rows.append(p + [0] * (width - len(p)))
+        return torch.tensor(rows, dtype=torch.long)
+
+    def encode_rows(self, batch: EncoderBatch) -> torch.Tensor:
+        """Run the encoder on segment rows and return their slots: [R, k, D].
+
+        Rows are packed into chunks of at most ``compress_batch_tokens`` tokens (longest first),
+        each chunk trimmed to its own longest row.
+        """
+        k = self.icae_config.mem_size
+        lengths = (batch.seg_lens + k).tolist()
+        backbone = self.encoder.get_base_model().model
+        out: list[torch.Tensor | None] = [None] * len(lengths)
+        for chunk in budget_chunks(lengths, self.icae_config.compress_batch_tokens):
+            width = max(lengths[i] for i in chunk)
+            idx = torch.tensor(chunk)
+            ids = batch.ids[idx, :width].to(self.device)  # [C, W]
+            seg = batch.seg_lens[idx]
+            pos = self._encoder_positions(seg, width).to(self.device)  # [C, W]
+            mask = (torch.arange(width).unsqueeze(0) < (seg + k).unsqueeze(1)).long().to(self.device)
+            hidden = backbone(
+                inputs_embeds=self._encoder_embeds(ids), attention_mask=mask, position_ids=pos, use_cache=False
+            ).last_hidden_state  # [C, W, D], after the final norm
+            gather = (seg.unsqueeze(1) + torch.arange(k)).to(self.device)  # [C, k]
+            slots = hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [C, k, D]
+            for j, i in enumerate(chunk):
+                out[i] = slots[j]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def prepare_texts(self, texts: list[str] | str) -> list[list[int]]:
+        """Tokenize, rejecting empty texts and applying the over-length policy."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise DataError("no texts to compress")
+        ids = tokenize(self.tokenizer, texts)
+        return [self.check_length(x, where=f"text {i}") for i, x in enumerate(ids)]
+
+    def check_length(self, ids: list[int], where: str) -> list[int]:
+        cfg = self.icae_config
+        if not ids:
+            raise DataError(f"{where} is empty: there is nothing to compress")
+        if len(ids) > cfg.model_max_length:
+            if cfg.overlong == "truncate":
+                return ids[: cfg.model_max_length]
+            raise DataError(
+                f"{where} has {len(ids)} tokens, over model_max_length={cfg.model_max_length}; "
+                "raise --model_max_length, or pass --overlong truncate to keep the first tokens"
+            )
+        return ids
+
+    def compress_ids(self, token_lists: list[list[int]]) -> Memory:
+        cfg = self.icae_config
+        rows = encoder_rows(token_lists, cfg.mem_size, cfg.compression_rate)
+        batch = pad_encoder(rows, self.tokens.pad_id)
+        slots = self.encode_rows(batch)  # [R, k, D]
+        per_text = list(torch.split(slots, rows.segments_per_text))
+        return Memory(
+            [s.reshape(-1, s.shape[-1]) for s in per_text],  # [n_i * k, D]
+            [len(x) for x in token_lists],
+            rows.segments_per_text,
+            self.base_model_name,
+            self.fingerprint,
+            cfg.mem_size,
+            cfg.compression_rate,
+        )
+
+    def compress(self, texts: list[str] | str) -> Memory:
+        """Compress texts (batched over all their segments) into memory slots."""
+        ids = self.prepare_texts(texts)
+        with self._eval_mode():
+            return self.compress_ids(ids)
+
+    def check_memory(self, mem: Memory) -> None:
+        problems = []
+        if mem.fingerprint != self.fingerprint:
+            problems.append(f"config fingerprint {mem.fingerprint} != this model's {self.fingerprint}")
+        if mem.base_model != self.base_model_name:
+            problems.append(f"base model {mem.base_model!r} != this model's {self.base_model_name!r}")
+        if mem.hidden_size != self.hidden_size:
+            problems.append(f"slot width {mem.hidden_size} != hidden size {self.hidden_size}")
+        if problems:
+            raise CheckpointError(
+                "this memory was made by another model or config (mem_size, compression_rate, "
+                "LoRA or base shape differ): " + "; ".join(problems)
+            )
+
+    # ---- training forward ------------------------------------------------------------------------
+
+    def forward(
+        self,
+        enc_ids: torch.Tensor,
+        enc_seg_lens: torch.Tensor,
+        dec_ids: torch.Tensor,
+        dec_labels: torch.Tensor,
+        dec_mask: torch.Tensor,
+        task: torch.Tensor | None = None,
+        segments_per_example: torch.Tensor | None = None,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Loss of a collated batch (see ``data.Collator``): mean over all labelled tokens.
+
+        Also returns per-task token-loss sums and counts (``ae_loss_sum``, ``ae_tokens``, ...) so the
+        trainer can log AE and LM losses separately.
+        """
+        spe = segments_per_example.tolist() if segments_per_example is not None else []
+        slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
+        slots = slots.reshape(-1, slots.shape[-1])  # [R*k, D]
+        embeds = self._decoder_embeds(dec_ids, slots)
+        hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, use_cache=False).last_hidden_state
+        tok_loss, rows = self._labelled_loss(hidden, dec_labels)  # [N], [N]
+        out: dict[str, torch.Tensor] = {"loss": tok_loss.sum() / max(1, tok_loss.numel())}
+        if task is not None:
+            ex_task = task.to(rows.device)[rows]  # [N]
+            for j, name in enumerate(TASKS):
+                sel = ex_task == j
+                out[f"{name}_loss_sum"] = tok_loss.detach()[sel].sum()
+                out[f"{name}_tokens"] = sel.sum()
+        return out
+
+    def _labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token cross-entropy only at labelled positions.  hidden: [B, T, D] -> losses [N], example index [N].
+
+        Logits are computed in chunks under checkpointing, so the [N, V] logits of Qwen's 152k
+        vocabulary are never all alive, neither forward nor backward.
+        """
+        target = labels[:, 1:]  # position i predicts token i+1
+        sel = target != IGNORE  # [B, T-1]
+        h = hidden[:, :-1][sel]  # [N, D]
+        y = target[sel]  # [N]
+        rows = sel.nonzero()[:, 0]
+        head = self.decoder.get_output_embeddings()
+        losses = []
+        for s in range(0, h.shape[0], _CE_CHUNK):
+            hs, ys = h[s : s + _CE_CHUNK], y[s : s + _CE_CHUNK]
+            if torch.is_grad_enabled() and hs.requires_grad:
+                losses.append(checkpoint(_ce, head, hs, ys, use_reentrant=False))
+            else:
+                losses.append(_ce(head, hs, ys))
+        if not losses:
+            return hidden.new_zeros(0, dtype=torch.float32), rows
+        return torch.cat(losses), rows
+
+    # ---- decoding ----------------------------------------------------------------------------------
+
+    def _generate(self, mem: Memory, examples: list[DecoderExample], max_new_tokens: int, **gen_kwargs: Any) -> list[list[int]]:
+        """Greedy (or sampled, via ``gen_kwargs``) decoding from slot-prefixed layouts, batched with left padding."""
+        self.check_memory(mem)
+        batch = pad_decoder(examples, self.tokens.pad_id, side="left")
+        slots = torch.cat([s.to(self.device) for s in mem.slots])
+        with self._eval_mode():
+            embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
+            kwargs = {"do_sample": False, **gen_kwargs}
+            if not kwargs["do_sample"]:  # silence the base model's sampling defaults
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            out = self.decoder.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch.attention_mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.tokens.stop_ids,
+                pad_token_id=self.tokens.pad_id,
+                **kwargs,
+            )
+        stops = set(self.tokens.stop_ids)
+        result = []
+        for row in out.tolist():  # only new tokens: generate was given embeddings, no ids
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            result.append(row[:cut])
+        return result
+
+    def _broadcast(self, mem: Memory, prompts: list[str] | str | None) -> tuple[Memory, list[str]]:
+        if prompts is None:
+            return mem, []
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(mem)
+        if len(mem) == 1 and len(prompts) > 1:  # many questions about one memory
+            mem = mem[[0] * len(prompts)]
+        if len(prompts) != len(mem):
+            raise DataError(f"{len(prompts)} prompts for {len(mem)} memories: give one prompt per memory, or one memory")
+        return mem, list(prompts)
+
+    def generate_ids(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[list[int]]:
+        mem, prompts = self._broadcast(mem, prompts)
+        exs = [self.tokens.ft_example(n, p, None) for n, p in zip(mem.num_slots, prompts)]
+        return self._generate(mem, exs, max_new_tokens, **gen_kwargs)
+
+    def generate(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
+        """Answer prompts about compressed texts, in the base model's chat format."""
+        return self._decode(self.generate_ids(mem, prompts, max_new_tokens, **gen_kwargs))
+
+    def reconstruct_ids(self, mem: Memory, max_new_tokens: int | None = None, **gen_kwargs: Any) -> list[list[int]]:
+        exs = [with_target([SLOT] * n + [AE], []) for n in mem.num_slots]
+        limit = max_new_tokens or max(mem.num_tokens) + 8
+        return self._generate(mem, exs, limit, **gen_kwargs)
+
+    def reconstruct(self, mem: Memory, max_new_tokens: int | None = None, **gen_kwargs: Any) -> list[str]:
+        """[AE] decoding: the texts back from their memory."""
+        return self._decode(self.reconstruct_ids(mem, max_new_tokens, **gen_kwargs))
+
+    def continue_ids(self, mem: Memory, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[list[int]]:
+        exs = [with_target([SLOT] * n + [LM], []) for n in mem.num_slots]
+        return self._generate(mem, exs, max_new_tokens, **gen_kwargs)
+
+    def continue_text(self, mem: Memory, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
+        """[LM] decoding: continue each text from its memory."""
+        return self._decode(self.continue_ids(mem, max_new_tokens, **gen_kwargs))
+
+    def _decode(self, ids: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    # ---- layouts for training examples ---------------------------------------------------------------
+
+    def ae_example(self, num_slots: int, text_ids: list[int]) -> DecoderExample:
+        return with_target([SLOT] * num_slots + [AE], list(text_ids) + [self.tokens.eos_id])
+
+    def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
+        return with_target([SLOT] * num_slots + [LM], continuation, loss_from=self.icae_config.leave_tokens_for_lm)
+
+
+def _ce(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(h).float(), y, reduction="none")

@@ -1,0 +1,43 @@
+"""Tiny random Qwen2 / Qwen3 models built in-process (tests, the demo, CPU benchmarks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def tiny_config(arch: str = "qwen3", vocab_size: int = 151936, **overrides: Any):
+    """A small config of the real architecture. ``vocab_size`` must cover the tokenizer (Qwen: 151,669 ids)."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
+    common.update(overrides)
+    if arch == "qwen3":
+        common.setdefault("head_dim", common["hidden_size"] // common["num_attention_heads"])
+        return Qwen3Config(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(f"unknown tiny architecture {arch!r} (qwen2, qwen3)")
+
+
+def tiny_model(arch: str = "qwen3", seed: int = 0, dtype: torch.dtype = torch.float32, attn: str = "sdpa", **overrides: Any):
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(arch, **overrides)
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.config._name_or_path = f"tiny-{arch}"
+    return model.eval()

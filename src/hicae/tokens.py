@@ -1,0 +1,110 @@
+"""Every special token and the chat format, read from the tokenizer (nothing hard-coded to one model).
+
+Qwen has no BOS token; its EOS is ``<|endoftext|>`` for base tokenizers and ``<|im_end|>`` for chat
+ones, and Qwen2.5 and Qwen3 chat templates differ (default system prompt; thinking tags). So we
+render the tokenizer's own template around a placeholder and split there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .layout import FT, SLOT, DecoderExample, with_target
+
+# A string no template alters and no text contains; the memory slots go where it renders.
+PLACEHOLDER = "\u2063HICAE_MEMORY\u2063"
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _as_list(x: Any) -> list[int]:
+    if x is None:
+        return []
+    if isinstance(x, int):
+        return [x]
+    return [int(i) for i in x]
+
+
+@dataclass
+class SpecialTokens:
+    """Ids and chat pieces of one tokenizer (and the base model's generation config)."""
+
+    eos_id: int  # ends an [AE] reconstruction: the tokenizer's EOS
+    pad_id: int
+    stop_ids: list[int]  # generation stops on any of these
+    chat_end_id: int | None  # ends an assistant turn in the chat template (Qwen: <|im_end|>)
+    tokenizer: Any = field(repr=False)
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, generation_config: Any = None) -> "SpecialTokens":
+        eos = tokenizer.eos_token_id
+        gen_eos = _as_list(getattr(generation_config, "eos_token_id", None))
+        if eos is None:
+            if not gen_eos:
+                raise ConfigError("the tokenizer has no EOS token and the model's generation config names none")
+            eos = gen_eos[0]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        # Qwen3's template takes enable_thinking; answers from memory are non-thinking. Other
+        # templates ignore unknown kwargs.
+        chat_kwargs = {"enable_thinking": False}
+        chat_end = cls._find_chat_end(tokenizer, chat_kwargs)
+        stops = [eos] + gen_eos + ([chat_end] if chat_end is not None else [])
+        stop_ids = list(dict.fromkeys(stops))  # unique, ordered
+        return cls(eos, pad, stop_ids, chat_end, tokenizer, chat_kwargs)
+
+    @staticmethod
+    def _find_chat_end(tokenizer: Any, chat_kwargs: dict[str, Any]) -> int | None:
+        """The special token that closes an assistant turn, read off a rendering of the template."""
+        if not getattr(tokenizer, "chat_template", None):
+            return None
+        msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": PLACEHOLDER}]
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, **chat_kwargs)
+        after = text.split(PLACEHOLDER, 1)[1] if PLACEHOLDER in text else ""
+        ids = _ids(tokenizer, after)
+        special = set(tokenizer.all_special_ids)
+        if ids and ids[0] in special:
+            return ids[0]
+        return tokenizer.eos_token_id
+
+    # ---- chat layout -------------------------------------------------------------------------
+
+    def chat_pieces(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the memory in a chat turn whose user content is ``<memory><prompt>``.
+
+        The sequence is ``before + [slots] + [FT] + after``; ``after`` holds the prompt and the
+        template's generation prompt (for Qwen3: the empty think block, thinking off).
+        """
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ConfigError(
+                "the tokenizer has no chat template, so prompts cannot be formatted; "
+                "use a chat (Instruct) tokenizer or set tokenizer.chat_template"
+            )
+        msgs = [{"role": "user", "content": PLACEHOLDER + prompt}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **self.chat_kwargs)
+        if text.count(PLACEHOLDER) != 1:
+            raise ConfigError("the chat template does not render the user message verbatim; cannot place the memory")
+        before, after = text.split(PLACEHOLDER)
+        return _ids(tok, before), _ids(tok, after)
+
+    def answer_end(self) -> list[int]:
+        return [self.chat_end_id] if self.chat_end_id is not None else [self.eos_id]
+
+    def ft_example(self, num_slots: int, prompt: str, answer_ids: list[int] | None) -> DecoderExample:
+        """Decoder sequence of an instruction: chat(``[slots] [FT] prompt``) then ``answer <end>`` with loss on it."""
+        before, after = self.chat_pieces(prompt)
+        prefix = before + [SLOT] * num_slots + [FT] + after
+        target = [] if answer_ids is None else list(answer_ids) + self.answer_end()
+        return with_target(prefix, target)
+
+
+def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens (Qwen has no BOS)."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
