@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from .config import ICAEConfig, base_shape, shape_mismatches
 from .errors import CheckpointError
-from .fileio import atomic_dir
+from .fileio import staged_dir
 
 CONFIG_FILE = "hicae_config.json"
 EMBED_FILE = "icae_embeddings.safetensors"
@@ -63,9 +63,9 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
 
 
 def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
-    """Write a checkpoint directory atomically (a failed save leaves the old one intact)."""
+    """Write a checkpoint into ``path`` (staged, so a failed save leaves the old files intact)."""
     path = Path(path)
-    with atomic_dir(path) as tmp:
+    with staged_dir(path) as tmp:
         meta = {
             "format_version": FORMAT_VERSION,
             "icae": model.icae_config.to_dict(),
@@ -110,6 +110,8 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     meta = read_checkpoint_config(path)
     if base_model is None:
         src = str(path / BASE_DIR) if meta.get("has_base") else meta["base_model"]
+        if not src:
+            raise CheckpointError(f"{path}: the checkpoint names no base model; pass base_model and tokenizer")
         base_model, loaded_tok = load_base(src, **load_kwargs)
         tokenizer = tokenizer or loaded_tok
     elif tokenizer is None:

@@ -18,11 +18,14 @@ OVERLONG_POLICIES = ("error", "truncate")
 class ICAEConfig:
     mem_size: int = field(
         default=128,
-        metadata={"help": "k: memory slots per segment (the seed's --fixed_mem_size)."},
+        metadata={"help": "k: memory slots per segment.", "aliases": ["--fixed_mem_size"]},
     )
     compression_rate: int = field(
         default=4,
-        metadata={"help": "r: mean tokens per slot; a segment holds at most k*r tokens (--mean_compression_rate)."},
+        metadata={
+            "help": "r: mean tokens per slot; a segment holds at most k*r tokens.",
+            "aliases": ["--mean_compression_rate"],
+        },
     )
     lora_r: int = field(default=128, metadata={"help": "LoRA rank of the encoder adapter."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})

@@ -90,3 +90,13 @@ def with_target(prefix: list[int], target: list[int], loss_from: int = 0) -> Dec
     """
     labels = [IGNORE] * (len(prefix) + loss_from) + list(target[loss_from:])
     return DecoderExample(list(prefix) + list(target), labels)
+
+
+def ae_example(num_slots: int, text_ids: list[int], eos_id: int) -> DecoderExample:
+    """``[slots] [AE] text EOS`` with loss on ``text EOS``."""
+    return with_target([SLOT] * num_slots + [AE], list(text_ids) + [eos_id])
+
+
+def lm_example(num_slots: int, continuation: list[int], leave_tokens: int) -> DecoderExample:
+    """``[slots] [LM] continuation`` with loss on the continuation but its first ``leave_tokens``."""
+    return with_target([SLOT] * num_slots + [LM], continuation, loss_from=leave_tokens)

@@ -26,7 +26,20 @@ from torch.utils.checkpoint import checkpoint
 from .batching import DecoderBatch, EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .errors import CheckpointError, DataError
-from .layout import AE, FT, IGNORE, LM, MEM, SLOT, DecoderExample, encoder_position_ids, encoder_rows, with_target
+from .layout import (
+    AE,
+    FT,
+    IGNORE,
+    LM,
+    MEM,
+    SLOT,
+    DecoderExample,
+    ae_example,
+    encoder_position_ids,
+    encoder_rows,
+    lm_example,
+    with_target,
+)
 from .memory import Memory
 from .tokens import SpecialTokens, tokenize
 
@@ -302,10 +315,12 @@ class ICAE(nn.Module):
         y = target[sel]  # [N]
         rows = sel.nonzero()[:, 0]
         head = self.decoder.get_output_embeddings()
+        vocab = head.weight.shape[0]
         losses = []
         for s in range(0, h.shape[0], _CE_CHUNK):
             hs, ys = h[s : s + _CE_CHUNK], y[s : s + _CE_CHUNK]
-            if torch.is_grad_enabled() and hs.requires_grad:
+            # Recomputing logits in backward only pays when they are big (> 2^26 floats).
+            if torch.is_grad_enabled() and hs.requires_grad and hs.shape[0] * vocab > (1 << 26):
                 losses.append(checkpoint(_ce, head, hs, ys, use_reentrant=False))
             else:
                 losses.append(_ce(head, hs, ys))
@@ -383,10 +398,10 @@ class ICAE(nn.Module):
     # ---- layouts for training examples ---------------------------------------------------------------
 
     def ae_example(self, num_slots: int, text_ids: list[int]) -> DecoderExample:
-        return with_target([SLOT] * num_slots + [AE], list(text_ids) + [self.tokens.eos_id])
+        return ae_example(num_slots, text_ids, self.tokens.eos_id)
 
     def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
-        return with_target([SLOT] * num_slots + [LM], continuation, loss_from=self.icae_config.leave_tokens_for_lm)
+        return lm_example(num_slots, continuation, self.icae_config.leave_tokens_for_lm)
 
 
 def _ce(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

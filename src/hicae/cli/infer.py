@@ -1,0 +1,105 @@
+"""``hicae compress`` (texts -> memory file) and ``hicae generate`` (memory file -> answers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import load_base, load_icae
+from ..data import PRETRAIN_FIELDS, iter_jsonl
+from ..errors import DataError
+from ..fileio import write_text_atomic
+from ..memory import Memory
+from .common import pick_device
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="hicae checkpoint directory (from pretrain/finetune)")
+    p.add_argument("--model_name_or_path", default=None, help="base model to use instead of the one the checkpoint names")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
+    device = pick_device(args.device)
+    base = tok = None
+    if args.model_name_or_path:
+        base, tok = load_base(args.model_name_or_path, dtype=args.dtype, device=device)
+    return load_icae(args.checkpoint, base_model=base, tokenizer=tok, config_overrides=overrides,
+                     dtype=args.dtype, device=device)
+
+
+def read_texts(path: str) -> list[str]:
+    """A ``.jsonl`` file gives one text per record (field ``text``); any other file is one text."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    if p.suffix == ".jsonl":
+        return [rec["text"] for _, rec in iter_jsonl(p, PRETRAIN_FIELDS)]
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    if not text.strip():
+        raise DataError(f"{p}: the file is empty: there is nothing to compress")
+    return [text]
+
+
+def compress(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hicae compress", description="Compress texts into a memory file.")
+    _model_args(p)
+    p.add_argument("--input", required=True, help="a text file (one text) or a .jsonl file of {'text': ...}")
+    p.add_argument("--output", required=True, help="memory file to write (.mem.safetensors)")
+    p.add_argument("--model_max_length", type=int, default=None, help="longest text in tokens (default: the checkpoint's)")
+    p.add_argument("--overlong", choices=["error", "truncate"], default="error",
+                   help="refuse (default) or truncate texts over the limit, whatever the checkpoint was trained with")
+    args = p.parse_args(argv)
+    texts = read_texts(args.input)
+    over = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
+    model = _load(args, over)
+    mem = model.compress(texts)
+    mem.save(args.output)
+    print(json.dumps({"output": args.output, "texts": len(mem), "tokens": mem.num_tokens, "slots": mem.num_slots}))
+    return 0
+
+
+def generate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="hicae generate", description="Decode from a memory file.")
+    _model_args(p)
+    p.add_argument("--memory", required=True, help="memory file written by `hicae compress`")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", action="append", help="a question about the text(s); repeat for several")
+    what.add_argument("--reconstruct", action="store_true", help="[AE]: decode the texts back")
+    what.add_argument("--continue", dest="continue_", action="store_true", help="[LM]: continue the texts")
+    p.add_argument("--max_new_tokens", type=int, default=128)
+    p.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--output", default=None, help="write JSON lines here instead of printing text")
+    args = p.parse_args(argv)
+    model = _load(args)
+    mem = Memory.load(args.memory, device=model.device)
+    gen: dict[str, Any] = {"do_sample": args.do_sample}
+    if args.do_sample:
+        gen.update({k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p}.items() if v is not None})
+    if args.reconstruct:
+        outs, prompts = model.reconstruct(mem, max_new_tokens=args.max_new_tokens, **gen), [None] * len(mem)
+    elif args.continue_:
+        outs, prompts = model.continue_text(mem, max_new_tokens=args.max_new_tokens, **gen), [None] * len(mem)
+    else:
+        prompts = args.prompt
+        if len(mem) > 1 and len(prompts) == 1:
+            prompts = prompts * len(mem)
+        outs = model.generate(mem, prompts, max_new_tokens=args.max_new_tokens, **gen)
+    rows = [{"index": i, "prompt": pr, "output": o} for i, (pr, o) in enumerate(zip(prompts, outs))]
+    if args.output:
+        write_text_atomic(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    else:
+        for r in rows:
+            head = f"[{r['index']}]" + (f" {r['prompt']}" if r["prompt"] else "")
+            print(f"{head}\n{r['output']}\n", file=sys.stdout)
+    return 0

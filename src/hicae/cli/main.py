@@ -1,0 +1,52 @@
+"""``hicae`` command: dispatch to subcommands; user errors exit non-zero without a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import HicaeError
+
+COMMANDS = {
+    "pretrain": ("hicae.cli.train", "pretrain", "pretrain ICAE (AE + LM objectives) on JSONL {'text'}"),
+    "finetune": ("hicae.cli.train", "finetune", "instruction fine-tuning on JSONL {'input','prompt','answer'}"),
+    "compress": ("hicae.cli.infer", "compress", "compress texts into a memory file"),
+    "generate": ("hicae.cli.infer", "generate", "answer prompts, reconstruct or continue from a memory file"),
+    "demo": ("hicae.cli.demo", "demo", "offline demo: tiny Qwen3 model, real Qwen tokenizer, train and decode"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: hicae COMMAND [options]   (hicae COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from .. import __version__
+
+        print(__version__)
+        return 0
+    cmd = argv.pop(0)
+    if cmd not in COMMANDS:
+        print(f"hicae: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[cmd]
+    import importlib
+
+    try:
+        return int(getattr(importlib.import_module(module), func)(argv) or 0)
+    except HicaeError as e:
+        print(f"hicae {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hicae {cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

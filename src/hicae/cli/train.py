@@ -1,0 +1,130 @@
+"""``hicae pretrain`` and ``hicae finetune``: ICAE training through transformers' Trainer.
+
+Flags: the seed's quick-start flags (``--model_name_or_path --output_dir --train_file
+--validation_file --fixed_mem_size --lora_r``), ICAE's method settings (``ICAEConfig``), and every
+``TrainingArguments`` flag (learning rate, steps, epochs, batch size, accumulation, bf16, gradient
+checkpointing, logging/eval/save steps, ``--resume_from_checkpoint``...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from ..checkpoint import load_base, load_icae, read_checkpoint_config
+from ..config import ICAEConfig
+from ..data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
+from ..errors import ConfigError
+from ..model import ICAE
+from ..plots import save_loss_curve
+from ..trainer import ICAETrainer
+from .common import parse_dataclasses
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model: hub name or local path (e.g. Qwen/Qwen2.5-7B-Instruct)."}
+    )
+    restore_from: str | None = field(
+        default=None, metadata={"help": "A hicae checkpoint to start from (finetune after pretrain)."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "Base model dtype: auto, bf16, fp16 or fp32."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2."})
+
+
+@dataclass
+class DataArguments:
+    train_file: str = field(default=None, metadata={"help": "Training JSONL."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation JSONL (same format)."})
+    lm_ratio: float = field(default=0.0, metadata={"help": "pretrain: share of LM (continuation) examples; the rest is AE."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training records."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation records."})
+
+
+def build_parser(mode: str) -> HfArgumentParser:
+    parser = HfArgumentParser((ModelArguments, DataArguments, ICAEConfig, TrainingArguments), prog=f"hicae {mode}")
+    # Pretraining corpora hold documents longer than any window: read their head. Fine-tuning
+    # refuses over-long inputs, since cutting one could remove what the answer needs.
+    parser.set_defaults(overlong="truncate" if mode == "pretrain" else "error", report_to="auto",
+                        remove_unused_columns=False, label_names=["dec_labels"])
+    return parser
+
+
+def _report_to(value) -> list[str]:
+    if value in ("auto", ["auto"]):
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return value
+
+
+def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) -> ICAEConfig | None:
+    """Config from --restore_from, with runtime knobs from the command line; memory-defining fields must agree."""
+    if not margs.restore_from:
+        return None
+    saved = ICAEConfig.from_dict(read_checkpoint_config(margs.restore_from)["icae"])
+    given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
+    aliases = {"fixed_mem_size": "mem_size", "mean_compression_rate": "compression_rate"}
+    given = {aliases.get(g, g) for g in given}
+    for name in ICAEConfig._MEMORY_FIELDS:
+        if name in given and getattr(cli_cfg, name) != getattr(saved, name):
+            raise ConfigError(
+                f"--{name} {getattr(cli_cfg, name)} differs from the restored checkpoint's {getattr(saved, name)}; "
+                "memory settings come from --restore_from"
+            )
+    runtime = {f.name: getattr(cli_cfg, f.name) for f in dataclasses.fields(ICAEConfig)
+               if f.name not in ICAEConfig._MEMORY_FIELDS and f.name in given}
+    return dataclasses.replace(saved, **runtime)
+
+
+def run(mode: str, argv: list[str]) -> int:
+    parser = build_parser(mode)
+    margs, dargs, cfg, targs = parse_dataclasses(parser, argv)
+    targs.report_to = _report_to(targs.report_to)
+    if not dargs.train_file:
+        raise ConfigError("--train_file is required")
+    fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
+    train = JsonlDataset(dargs.train_file, fields, limit=dargs.max_train_samples)
+    evals = JsonlDataset(dargs.validation_file, fields, limit=dargs.max_eval_samples) if dargs.validation_file else None
+    if evals is None and targs.eval_strategy != "no":
+        raise ConfigError(f"--eval_strategy {targs.eval_strategy.value} needs --validation_file")
+
+    set_seed(targs.seed)  # before the model is built: LoRA's initialisation draws from the global RNG
+    restored = _icae_config(margs, cfg, argv)
+    if restored is not None:
+        base = tok = None
+        if margs.model_name_or_path:
+            base, tok = load_base(margs.model_name_or_path, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
+        model = load_icae(margs.restore_from, base_model=base, tokenizer=tok, config_overrides=restored.to_dict(),
+                          dtype=margs.dtype, attn_implementation=margs.attn_implementation)
+    else:
+        if mode == "finetune":
+            print("hicae finetune: no --restore_from given; fine-tuning a fresh ICAE from the base model", file=sys.stderr)
+        if not margs.model_name_or_path:
+            raise ConfigError("--model_name_or_path is required (or --restore_from a hicae checkpoint)")
+        base, tok = load_base(margs.model_name_or_path, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
+        model = ICAE(base, tok, cfg)
+
+    collator = Collator(model.tokenizer, model.tokens, model.icae_config, mode, dargs.lm_ratio, seed=targs.seed)
+    trainer = ICAETrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals, data_collator=collator)
+    result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    trainer.save_model(targs.output_dir)
+    metrics = dict(result.metrics)
+    if evals is not None:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        save_loss_curve(trainer.state.log_history, targs.output_dir, title=f"hicae {mode}")
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    return 0
+
+
+def pretrain(argv: list[str]) -> int:
+    return run("pretrain", argv)
+
+
+def finetune(argv: list[str]) -> int:
+    return run("finetune", argv)

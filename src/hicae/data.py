@@ -1,0 +1,197 @@
+"""JSONL data for pretraining and instruction fine-tuning, and the collator that builds ICAE batches.
+
+Files are read lazily from disk: one validating pass records each record's byte offset (8 bytes a
+record), then records are read by seeking. So any file size works, the Trainer can shuffle and shard
+the usual way, and a malformed line is reported by file and line before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .batching import pad_decoder, pad_encoder
+from .config import ICAEConfig
+from .errors import DataError
+from .layout import ae_example, encoder_rows, lm_example
+from .tokens import SpecialTokens, tokenize
+
+PRETRAIN_FIELDS = ("text",)
+FINETUNE_FIELDS = ("input", "prompt", "answer")
+TASK_INDEX = {"ae": 0, "lm": 1, "ft": 2}
+
+
+def parse_line(raw: bytes, where: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """One JSONL line -> record, or None for a blank line; every problem names ``where`` (file:line)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object with fields {list(fields)}, got {type(rec).__name__}")
+    for f in fields:
+        if f not in rec:
+            raise DataError(f"{where}: missing field {f!r} (each record needs {list(fields)})")
+        if not isinstance(rec[f], str):
+            raise DataError(f"{where}: field {f!r} must be a string, got {type(rec[f]).__name__}")
+    if not rec[fields[0]].strip():
+        raise DataError(f"{where}: field {fields[0]!r} is empty: there is nothing to compress")
+    return rec
+
+
+def iter_jsonl(path: str | os.PathLike, fields: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` of a JSONL file, validating as it goes."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            rec = parse_line(raw, f"{path}:{i}", fields)
+            if rec is not None:
+                yield i, rec
+
+
+class JsonlDataset(Dataset):
+    """Map-style view of a JSONL file: item ``i`` is ``{"index", "where", **record}`` read from disk."""
+
+    def __init__(self, path: str | os.PathLike, fields: tuple[str, ...], limit: int | None = None):
+        self.path = Path(path)
+        self.fields = fields
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such file")
+        offsets, lines = [], []
+        pos = 0
+        with open(self.path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                if parse_line(raw, f"{self.path}:{i}", fields) is not None:
+                    offsets.append(pos)
+                    lines.append(i)
+                    if limit is not None and len(offsets) >= limit:
+                        break
+                pos += len(raw)
+        if not offsets:
+            raise DataError(f"{self.path}: no records (expected JSON lines with fields {list(fields)})")
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._lines = np.asarray(lines, dtype=np.int64)
+        self._fh = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self._fh is None or self._pid != os.getpid():  # one handle per DataLoader worker
+            self._fh = open(self.path, "rb")
+            self._pid = os.getpid()
+        self._fh.seek(int(self._offsets[i]))
+        where = f"{self.path}:{int(self._lines[i])}"
+        rec = parse_line(self._fh.readline(), where, self.fields)
+        assert rec is not None
+        return {"index": i, "where": where, **rec}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fh"] = None
+        return state
+
+
+@dataclass
+class Collator:
+    """Records -> an ICAE training batch (encoder rows over all examples' segments; padded decoder).
+
+    ``mode='pretrain'``: each text becomes an AE example, or with probability ``lm_ratio`` (when the
+    text is long enough) an LM example: the text is cut at a random point ``s`` in
+    ``[ceil(L/2), L - min_tokens_for_lm - 1]``; the head is compressed and the tail (more than
+    ``min_tokens_for_lm`` tokens) is the continuation. The choice is seeded by the record index,
+    so it is reproducible and survives resumption.
+    ``mode='finetune'``: ``input`` is compressed; the decoder reads the chat-formatted
+    ``[slots] [FT] prompt`` and learns ``answer <end-of-turn>``.
+    """
+
+    tokenizer: Any
+    tokens: SpecialTokens
+    config: ICAEConfig
+    mode: str = "pretrain"
+    lm_ratio: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("pretrain", "finetune"):
+            raise ValueError(f"unknown mode {self.mode!r}")
+        if not 0.0 <= self.lm_ratio <= 1.0:
+            raise DataError(f"lm_ratio must be in [0, 1], got {self.lm_ratio}")
+
+    def _checked(self, ids: list[int], where: str) -> list[int]:
+        cfg = self.config
+        if not ids:
+            raise DataError(f"{where}: the text is empty after tokenization")
+        if len(ids) > cfg.model_max_length:
+            if cfg.overlong == "truncate":
+                return ids[: cfg.model_max_length]
+            raise DataError(
+                f"{where}: text has {len(ids)} tokens, over --model_max_length {cfg.model_max_length}; "
+                "raise it, or pass --overlong truncate"
+            )
+        return ids
+
+    def split(self, ids: list[int], index: int) -> tuple[str, list[int], list[int]]:
+        """Choose the objective of a pretraining text: ``(task, context, target)``."""
+        cfg = self.config
+        rng = random.Random(self.seed * 1_000_003 + index)
+        L = len(ids)
+        lo, hi = math.ceil(L / 2), L - cfg.min_tokens_for_lm - 1
+        if rng.random() < self.lm_ratio and hi >= lo:
+            s = rng.randint(lo, hi)
+            return "lm", ids[:s], ids[s:]
+        return "ae", ids, ids
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        key = "text" if self.mode == "pretrain" else "input"
+        raw = tokenize(self.tokenizer, [r[key] for r in records])
+        contexts, tasks, targets = [], [], []
+        for r, ids in zip(records, raw):
+            ids = self._checked(ids, r.get("where", f"record {r.get('index')}"))
+            if self.mode == "pretrain":
+                task, ctx, tgt = self.split(ids, int(r.get("index", 0)))
+            else:
+                task, ctx, tgt = "ft", ids, tokenize(self.tokenizer, [r["answer"]])[0]
+            contexts.append(ctx)
+            tasks.append(task)
+            targets.append(tgt)
+        rows = encoder_rows(contexts, cfg.mem_size, cfg.compression_rate)
+        examples = []
+        for r, task, tgt, nseg in zip(records, tasks, targets, rows.segments_per_text):
+            n = nseg * cfg.mem_size
+            if task == "ae":
+                examples.append(ae_example(n, tgt, self.tokens.eos_id))
+            elif task == "lm":
+                examples.append(lm_example(n, tgt, cfg.leave_tokens_for_lm))
+            else:
+                examples.append(self.tokens.ft_example(n, r["prompt"], tgt))
+        enc = pad_encoder(rows, self.tokens.pad_id)
+        dec = pad_decoder(examples, self.tokens.pad_id, side="right")
+        return {
+            "enc_ids": enc.ids,
+            "enc_seg_lens": enc.seg_lens,
+            "segments_per_example": torch.tensor(rows.segments_per_text, dtype=torch.long),
+            "dec_ids": dec.ids,
+            "dec_labels": dec.labels,
+            "dec_mask": dec.attention_mask,
+            "task": torch.tensor([TASK_INDEX[t] for t in tasks], dtype=torch.long),
+        }

@@ -1,0 +1,69 @@
+"""A thin ``transformers.Trainer`` subclass: ICAE's loss, per-objective logs, and trained-only checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from .checkpoint import load_trained_weights
+from .fileio import write_text_atomic
+from .model import TASKS
+
+
+class ICAETrainer(Trainer):
+    """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` beside the total loss.
+
+    Checkpoints hold only what is trained (adapter, memory and task embeddings, config), written
+    by ``ICAE.save_pretrained``; resuming loads them strictly.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Our loss is a mean over the batch's labelled tokens; let the Trainer scale it for
+        # gradient accumulation (we take no num_items_in_batch).
+        self.model_accepts_loss_kwargs = False
+        self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D401
+        out = model(**inputs)
+        split = "train" if model.training else "eval"
+        acc = self._sums[split]
+        for name in TASKS:
+            if f"{name}_tokens" in out:
+                acc[f"{name}_loss_sum"] += float(out[f"{name}_loss_sum"])
+                acc[f"{name}_tokens"] += float(out[f"{name}_tokens"])
+        return (out["loss"], out) if return_outputs else out["loss"]
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        acc = self._sums[split]
+        prefix = "eval_" if split == "eval" else ""
+        for name in TASKS:
+            n = acc.get(f"{name}_tokens", 0.0)
+            if n:
+                logs[f"{prefix}{name}_loss"] = round(acc[f"{name}_loss_sum"] / n, 4)
+        self._sums[split] = defaultdict(float)
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        # The training arguments as JSON, not a pickle.
+        write_text_atomic(os.path.join(output_dir, "training_args.json"), self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_trained_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        load_trained_weights(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)

@@ -1,0 +1,88 @@
+"""hicae compress / generate / demo, and the CLI's handling of user errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hicae import Memory
+
+from .conftest import tiny_args
+
+
+@pytest.fixture
+def checkpoint(base_dir, pretrain_file, tmp_path, run_cli):
+    out = tmp_path / "ck"
+    assert run_cli("pretrain", *tiny_args(base_dir, out, pretrain_file, "--max_steps", "2"))[0] == 0
+    return out
+
+
+def test_compress_then_generate(checkpoint, tmp_path, run_cli):
+    src = tmp_path / "doc.jsonl"
+    src.write_text(json.dumps({"text": "A first document about foxes."}) + "\n" + json.dumps({"text": "Second, about dogs and cats."}) + "\n")
+    mem_file = tmp_path / "doc.mem.safetensors"
+    code, out, err = run_cli("compress", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(mem_file), "--device", "cpu")
+    assert code == 0, err
+    info = json.loads(out)
+    mem = Memory.load(mem_file)
+    assert info["texts"] == 2 == len(mem) and info["slots"] == mem.num_slots
+    res = tmp_path / "answers.jsonl"
+    code, _, err = run_cli("generate", "--checkpoint", str(checkpoint), "--memory", str(mem_file), "--prompt", "Which animal?",
+                           "--max_new_tokens", "4", "--output", str(res), "--device", "cpu")
+    assert code == 0, err
+    rows = [json.loads(l) for l in res.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Which animal?"] * 2
+    for flag in ("--reconstruct", "--continue"):
+        code, out, err = run_cli("generate", "--checkpoint", str(checkpoint), "--memory", str(mem_file), flag,
+                                 "--max_new_tokens", "3", "--device", "cpu")
+        assert code == 0, err
+        assert out.startswith("[0]")
+
+
+def test_compress_bad_input_leaves_no_output(checkpoint, tmp_path, run_cli):
+    out = tmp_path / "x.mem.safetensors"
+    cases = [
+        (b"\xff\xfe not utf-8", "invalid UTF-8"),
+        (b"   \n", "empty"),
+        (("word " * 400).encode(), "model_max_length=64"),
+    ]
+    for i, (data, message) in enumerate(cases):
+        src = tmp_path / f"in{i}.txt"
+        src.write_bytes(data)
+        code, _, err = run_cli("compress", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                               "--model_max_length", "64", "--device", "cpu")
+        assert code == 1 and message in err, (i, err[-300:])
+        assert not out.exists() and not list(tmp_path.glob(".x.mem*"))
+    src = tmp_path / "long.txt"
+    src.write_text("word " * 400)
+    code, _, err = run_cli("compress", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                           "--model_max_length", "64", "--overlong", "truncate", "--device", "cpu")
+    assert code == 0 and Memory.load(out).num_tokens == [64]
+
+
+def test_generate_refuses_memory_of_another_config(checkpoint, base_dir, tmp_path, run_cli, pretrain_file):
+    other = tmp_path / "other"
+    assert run_cli("pretrain", *tiny_args(base_dir, other, pretrain_file, "--max_steps", "1", "--fixed_mem_size", "2"))[0] == 0
+    src = tmp_path / "t.txt"
+    src.write_text("Some text to compress.")
+    mem_file = tmp_path / "t.mem.safetensors"
+    assert run_cli("compress", "--checkpoint", str(other), "--input", str(src), "--output", str(mem_file), "--device", "cpu")[0] == 0
+    code, _, err = run_cli("generate", "--checkpoint", str(checkpoint), "--memory", str(mem_file), "--reconstruct", "--device", "cpu")
+    assert code == 1 and "fingerprint" in err and "Traceback" not in err
+
+
+def test_console_script_user_error_exits_nonzero_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hicae.cli.main", "compress", "--checkpoint", str(tmp_path), "--input",
+                        str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "missing.txt: no such file" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "hicae.cli.main", "nonsense"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path, run_cli):
+    code, out, err = run_cli("demo", "--output_dir", str(tmp_path / "demo"), "--max_steps", "20")
+    assert code == 0, err
+    assert "reconstructed:" in out and (tmp_path / "demo" / "demo.mem.safetensors").exists()

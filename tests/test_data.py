@@ -1,0 +1,124 @@
+"""JSONL reading and the training collator."""
+
+import json
+
+import pytest
+import torch
+
+from hicae import ICAEConfig
+from hicae.assets import load_qwen3_tokenizer
+from hicae.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, iter_jsonl
+from hicae.errors import DataError
+from hicae.layout import AE, FT, IGNORE, LM, MEM, SLOT, segment_lengths
+from hicae.tokens import SpecialTokens
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_qwen3_tokenizer()
+
+
+def write(path, lines):
+    path.write_bytes(b"".join(l if isinstance(l, bytes) else (l + "\n").encode() for l in lines))
+    return path
+
+
+def test_dataset_reads_records_lazily_and_skips_blank_lines(tmp_path):
+    f = write(tmp_path / "a.jsonl", [json.dumps({"text": "one"}), "", "  ", json.dumps({"text": "two", "x": 1})])
+    ds = JsonlDataset(f, PRETRAIN_FIELDS)
+    assert len(ds) == 2
+    assert ds[1]["text"] == "two" and ds[1]["where"] == f"{f}:4" and ds[1]["index"] == 1
+    assert ds[0]["text"] == "one"
+    assert [r["text"] for _, r in iter_jsonl(f, PRETRAIN_FIELDS)] == ["one", "two"]
+    assert len(JsonlDataset(f, PRETRAIN_FIELDS, limit=1)) == 1
+
+
+@pytest.mark.parametrize(
+    "line, fields, message",
+    [
+        ('{"text": "ok"', PRETRAIN_FIELDS, "malformed JSON"),
+        ('["text"]', PRETRAIN_FIELDS, "expected a JSON object"),
+        ('{"txt": "a"}', PRETRAIN_FIELDS, "missing field 'text'"),
+        ('{"text": 3}', PRETRAIN_FIELDS, "field 'text' must be a string"),
+        ('{"text": "   "}', PRETRAIN_FIELDS, "field 'text' is empty"),
+        ('{"input": "a", "prompt": "b"}', FINETUNE_FIELDS, "missing field 'answer'"),
+        (b'{"text": "caf\xe9"}\n', PRETRAIN_FIELDS, "invalid UTF-8"),
+    ],
+)
+def test_bad_line_names_file_and_line(tmp_path, line, fields, message):
+    good = json.dumps({f: "x" for f in fields})
+    f = write(tmp_path / "bad.jsonl", [good, good, line])
+    with pytest.raises(DataError, match=message) as e:
+        JsonlDataset(f, fields)
+    assert f"{f}:3" in str(e.value)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        JsonlDataset(tmp_path / "nope.jsonl", PRETRAIN_FIELDS)
+    with pytest.raises(DataError, match="no records"):
+        JsonlDataset(write(tmp_path / "empty.jsonl", [""]), PRETRAIN_FIELDS)
+
+
+def _collator(tok, mode="pretrain", lm_ratio=0.0, **cfg):
+    config = ICAEConfig(**{"mem_size": 4, "compression_rate": 2, "lora_r": 4, **cfg})
+    return Collator(tok, SpecialTokens.from_tokenizer(tok), config, mode, lm_ratio, seed=1)
+
+
+def test_pretrain_ae_batch_layout(tok):
+    col = _collator(tok)
+    texts = ["Hello world, this is a longer text for several segments.", "Hi"]
+    recs = [{"index": i, "where": f"f:{i}", "text": t} for i, t in enumerate(texts)]
+    b = col(recs)
+    ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    nseg = [len(segment_lengths(len(x), 4, 2)) for x in ids]
+    assert b["segments_per_example"].tolist() == nseg
+    assert b["enc_ids"].shape[0] == sum(nseg)
+    assert (b["enc_ids"] == MEM).sum(1).tolist() == [4] * sum(nseg)
+    assert b["task"].tolist() == [0, 0]
+    for i, x in enumerate(ids):
+        row = b["dec_ids"][i][b["dec_mask"][i].bool()].tolist()
+        assert row == [SLOT] * (4 * nseg[i]) + [AE] + x + [tok.eos_token_id]
+        labels = b["dec_labels"][i][b["dec_mask"][i].bool()].tolist()
+        assert labels == [IGNORE] * (4 * nseg[i] + 1) + x + [tok.eos_token_id]
+    assert (b["dec_labels"][~b["dec_mask"].bool()] == IGNORE).all()
+
+
+def test_pretrain_lm_split_is_seeded_and_leaves_tokens(tok):
+    col = _collator(tok, lm_ratio=1.0, min_tokens_for_lm=4, leave_tokens_for_lm=2)
+    text = " ".join(f"word{i}" for i in range(40))
+    ids = tok(text, add_special_tokens=False).input_ids
+    b1 = col([{"index": 7, "text": text}])
+    b2 = col([{"index": 7, "text": text}])
+    assert torch.equal(b1["dec_ids"], b2["dec_ids"])  # same record -> same split
+    assert b1["task"].tolist() == [1]
+    row = b1["dec_ids"][0].tolist()
+    lm_at = row.index(LM)
+    cont = row[lm_at + 1 :]
+    ctx_len = len(ids) - len(cont)
+    assert ids[ctx_len:] == cont and len(ids) / 2 <= ctx_len <= len(ids) - 5
+    assert b1["enc_seg_lens"].sum().item() == ctx_len  # only the head is compressed
+    labels = b1["dec_labels"][0].tolist()[lm_at + 1 :]
+    assert labels == [IGNORE, IGNORE] + cont[2:]
+    # too short for LM: falls back to AE
+    assert col([{"index": 7, "text": "short text"}])["task"].tolist() == [0]
+
+
+def test_finetune_batch_has_chat_layout_and_answer_loss(tok):
+    col = _collator(tok, mode="finetune")
+    b = col([{"index": 0, "input": "The sky is blue.", "prompt": "What colour?", "answer": "Blue."}])
+    row = b["dec_ids"][0].tolist()
+    assert FT in row and row.count(SLOT) == 4 * b["segments_per_example"][0].item()
+    labelled = [x for x in b["dec_labels"][0].tolist() if x != IGNORE]
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert labelled == tok("Blue.", add_special_tokens=False).input_ids + [im_end]
+    assert b["task"].tolist() == [2]
+
+
+def test_collator_overlong_policy(tok):
+    long = " ".join(["token"] * 50)
+    rec = {"index": 0, "where": "data.jsonl:9", "text": long}
+    with pytest.raises(DataError, match=r"data.jsonl:9.*model_max_length 10.*--overlong truncate"):
+        _collator(tok, model_max_length=10)([rec])
+    b = _collator(tok, model_max_length=10, overlong="truncate")([rec])
+    assert b["enc_seg_lens"].sum().item() == 10
