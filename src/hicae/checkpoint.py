@@ -74,11 +74,12 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
             "fingerprint": model.fingerprint,
             "has_base": save_base,
         }
+        if getattr(model, "hierarchy", None) is not None:
+            meta["hierarchy"] = model.hierarchy.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         model.encoder.save_pretrained(str(tmp))  # adapter_model.safetensors + adapter_config.json
         save_file(
-            {"mem_embeddings": model.mem_embeddings.detach().contiguous().cpu(),
-             "task_embeddings": model.task_embeddings.detach().contiguous().cpu()},
+            {k: v.detach().contiguous().cpu() for k, v in model.trained_embeddings().items()},
             str(tmp / EMBED_FILE),
             metadata={"format": "hicae-embeddings"},
         )
@@ -102,8 +103,15 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, config_overrides: dict | None = None,
-              **load_kwargs: Any) -> Any:
-    """Load a checkpoint; the base model comes from ``base_model``, the checkpoint's ``base/``, or its saved name."""
+              hierarchy: Any = None, **load_kwargs: Any) -> Any:
+    """Load a checkpoint; the base model comes from ``base_model``, the checkpoint's ``base/``, or its saved name.
+
+    A hierarchical checkpoint loads as ``HierarchicalICAE``. Passing ``hierarchy`` (a
+    ``HierarchyConfig``) loads any checkpoint as one: a Phase-1 ICAE checkpoint is upgraded, its
+    level embeddings starting as copies of its memory tokens.
+    """
+    from .config import HierarchyConfig
+    from .hierarchy import HierarchicalICAE
     from .model import ICAE
 
     path = Path(path)
@@ -123,7 +131,10 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
         )
     cfg_dict = dict(meta["icae"])
     cfg_dict.update(config_overrides or {})
-    model = ICAE(base_model, tokenizer, ICAEConfig.from_dict(cfg_dict))
+    cfg = ICAEConfig.from_dict(cfg_dict)
+    if hierarchy is None and "hierarchy" in meta:
+        hierarchy = HierarchyConfig.from_dict(meta["hierarchy"])
+    model = ICAE(base_model, tokenizer, cfg) if hierarchy is None else HierarchicalICAE(base_model, tokenizer, cfg, hierarchy)
     if meta.get("has_base") or not model.base_model_name:
         model.base_model_name = meta["base_model"]  # keep the original name, not the temporary folder
     load_trained_weights(model, path)
@@ -160,10 +171,16 @@ def load_trained_weights(model: Any, path: str | Path) -> None:
     """Strictly load the adapter and the embeddings of a checkpoint into ``model``."""
     path = Path(path)
     emb = _read_safetensors(path / EMBED_FILE)
-    _check_keys(path / EMBED_FILE, emb, {"mem_embeddings": model.mem_embeddings, "task_embeddings": model.task_embeddings})
+    expected = model.trained_embeddings()
+    upgrade = "level_embeddings" in expected and "level_embeddings" not in emb and "hierarchy" not in read_checkpoint_config(path)
+    if upgrade:  # a Phase-1 ICAE checkpoint into a hierarchy: level tokens start as copies of level 1's
+        expected = {k: v for k, v in expected.items() if k != "level_embeddings"}
+    _check_keys(path / EMBED_FILE, emb, expected)
     with torch.no_grad():
-        model.mem_embeddings.copy_(emb["mem_embeddings"])
-        model.task_embeddings.copy_(emb["task_embeddings"])
+        for name, param in expected.items():
+            param.copy_(emb[name])
+        if upgrade:
+            model.level_embeddings.copy_(model.mem_embeddings.unsqueeze(0).expand_as(model.level_embeddings))
     adapter = _read_safetensors(path / ADAPTER_FILE)
     expected = get_peft_model_state_dict(model.encoder)
     _check_keys(path / ADAPTER_FILE, adapter, expected)

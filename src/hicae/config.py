@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ConfigError
 
 POSITION_LAYOUTS = ("contiguous", "spread")
+SEGMENTATIONS = ("even", "fixed")
 OVERLONG_POLICIES = ("error", "truncate")
 
 
@@ -40,6 +41,14 @@ class ICAEConfig:
             "help": "Position ids of memory tokens in the encoder: 'contiguous' (right after the segment's "
             "tokens, as the reference does for one unpadded segment) or 'spread' (evenly over the "
             "segment's span, an ablation)."
+        },
+    )
+    segmentation: str = field(
+        default="even",
+        metadata={
+            "help": "How a text is cut into segments: 'even' (the reference: n = ceil(L/(k*r)) segments of "
+            "ceil(L/n) tokens) or 'fixed' (segments of exactly k*r tokens, the last one shorter; "
+            "needed for streaming, so the hierarchy uses it)."
         },
     )
     model_max_length: int = field(
@@ -73,6 +82,8 @@ class ICAEConfig:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.position_layout not in POSITION_LAYOUTS:
             raise ConfigError(f"position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
+        if self.segmentation not in SEGMENTATIONS:
+            raise ConfigError(f"segmentation must be one of {SEGMENTATIONS}, got {self.segmentation!r}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:
@@ -101,14 +112,24 @@ class ICAEConfig:
 
     # Fields that change what a memory slot means; runtime knobs (batch budget, length policy,
     # LM loss settings) do not, so memory stays valid across them.
-    _MEMORY_FIELDS = ("mem_size", "compression_rate", "lora_r", "lora_alpha", "lora_target_modules", "position_layout")
+    _MEMORY_FIELDS = (
+        "mem_size",
+        "compression_rate",
+        "lora_r",
+        "lora_alpha",
+        "lora_target_modules",
+        "position_layout",
+        "segmentation",
+    )
 
-    def memory_fingerprint(self, base_config: dict[str, Any]) -> str:
+    def memory_fingerprint(self, base_config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """A short hash of everything that determines the meaning of the slots."""
         payload = {
             "icae": {k: getattr(self, k) for k in self._MEMORY_FIELDS},
             "base": {k: base_config.get(k) for k in BASE_SHAPE_KEYS},
         }
+        if extra:
+            payload["extra"] = extra
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -140,3 +161,46 @@ def base_shape(config: Any) -> dict[str, Any]:
 
 def shape_mismatches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     return [f"{k}: expected {expected.get(k)!r}, got {actual.get(k)!r}" for k in BASE_SHAPE_KEYS if expected.get(k) != actual.get(k)]
+
+
+@dataclass
+class HierarchyConfig:
+    """Settings of HierarchicalICAE (recursive compression); see docs/hierarchy.md."""
+
+    levels: int = field(
+        default=4, metadata={"help": "Most levels L: level-1 blocks come from text, level l+1 from g level-l blocks."}
+    )
+    group_size: int = field(default=2, metadata={"help": "g: blocks merged into one block of the next level (>= 2)."})
+    max_slots: int | None = field(
+        default=None,
+        metadata={"help": "Default memory budget per text in slots (None: no budget, memory grows with log(length))."},
+    )
+    max_text_tokens: int = field(
+        default=1 << 21, metadata={"help": "Longest text (tokens) the hierarchy accepts; model_max_length is ICAE's."}
+    )
+    stop_gradient: bool = field(
+        default=False, metadata={"help": "Training: no gradient through the inputs of merges (saves memory)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (g blocks merge into one), got {self.group_size}")
+        if self.levels < 1:
+            raise ConfigError(f"levels must be >= 1, got {self.levels}")
+        if self.max_text_tokens < 1:
+            raise ConfigError(f"max_text_tokens must be >= 1, got {self.max_text_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HierarchyConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown HierarchyConfig fields: {unknown}")
+        return cls(**d)
+
+    def memory_fields(self) -> dict[str, Any]:
+        """What changes the meaning of hierarchical slots (the budget does not)."""
+        return {"levels": self.levels, "group_size": self.group_size}

@@ -174,7 +174,7 @@ class Collator:
             contexts.append(ctx)
             tasks.append(task)
             targets.append(tgt)
-        rows = encoder_rows(contexts, cfg.mem_size, cfg.compression_rate)
+        rows = encoder_rows(contexts, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
         examples = []
         for r, task, tgt, nseg in zip(records, tasks, targets, rows.segments_per_text):
             n = nseg * cfg.mem_size

@@ -20,19 +20,28 @@ TASK_IDS = {"ae": AE, "lm": LM, "ft": FT}
 IGNORE = -100  # label of positions without loss
 
 
-def segment_lengths(num_tokens: int, mem_size: int, compression_rate: int) -> list[int]:
-    """Cut ``num_tokens`` into ``n = ceil(L / (k*r))`` segments of ``ceil(L / n)`` tokens (the last may be shorter).
+def segment_lengths(num_tokens: int, mem_size: int, compression_rate: int, mode: str = "even") -> list[int]:
+    """Token counts of the segments of a text of ``num_tokens`` tokens; ``S = k * r``.
 
-    This is the reference's multi-span rule; for every L >= 1 it yields exactly n non-empty segments.
+    ``even`` (the reference's multi-span rule): ``n = ceil(L / S)`` segments of ``ceil(L / n)``
+    tokens, the last possibly shorter; for every L >= 1 this yields exactly n non-empty segments.
+    ``fixed``: segments of exactly S tokens and a shorter last one, so that segment boundaries do
+    not depend on what follows (streaming).
     """
     if num_tokens < 1:
         raise ValueError("a text must have at least one token")
-    n = math.ceil(num_tokens / (mem_size * compression_rate))
-    size = math.ceil(num_tokens / n)
+    S = mem_size * compression_rate
+    n = math.ceil(num_tokens / S)
+    if mode == "fixed":
+        size = S
+    elif mode == "even":
+        size = math.ceil(num_tokens / n)
+    else:
+        raise ValueError(f"unknown segmentation {mode!r}")
     lengths = [size] * (num_tokens // size)
     if num_tokens % size:
         lengths.append(num_tokens % size)
-    assert len(lengths) == n, (num_tokens, mem_size, compression_rate)
+    assert len(lengths) == n, (num_tokens, mem_size, compression_rate, mode)
     return lengths
 
 
@@ -45,13 +54,13 @@ class EncoderRows:
     segments_per_text: list[int]  # how many rows belong to each text, in order
 
 
-def encoder_rows(token_lists: list[list[int]], mem_size: int, compression_rate: int) -> EncoderRows:
+def encoder_rows(token_lists: list[list[int]], mem_size: int, compression_rate: int, mode: str = "even") -> EncoderRows:
     rows: list[list[int]] = []
     seg_lens: list[int] = []
     counts: list[int] = []
     for ids in token_lists:
         start = 0
-        lengths = segment_lengths(len(ids), mem_size, compression_rate)
+        lengths = segment_lengths(len(ids), mem_size, compression_rate, mode)
         for n in lengths:
             rows.append(list(ids[start : start + n]) + [MEM] * mem_size)
             seg_lens.append(n)

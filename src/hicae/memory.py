@@ -36,11 +36,24 @@ class Memory:
     compression_rate: int
     levels: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # Hierarchical memory only: per text, its retained blocks oldest first as ``[level, start,
+    # end]`` in level-1 segments (each block has ``mem_size`` slots), and the token ids of its
+    # trailing partial segment (whose provisional block is the last one), kept for ``append``.
+    blocks: list[list[list[int]]] | None = None
+    tails: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.slots)
         if not (len(self.num_tokens) == len(self.num_segments) == n):
             raise ValueError("slots, num_tokens and num_segments must have one entry per text")
+        if (self.blocks is None) != (self.tails is None):
+            raise ValueError("blocks and tails go together")
+        if self.blocks is not None and not (len(self.blocks) == len(self.tails) == n):
+            raise ValueError("blocks and tails must have one entry per text")
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.blocks is not None
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -64,6 +77,8 @@ class Memory:
             self.compression_rate,
             self.levels,
             dict(self.extra),
+            None if self.blocks is None else [self.blocks[i] for i in idx],
+            None if self.tails is None else [self.tails[i] for i in idx],
         )
 
     def __getitem__(self, i: int | slice | list[int]) -> "Memory":
@@ -90,6 +105,7 @@ class Memory:
             "num_tokens": json.dumps(self.num_tokens),
             "num_segments": json.dumps(self.num_segments),
             "extra": json.dumps(self.extra),
+            **({} if self.blocks is None else {"blocks": json.dumps(self.blocks), "tails": json.dumps(self.tails)}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -132,4 +148,6 @@ class Memory:
             int(meta["compression_rate"]),
             int(meta.get("levels", 1)),
             json.loads(meta.get("extra", "{}")),
+            json.loads(meta["blocks"]) if "blocks" in meta else None,
+            json.loads(meta["tails"]) if "tails" in meta else None,
         )

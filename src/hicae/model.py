@@ -128,6 +128,10 @@ class ICAE(nn.Module):
     def base_config(self) -> Any:
         return self.decoder.config
 
+    def trained_embeddings(self) -> dict[str, nn.Parameter]:
+        """The learned embeddings a checkpoint stores beside the adapter."""
+        return {"mem_embeddings": self.mem_embeddings, "task_embeddings": self.task_embeddings}
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
@@ -187,26 +191,36 @@ class ICAE(nn.Module):
         return torch.tensor(rows, dtype=torch.long)
 
     def encode_rows(self, batch: EncoderBatch) -> torch.Tensor:
-        """Run the encoder on segment rows and return their slots: [R, k, D].
+        """Run the encoder on segment rows (tokens then k memory tokens) and return their slots: [R, k, D]."""
+        k = self.icae_config.mem_size
 
-        Rows are packed into chunks of at most ``compress_batch_tokens`` tokens (longest first),
-        each chunk trimmed to its own longest row.
+        def make(idx: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            ids = batch.ids[idx, :width].to(self.device)  # [C, W]
+            pos = self._encoder_positions(batch.seg_lens[idx], width).to(self.device)  # [C, W]
+            return self._encoder_embeds(ids), pos
+
+        return self.run_encoder((batch.seg_lens + k).tolist(), make)
+
+    def run_encoder(self, lengths: list[int], make: Any) -> torch.Tensor:
+        """Encode rows whose last k real positions are memory tokens; returns their final states [R, k, D].
+
+        ``lengths[i]`` is row i's real length (memory tokens included). Rows are packed into chunks
+        of at most ``compress_batch_tokens`` tokens, longest first, each chunk right-padded to its
+        own longest row; ``make(idx, width)`` builds a chunk's input embeddings [C, W, D] and
+        position ids [C, W].
         """
         k = self.icae_config.mem_size
-        lengths = (batch.seg_lens + k).tolist()
-        backbone = self.encoder.get_base_model().model
         out: list[torch.Tensor | None] = [None] * len(lengths)
         for chunk in budget_chunks(lengths, self.icae_config.compress_batch_tokens):
             width = max(lengths[i] for i in chunk)
             idx = torch.tensor(chunk)
-            ids = batch.ids[idx, :width].to(self.device)  # [C, W]
-            seg = batch.seg_lens[idx]
-            pos = self._encoder_positions(seg, width).to(self.device)  # [C, W]
-            mask = (torch.arange(width).unsqueeze(0) < (seg + k).unsqueeze(1)).long().to(self.device)
-            hidden = backbone(
-                inputs_embeds=self._encoder_embeds(ids), attention_mask=mask, position_ids=pos, use_cache=False
+            embeds, pos = make(idx, width)
+            n = torch.tensor([lengths[i] for i in chunk])  # [C]
+            mask = (torch.arange(width).unsqueeze(0) < n.unsqueeze(1)).long().to(self.device)  # [C, W]
+            hidden = self.encoder.get_base_model().model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
             ).last_hidden_state  # [C, W, D], after the final norm
-            gather = (seg.unsqueeze(1) + torch.arange(k)).to(self.device)  # [C, k]
+            gather = (n.unsqueeze(1) - k + torch.arange(k)).to(self.device)  # [C, k]
             slots = hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [C, k, D]
             for j, i in enumerate(chunk):
                 out[i] = slots[j]
@@ -236,7 +250,7 @@ class ICAE(nn.Module):
 
     def compress_ids(self, token_lists: list[list[int]]) -> Memory:
         cfg = self.icae_config
-        rows = encoder_rows(token_lists, cfg.mem_size, cfg.compression_rate)
+        rows = encoder_rows(token_lists, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
         batch = pad_encoder(rows, self.tokens.pad_id)
         slots = self.encode_rows(batch)  # [R, k, D]
         per_text = list(torch.split(slots, rows.segments_per_text))

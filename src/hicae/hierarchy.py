@@ -1,0 +1,226 @@
+"""HierarchicalICAE: recursive compression into a bounded memory, with streaming ``append``.
+
+Level 1 is ICAE: each segment of ``S = k*r`` tokens (fixed segmentation) becomes a block of k
+slots. A level-``l+1`` block is made by the same LoRA encoder reading ``g`` consecutive blocks'
+slots (``g*k`` embeddings, positions ``0..g*k-1``) followed by that level's k memory tokens. Which
+blocks merge, and when, is decided by ``hierarchy_plan`` (a base-g counter plus a budget rule). The
+decoder reads the retained blocks in text order, exactly as it reads ICAE slots. See
+docs/hierarchy.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batching import pad_encoder
+from .config import HierarchyConfig, ICAEConfig, base_shape
+from .errors import ConfigError, DataError
+from .hierarchy_plan import Block, Merge, PlanState, push_segments, waves
+from .layout import EncoderRows, MEM
+from .memory import Memory
+from .model import ICAE
+from .tokens import tokenize
+
+
+@dataclasses.dataclass
+class _Stream:
+    """One text being compressed: plan state, slots of retained (and pending) blocks, and its tokens."""
+
+    state: PlanState
+    slots: dict[int, torch.Tensor]  # block id -> [k, D]
+    tokens: list[int]  # not yet pushed: the tail of earlier input plus new input
+    total_tokens: int  # tokens covered so far, pushed or not
+
+
+class HierarchicalICAE(ICAE):
+    def __init__(self, base_model: nn.Module, tokenizer: Any, config: ICAEConfig | None = None,
+                 hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
+        """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""
+        config = dataclasses.replace(config or ICAEConfig(), segmentation="fixed")
+        super().__init__(base_model, tokenizer, config, share_decoder=share_decoder)
+        self.hierarchy = hierarchy or HierarchyConfig()
+        L = self.hierarchy.levels
+        # Memory tokens of levels 2..L, one set per level: a level-l merge reads slots that stand
+        # for r*g^(l-2) tokens each, a different input distribution at every level, so each level
+        # gets its own queries. They start as copies of level 1's (what an ICAE checkpoint knows).
+        self.level_embeddings = nn.Parameter(self.mem_embeddings.detach().clone().unsqueeze(0).repeat(L - 1, 1, 1))  # [L-1, k, D]
+        self.fingerprint = self.icae_config.memory_fingerprint(
+            base_shape(base_model.config), extra={"hierarchy": self.hierarchy.memory_fields()}
+        )
+
+    def trained_embeddings(self) -> dict[str, nn.Parameter]:
+        return {**super().trained_embeddings(), "level_embeddings": self.level_embeddings}
+
+    def check_length(self, ids: list[int], where: str) -> list[int]:
+        if not ids:
+            raise DataError(f"{where} is empty: there is nothing to compress")
+        limit = self.hierarchy.max_text_tokens
+        if len(ids) > limit:
+            if self.icae_config.overlong == "truncate":
+                return ids[:limit]
+            raise DataError(f"{where} has {len(ids)} tokens, over max_text_tokens={limit}; raise it, or truncate")
+        return ids
+
+    # ---- budget -------------------------------------------------------------------------------
+
+    def budget_blocks(self, max_slots: int | None) -> int | None:
+        """Blocks the plan may retain: the budget less one block reserved for a trailing partial segment."""
+        max_slots = self.hierarchy.max_slots if max_slots is None else max_slots
+        if max_slots is None:
+            return None
+        k = self.icae_config.mem_size
+        if max_slots < k:
+            raise ConfigError(f"max_slots={max_slots} is smaller than one block (mem_size={k} slots)")
+        if max_slots < 2 * k:
+            raise ConfigError(
+                f"max_slots={max_slots} holds one block; the hierarchy needs two (2*mem_size={2 * k}): "
+                "one for the compressed past and one reserved for the trailing partial segment"
+            )
+        return max_slots // k - 1
+
+    # ---- encoding -------------------------------------------------------------------------------
+
+    def encode_blocks(self, inputs: list[torch.Tensor], levels: list[int]) -> torch.Tensor:
+        """One merge per row: ``inputs[i]`` [n_i, D] slots, then level ``levels[i]``'s memory tokens -> [R, k, D]."""
+        k = self.icae_config.mem_size
+        stop = self.hierarchy.stop_gradient and self.training
+
+        def make(idx: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = []
+            for i in idx.tolist():
+                x = inputs[i].detach() if stop else inputs[i]
+                mem = self.level_embeddings[levels[i] - 2].to(x.dtype)  # [k, D]
+                pad = x.new_zeros(width - x.shape[0] - k, x.shape[1])
+                rows.append(torch.cat([x, mem, pad]))
+            pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(rows), -1)  # [C, W]
+            return torch.stack(rows).to(self.dtype), pos
+
+        return self.run_encoder([x.shape[0] + k for x in inputs], make)
+
+    def _encode_segments(self, segs: list[list[int]]) -> torch.Tensor:
+        k = self.icae_config.mem_size
+        rows = EncoderRows([s + [MEM] * k for s in segs], [len(s) for s in segs], [len(segs)])
+        return self.encode_rows(pad_encoder(rows, self.tokens.pad_id))  # [R, k, D]
+
+    # ---- streaming compression ---------------------------------------------------------------------
+
+    def _advance(self, streams: list[_Stream], budget: int | None, final: bool) -> list[torch.Tensor | None]:
+        """Push every stream's full segments (a bounded round at a time), run the merges, and
+        (``final``) encode each trailing partial segment. Returns the partial blocks' slots."""
+        cfg, hier = self.icae_config, self.hierarchy
+        k, S = cfg.mem_size, cfg.segment_tokens
+        per_round = max(1, cfg.compress_batch_tokens // (S + k))
+        while True:
+            segs, owners = [], []
+            for i, st in enumerate(streams):
+                n = min(per_round, len(st.tokens) // S)
+                for j in range(n):
+                    segs.append(st.tokens[j * S : (j + 1) * S])
+                    owners.append(i)
+            if not segs:
+                break
+            slots = self._encode_segments(segs)  # [R, k, D]
+            merges: list[tuple[int, Merge]] = []
+            r = 0
+            for i, st in enumerate(streams):
+                n = owners.count(i)
+                if not n:
+                    continue
+                before = len(st.state.merges)
+                for leaf in push_segments(st.state, n, hier.group_size, hier.levels, budget):
+                    st.slots[leaf] = slots[r]
+                    r += 1
+                merges += [(i, m) for m in st.state.merges[before:]]
+                st.tokens = st.tokens[n * S :]
+            self._run_merges(streams, merges)
+            for st in streams:  # keep only what is retained: memory stays bounded
+                keep = {b.id for b in st.state.blocks}
+                st.slots = {b: v for b, v in st.slots.items() if b in keep}
+                st.state.merges.clear()
+        partial: list[torch.Tensor | None] = [None] * len(streams)
+        if final:
+            tails = [(i, st.tokens) for i, st in enumerate(streams) if st.tokens]
+            if tails:
+                out = self._encode_segments([t for _, t in tails])
+                for (i, _), s in zip(tails, out):
+                    partial[i] = s
+        return partial
+
+    def _run_merges(self, streams: list[_Stream], merges: list[tuple[int, Merge]]) -> None:
+        """Run all streams' new merges, one batched encoder call per wave of independent merges."""
+        by_key = {(i, m.output.id): m for i, m in merges}
+        deps = {key: [(key[0], x) for x in m.inputs] for key, m in by_key.items()}
+        known = {(i, b) for i, st in enumerate(streams) for b in st.slots}
+        for wave in waves(deps, known):
+            rows = [torch.cat([streams[i].slots[x] for x in by_key[(i, b)].inputs]) for i, b in wave]  # [n*k, D] each
+            out = self.encode_blocks(rows, [by_key[key].output.level for key in wave])
+            for (i, b), s in zip(wave, out):
+                streams[i].slots[b] = s
+
+    def _to_memory(self, streams: list[_Stream], partial: list[torch.Tensor | None]) -> Memory:
+        S = self.icae_config.segment_tokens
+        slots, blocks, tails, nseg = [], [], [], []
+        for st, p in zip(streams, partial):
+            bl = [[b.level, b.start, b.end] for b in st.state.blocks]
+            parts = [st.slots[b.id] for b in st.state.blocks]
+            if p is not None:
+                bl.append([1, st.state.segments, st.state.segments + 1])
+                parts.append(p)
+            slots.append(torch.cat(parts))  # [blocks * k, D]
+            blocks.append(bl)
+            tails.append(list(st.tokens))
+            nseg.append(st.state.segments + (1 if p is not None else 0))
+        levels = max((b[0] for bl in blocks for b in bl), default=1)
+        cfg = self.icae_config
+        return Memory(slots, [st.total_tokens for st in streams], nseg, self.base_model_name, self.fingerprint,
+                      cfg.mem_size, cfg.compression_rate, levels, {"segment_tokens": S}, blocks, tails)
+
+    def compress_ids(self, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
+        budget = self.budget_blocks(max_slots)
+        streams = [_Stream(PlanState(), {}, list(t), len(t)) for t in token_lists]
+        return self._to_memory(streams, self._advance(streams, budget, final=True))
+
+    def compress(self, texts: list[str] | str, max_slots: int | None = None) -> Memory:
+        """Compress texts of any length into at most ``max_slots`` slots each (default: the config's budget)."""
+        ids = self.prepare_texts(texts)
+        with self._eval_mode():
+            return self.compress_ids(ids, max_slots)
+
+    def _streams_from(self, mem: Memory) -> list[_Stream]:
+        self.check_memory(mem)
+        if not mem.hierarchical:
+            raise DataError("this memory is not hierarchical: compress with HierarchicalICAE to append to it")
+        k = self.icae_config.mem_size
+        streams = []
+        for slots, bl, tail, ntok in zip(mem.slots, mem.blocks, mem.tails, mem.num_tokens):
+            done = bl[:-1] if tail else bl  # the provisional block of the tail is recomputed
+            blocks = [Block(lv, a, b, i) for i, (lv, a, b) in enumerate(done)]
+            state = PlanState(blocks, [], len(blocks), blocks[-1].end if blocks else 0)
+            table = {i: slots[i * k : (i + 1) * k].to(self.device) for i in range(len(blocks))}
+            streams.append(_Stream(state, table, list(tail), ntok))
+        return streams
+
+    def append_ids(self, mem: Memory, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
+        if len(token_lists) != len(mem):
+            raise DataError(f"{len(token_lists)} texts to append to {len(mem)} memories: give one per memory")
+        budget = self.budget_blocks(max_slots)
+        streams = self._streams_from(mem)
+        for st, t in zip(streams, token_lists):
+            st.tokens += t
+            st.total_tokens += len(t)
+        return self._to_memory(streams, self._advance(streams, budget, final=True))
+
+    def append(self, mem: Memory, more_text: list[str] | str, max_slots: int | None = None) -> Memory:
+        """Compress only what is new (the kept partial segment plus ``more_text``) and merge it in."""
+        if isinstance(more_text, str):
+            more_text = [more_text]
+        ids = tokenize(self.tokenizer, list(more_text))
+        for i, x in enumerate(ids):
+            if not x:
+                raise DataError(f"text {i} to append is empty: there is nothing to compress")
+        with self._eval_mode():
+            return self.append_ids(mem, ids, max_slots)
