@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .batching import pad_decoder, pad_encoder
-from .config import ICAEConfig
+from .config import HierarchyConfig, ICAEConfig
 from .errors import DataError
+from .hierarchy_plan import budget_to_blocks, num_blocks
 from .layout import ae_example, encoder_rows, lm_example
 from .tokens import SpecialTokens, tokenize
 
@@ -129,6 +130,7 @@ class Collator:
     mode: str = "pretrain"
     lm_ratio: float = 0.0
     seed: int = 0
+    hierarchy: HierarchyConfig | None = None  # set: batches for HierarchicalICAE (contexts as token lists)
 
     def __post_init__(self) -> None:
         if self.mode not in ("pretrain", "finetune"):
@@ -140,13 +142,12 @@ class Collator:
         cfg = self.config
         if not ids:
             raise DataError(f"{where}: the text is empty after tokenization")
-        if len(ids) > cfg.model_max_length:
+        limit, flag = (cfg.model_max_length, "--model_max_length") if self.hierarchy is None else (
+            self.hierarchy.max_text_tokens, "--max_text_tokens")
+        if len(ids) > limit:
             if cfg.overlong == "truncate":
-                return ids[: cfg.model_max_length]
-            raise DataError(
-                f"{where}: text has {len(ids)} tokens, over --model_max_length {cfg.model_max_length}; "
-                "raise it, or pass --overlong truncate"
-            )
+                return ids[:limit]
+            raise DataError(f"{where}: text has {len(ids)} tokens, over {flag} {limit}; raise it, or pass --overlong truncate")
         return ids
 
     def split(self, ids: list[int], index: int) -> tuple[str, list[int], list[int]]:
@@ -160,7 +161,39 @@ class Collator:
             return "lm", ids[:s], ids[s:]
         return "ae", ids, ids
 
-    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def split_hierarchical(self, ids: list[int], index: int) -> tuple[str, list[int], list[int]]:
+        """Objective of a long text for the hierarchy: ``(task, context, target)``.
+
+        LM (probability ``lm_ratio``, when long enough): the head, compressed hierarchically, and
+        the next tokens (at most ``model_max_length``) to continue. AE: a level ``l`` drawn
+        uniformly among those whose span ``S * g^(l-1)`` fits the text and ``model_max_length``;
+        a window of that span, which compresses into one level-``l`` block, is reconstructed.
+        """
+        cfg, hier = self.config, self.hierarchy
+        assert hier is not None
+        rng = random.Random(self.seed * 1_000_003 + index)
+        L, S, cap = len(ids), cfg.segment_tokens, cfg.model_max_length
+        lo, hi = math.ceil(L / 2), L - cfg.min_tokens_for_lm - 1
+        if rng.random() < self.lm_ratio and hi >= lo:
+            s = rng.randint(lo, hi)
+            return "lm", ids[:s], ids[s : s + cap]
+        spans = [S * hier.group_size ** (lvl - 1) for lvl in range(1, hier.levels + 1)]
+        fits = [w for w in spans if w <= min(L, cap)] or [min(L, S, cap)]
+        w = rng.choice(fits)
+        start = rng.randint(0, L - w)
+        return "ae", ids[start : start + w], ids[start : start + w]
+
+    def _num_slots(self, contexts: list[list[int]]) -> tuple[list[int], Any]:
+        cfg = self.config
+        if self.hierarchy is None:
+            rows = encoder_rows(contexts, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
+            return [n * cfg.mem_size for n in rows.segments_per_text], rows
+        hier = self.hierarchy
+        budget = budget_to_blocks(hier.max_slots, cfg.mem_size)
+        counts = [num_blocks(len(c), cfg.segment_tokens, hier.group_size, hier.levels, budget) for c in contexts]
+        return [n * cfg.mem_size for n in counts], None
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         key = "text" if self.mode == "pretrain" else "input"
         raw = tokenize(self.tokenizer, [r[key] for r in records])
@@ -168,30 +201,33 @@ class Collator:
         for r, ids in zip(records, raw):
             ids = self._checked(ids, r.get("where", f"record {r.get('index')}"))
             if self.mode == "pretrain":
-                task, ctx, tgt = self.split(ids, int(r.get("index", 0)))
+                split = self.split if self.hierarchy is None else self.split_hierarchical
+                task, ctx, tgt = split(ids, int(r.get("index", 0)))
             else:
                 task, ctx, tgt = "ft", ids, tokenize(self.tokenizer, [r["answer"]])[0]
             contexts.append(ctx)
             tasks.append(task)
             targets.append(tgt)
-        rows = encoder_rows(contexts, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
+        slot_counts, rows = self._num_slots(contexts)
         examples = []
-        for r, task, tgt, nseg in zip(records, tasks, targets, rows.segments_per_text):
-            n = nseg * cfg.mem_size
+        for r, task, tgt, n in zip(records, tasks, targets, slot_counts):
             if task == "ae":
                 examples.append(ae_example(n, tgt, self.tokens.eos_id))
             elif task == "lm":
                 examples.append(lm_example(n, tgt, cfg.leave_tokens_for_lm))
             else:
                 examples.append(self.tokens.ft_example(n, r["prompt"], tgt))
-        enc = pad_encoder(rows, self.tokens.pad_id)
         dec = pad_decoder(examples, self.tokens.pad_id, side="right")
-        return {
-            "enc_ids": enc.ids,
-            "enc_seg_lens": enc.seg_lens,
-            "segments_per_example": torch.tensor(rows.segments_per_text, dtype=torch.long),
+        batch: dict[str, Any] = {
             "dec_ids": dec.ids,
             "dec_labels": dec.labels,
             "dec_mask": dec.attention_mask,
             "task": torch.tensor([TASK_INDEX[t] for t in tasks], dtype=torch.long),
         }
+        if rows is None:  # the hierarchy plans and encodes its contexts itself
+            batch["contexts"] = contexts
+        else:
+            enc = pad_encoder(rows, self.tokens.pad_id)
+            batch.update(enc_ids=enc.ids, enc_seg_lens=enc.seg_lens,
+                         segments_per_example=torch.tensor(rows.segments_per_text, dtype=torch.long))
+        return batch

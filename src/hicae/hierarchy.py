@@ -18,8 +18,8 @@ from torch import nn
 
 from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
-from .errors import ConfigError, DataError
-from .hierarchy_plan import Block, Merge, PlanState, push_segments, waves
+from .errors import DataError
+from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, push_segments, waves
 from .layout import EncoderRows, MEM
 from .memory import Memory
 from .model import ICAE
@@ -68,19 +68,8 @@ class HierarchicalICAE(ICAE):
     # ---- budget -------------------------------------------------------------------------------
 
     def budget_blocks(self, max_slots: int | None) -> int | None:
-        """Blocks the plan may retain: the budget less one block reserved for a trailing partial segment."""
-        max_slots = self.hierarchy.max_slots if max_slots is None else max_slots
-        if max_slots is None:
-            return None
-        k = self.icae_config.mem_size
-        if max_slots < k:
-            raise ConfigError(f"max_slots={max_slots} is smaller than one block (mem_size={k} slots)")
-        if max_slots < 2 * k:
-            raise ConfigError(
-                f"max_slots={max_slots} holds one block; the hierarchy needs two (2*mem_size={2 * k}): "
-                "one for the compressed past and one reserved for the trailing partial segment"
-            )
-        return max_slots // k - 1
+        """Blocks the plan may retain (the budget less one block reserved for a trailing partial segment)."""
+        return budget_to_blocks(self.hierarchy.max_slots if max_slots is None else max_slots, self.icae_config.mem_size)
 
     # ---- encoding -------------------------------------------------------------------------------
 
@@ -178,6 +167,13 @@ class HierarchicalICAE(ICAE):
         cfg = self.icae_config
         return Memory(slots, [st.total_tokens for st in streams], nseg, self.base_model_name, self.fingerprint,
                       cfg.mem_size, cfg.compression_rate, levels, {"segment_tokens": S}, blocks, tails)
+
+    def forward(self, contexts: list[list[int]], dec_ids: torch.Tensor, dec_labels: torch.Tensor, dec_mask: torch.Tensor,
+                task: torch.Tensor | None = None, max_slots: int | None = None, **_: Any) -> dict[str, torch.Tensor]:
+        """Training loss: compress each context hierarchically (gradient through the whole tree, or
+        stopped at level boundaries with ``stop_gradient``), then the decoder loss as in ICAE."""
+        mem = self.compress_ids([list(c) for c in contexts], max_slots)
+        return self.decoder_loss(torch.cat(mem.slots), dec_ids, dec_labels, dec_mask, task)
 
     def compress_ids(self, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
         budget = self.budget_blocks(max_slots)

@@ -107,3 +107,26 @@ def waves(deps: dict[Hashable, list[Hashable]], known: set[Hashable]) -> list[li
         ready_set = set(ready)
         pending = [n for n in pending if n not in ready_set]
     return out
+
+
+def num_blocks(num_tokens: int, segment_tokens: int, group_size: int, max_levels: int, budget_blocks: int | None) -> int:
+    """Blocks in the memory of a text of ``num_tokens`` tokens (a trailing partial segment adds one)."""
+    state = plan(num_tokens // segment_tokens, group_size, max_levels, budget_blocks)
+    return len(state.blocks) + (1 if num_tokens % segment_tokens else 0)
+
+
+def budget_to_blocks(max_slots: int | None, mem_size: int) -> int | None:
+    """Blocks the plan may retain under a budget of ``max_slots`` slots: one block is reserved for a
+    trailing partial segment, so that the plan's state never depends on whether one exists."""
+    if max_slots is None:
+        return None
+    from .errors import ConfigError
+
+    if max_slots < mem_size:
+        raise ConfigError(f"max_slots={max_slots} is smaller than one block (mem_size={mem_size} slots)")
+    if max_slots < 2 * mem_size:
+        raise ConfigError(
+            f"max_slots={max_slots} holds one block; the hierarchy needs two (2*mem_size={2 * mem_size}): "
+            "one for the compressed past and one reserved for the trailing partial segment"
+        )
+    return max_slots // mem_size - 1

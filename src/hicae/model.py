@@ -86,7 +86,8 @@ class ICAE(nn.Module):
         self.encoder = get_peft_model(base_model, lora)
         emb = base_model.get_input_embeddings().weight
         D = emb.shape[1]
-        std = float(emb.detach().float().std())
+        # Scale of the vocabulary embeddings, from a strided sample (no fp32 copy of a 152k x D table).
+        std = float(emb.detach()[:: max(1, emb.shape[0] // 4096)].float().std())
         g = torch.Generator().manual_seed(0)
         # Trainable embeddings live in fp32 (like peft's adapter weights) and are cast on use.
         self.mem_embeddings = nn.Parameter(torch.randn(cfg.mem_size, D, generator=g).mul_(std).to(emb.device))  # [k, D]
@@ -304,7 +305,11 @@ class ICAE(nn.Module):
         """
         spe = segments_per_example.tolist() if segments_per_example is not None else []
         slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
-        slots = slots.reshape(-1, slots.shape[-1])  # [R*k, D]
+        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task)
+
+    def decoder_loss(self, slots: torch.Tensor, dec_ids: torch.Tensor, dec_labels: torch.Tensor,
+                     dec_mask: torch.Tensor, task: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``."""
         embeds = self._decoder_embeds(dec_ids, slots)
         hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, use_cache=False).last_hidden_state
         tok_loss, rows = self._labelled_loss(hidden, dec_labels)  # [N], [N]

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from ..checkpoint import load_base, load_icae, read_checkpoint_config
-from ..config import ICAEConfig
+from ..config import HierarchyConfig, ICAEConfig
 from ..data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
 from ..errors import ConfigError
+from ..hierarchy import HierarchicalICAE
 from ..model import ICAE
 from ..plots import save_loss_curve
 from ..trainer import ICAETrainer
@@ -36,6 +37,10 @@ class ModelArguments:
     )
     dtype: str = field(default="auto", metadata={"help": "Base model dtype: auto, bf16, fp16 or fp32."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2."})
+    hierarchical: bool = field(
+        default=False,
+        metadata={"help": "Train HierarchicalICAE (--levels, --group_size, --max_slots); a Phase-1 --restore_from is upgraded."},
+    )
 
 
 @dataclass
@@ -48,7 +53,8 @@ class DataArguments:
 
 
 def build_parser(mode: str) -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, ICAEConfig, TrainingArguments), prog=f"hicae {mode}")
+    parser = HfArgumentParser((ModelArguments, DataArguments, ICAEConfig, HierarchyConfig, TrainingArguments),
+                              prog=f"hicae {mode}")
     # Pretraining corpora hold documents longer than any window: read their head. Fine-tuning
     # refuses over-long inputs, since cutting one could remove what the answer needs.
     parser.set_defaults(overlong="truncate" if mode == "pretrain" else "error", report_to="auto",
@@ -83,7 +89,8 @@ def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) ->
 
 def run(mode: str, argv: list[str]) -> int:
     parser = build_parser(mode)
-    margs, dargs, cfg, targs = parse_dataclasses(parser, argv)
+    margs, dargs, cfg, hier, targs = parse_dataclasses(parser, argv)
+    hier = hier if margs.hierarchical else None
     targs.report_to = _report_to(targs.report_to)
     if not dargs.train_file:
         raise ConfigError("--train_file is required")
@@ -100,16 +107,17 @@ def run(mode: str, argv: list[str]) -> int:
         if margs.model_name_or_path:
             base, tok = load_base(margs.model_name_or_path, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
         model = load_icae(margs.restore_from, base_model=base, tokenizer=tok, config_overrides=restored.to_dict(),
-                          dtype=margs.dtype, attn_implementation=margs.attn_implementation)
+                          hierarchy=hier, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
     else:
         if mode == "finetune":
             print("hicae finetune: no --restore_from given; fine-tuning a fresh ICAE from the base model", file=sys.stderr)
         if not margs.model_name_or_path:
             raise ConfigError("--model_name_or_path is required (or --restore_from a hicae checkpoint)")
         base, tok = load_base(margs.model_name_or_path, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
-        model = ICAE(base, tok, cfg)
+        model = ICAE(base, tok, cfg) if hier is None else HierarchicalICAE(base, tok, cfg, hier)
 
-    collator = Collator(model.tokenizer, model.tokens, model.icae_config, mode, dargs.lm_ratio, seed=targs.seed)
+    collator = Collator(model.tokenizer, model.tokens, model.icae_config, mode, dargs.lm_ratio, seed=targs.seed,
+                        hierarchy=getattr(model, "hierarchy", None))
     trainer = ICAETrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals, data_collator=collator)
     result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     trainer.save_model(targs.output_dir)
