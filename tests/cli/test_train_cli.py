@@ -92,3 +92,52 @@ def test_unknown_flag_and_missing_file_are_user_errors(base_dir, tmp_path, run_c
     assert code == 1 and "no_such_flag" in err
     code, _, err = run_cli("pretrain", "--train_file", "x.jsonl", "--position_layout", "diagonal")
     assert code == 1 and "position_layout" in err
+
+
+def test_hierarchical_pretrain_upgrade_and_streaming_compress(base_dir, tmp_path, run_cli):
+    long_texts = [" ".join(f"w{(i * 7 + j) % 40}" for i in range(60)) for j in range(4)]
+    f = tmp_path / "long.jsonl"
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in long_texts))
+    out = tmp_path / "hier"
+    code, _, err = run_cli("pretrain", *tiny_args(base_dir, out, f, "--max_steps", "3", "--hierarchical", "--levels", "3",
+                                                  "--group_size", "2", "--max_slots", "16", "--model_max_length", "32",
+                                                  "--lm_ratio", "0.5", "--min_tokens_for_lm", "4"))
+    assert code == 0, err
+    cfg = json.loads((out / "hicae_config.json").read_text())
+    assert cfg["hierarchy"]["levels"] == 3 and cfg["icae"]["segmentation"] == "fixed"
+    assert "level_embeddings" in load_file(out / "icae_embeddings.safetensors")
+    hist = json.loads((out / "loss_history.json").read_text())
+    assert len(hist["loss"]) == 3
+
+    # stream: compress the first half, append the second; equals compressing the whole
+    cut = long_texts[0].index(" ", 100)  # at a word boundary, so the two parts tokenize as the whole
+    half = tmp_path / "a.txt"
+    half.write_text(long_texts[0][:cut])
+    rest = tmp_path / "b.txt"
+    rest.write_text(long_texts[0][cut:])
+    whole = tmp_path / "ab.txt"
+    whole.write_text(long_texts[0])
+    common = ("--checkpoint", str(out), "--device", "cpu", "--max_slots", "16")
+    assert run_cli("compress", *common, "--input", str(whole), "--output", str(tmp_path / "w.mem"))[0] == 0
+    assert run_cli("compress", *common, "--input", str(half), "--output", str(tmp_path / "a.mem"))[0] == 0
+    code, out_s, err = run_cli("compress", *common, "--input", str(rest), "--append_to", str(tmp_path / "a.mem"),
+                               "--output", str(tmp_path / "ab.mem"))
+    assert code == 0, err
+    from hicae import Memory
+
+    w, ab = Memory.load(tmp_path / "w.mem"), Memory.load(tmp_path / "ab.mem")
+    assert w.num_slots[0] <= 16 and w.levels >= 2
+    assert w.num_tokens == ab.num_tokens and w.blocks == ab.blocks and w.tails == ab.tails
+    assert torch.allclose(w.slots[0], ab.slots[0], atol=1e-5)
+
+    # a Phase-1 checkpoint upgrades to a hierarchy when fine-tuned with --hierarchical
+    pre = tmp_path / "flat"
+    assert run_cli("pretrain", *tiny_args(base_dir, pre, f, "--max_steps", "1", "--segmentation", "fixed",
+                                          "--model_max_length", "256"))[0] == 0
+    ft = tmp_path / "ft.jsonl"
+    ft.write_text("".join(json.dumps({"input": t, "prompt": "Which words?", "answer": t[:10]}) + "\n" for t in long_texts))
+    code, _, err = run_cli("finetune", "--restore_from", str(pre), "--hierarchical", "--levels", "2", "--output_dir",
+                           str(tmp_path / "ftout"), "--train_file", str(ft), "--max_steps", "2", "--report_to", "none",
+                           "--use_cpu", "true", "--disable_tqdm", "true")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ftout" / "hicae_config.json").read_text())["hierarchy"]["levels"] == 2

@@ -1,0 +1,183 @@
+"""Checkpoints: save/load gives the same model; loading is strict and says what does not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ARCHS, TEXTS, build_icae
+from safetensors.torch import load_file, save_file
+
+from hicae import ICAE, CheckpointError
+from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE
+from hicae.tiny import tiny_model
+
+VARIED = dict(initializer_range=0.3)
+PROMPTS = ["What is this about?", "Why?", "Who", "Tell me more."]
+
+
+def _outputs(model):
+    mem = model.compress(TEXTS)
+    return mem, {
+        "reconstruct": model.reconstruct_ids(mem, max_new_tokens=6),
+        "continue": model.continue_ids(mem, max_new_tokens=6),
+        "generate": model.generate_ids(mem, PROMPTS, max_new_tokens=6),
+    }
+
+
+def _same(model_a, model_b):
+    mem_a, out_a = _outputs(model_a)
+    mem_b, out_b = _outputs(model_b)
+    for x, y in zip(mem_a.slots, mem_b.slots):
+        assert torch.equal(x, y)
+    assert mem_a.fingerprint == mem_b.fingerprint and mem_a.base_model == mem_b.base_model
+    assert out_a == out_b
+    assert len({t for rows in out_a.values() for r in rows for t in r}) >= 10  # varied, not one token
+    # memory made by one is accepted by the other
+    assert model_b.reconstruct_ids(mem_a, max_new_tokens=6) == out_a["reconstruct"]
+    ta, tb = model_a.trainable_parameters(), model_b.trainable_parameters()
+    assert sorted(ta) == sorted(tb)
+    for n in ta:
+        assert torch.equal(ta[n], tb[n]), n
+
+
+@pytest.fixture(params=ARCHS)
+def trained(request, qwen3_tokenizer):
+    arch = request.param
+    model = build_icae(qwen3_tokenizer, arch, base_overrides=VARIED).model
+    return arch, model
+
+
+def test_save_load_with_base_model_passed(trained, qwen3_tokenizer, tmp_path):
+    arch, model = trained
+    model.save_pretrained(tmp_path / "ckpt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    # peft also writes a model card (README.md) beside its adapter
+    assert set(files) - {"README.md"} == {CONFIG_FILE, ADAPTER_FILE, "adapter_config.json", EMBED_FILE}
+    meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    assert meta["base_model"] == f"tiny-{arch}" and meta["has_base"] is False
+    assert meta["icae"]["mem_size"] == 4 and meta["base_shape"]["model_type"] == arch
+    # no base weights in a trained-only checkpoint
+    assert sum(p.stat().st_size for p in (tmp_path / "ckpt").iterdir()) < 1_000_000
+
+    base = tiny_model(arch, seed=0, **VARIED)  # the same random base, rebuilt
+    loaded = ICAE.from_pretrained(tmp_path / "ckpt", base_model=base, tokenizer=qwen3_tokenizer)
+    assert loaded.icae_config == model.icae_config
+    _same(model, loaded)
+
+
+def test_save_load_with_base_saved(trained, tmp_path):
+    arch, model = trained
+    model.save_pretrained(tmp_path / "ckpt", save_base=True)
+    assert (tmp_path / "ckpt" / "base" / "config.json").is_file()
+    loaded = ICAE.from_pretrained(tmp_path / "ckpt")  # base model and tokenizer from the checkpoint
+    assert loaded.base_model_name == f"tiny-{arch}"
+    assert loaded.dtype == torch.float32
+    _same(model, loaded)
+    # the loaded decoder is the saved base, bit for bit
+    want = dict(model.decoder.named_parameters())
+    for n, p in loaded.decoder.named_parameters():
+        assert torch.equal(p, want[n]), n
+
+
+def test_save_overwrites_atomically(trained, qwen3_tokenizer, tmp_path):
+    arch, model = trained
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path)
+    with torch.no_grad():
+        model.mem_embeddings.add_(1.0)
+    model.save_pretrained(path)  # replaces the old checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary or old folder left
+    loaded = ICAE.from_pretrained(path, base_model=tiny_model(arch, **VARIED), tokenizer=qwen3_tokenizer)
+    assert torch.equal(loaded.mem_embeddings, model.mem_embeddings)
+
+
+@pytest.fixture
+def saved(qwen3_tokenizer, tmp_path):
+    model = build_icae(qwen3_tokenizer, "qwen3").model
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path)
+    return model, path
+
+
+def _load(path, tokenizer, arch="qwen3", **overrides):
+    return ICAE.from_pretrained(path, base_model=tiny_model(arch, **overrides), tokenizer=tokenizer)
+
+
+def test_other_base_config_is_refused_naming_the_mismatch(saved, qwen3_tokenizer):
+    _, path = saved
+    with pytest.raises(CheckpointError) as e:
+        _load(path, qwen3_tokenizer, hidden_size=32)
+    assert "hidden_size: expected 64, got 32" in str(e.value) and "tiny-qwen3" in str(e.value)
+    with pytest.raises(CheckpointError, match="num_hidden_layers: expected 2, got 3"):
+        _load(path, qwen3_tokenizer, num_hidden_layers=3)
+    with pytest.raises(CheckpointError, match="model_type: expected 'qwen3', got 'qwen2'"):
+        _load(path, qwen3_tokenizer, arch="qwen2")
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        _load(path, qwen3_tokenizer, vocab_size=151700)
+
+
+def test_missing_key_is_an_error(saved, qwen3_tokenizer):
+    _, path = saved
+    f = path / ADAPTER_FILE
+    tensors = load_file(str(f))
+    gone = sorted(tensors)[0]
+    assert "lora_" in gone
+    save_file({k: v for k, v in tensors.items() if k != gone}, str(f))
+    with pytest.raises(CheckpointError) as e:
+        _load(path, qwen3_tokenizer)
+    assert "missing 1" in str(e.value) and gone in str(e.value) and ADAPTER_FILE in str(e.value)
+
+
+def test_unexpected_key_is_an_error(saved, qwen3_tokenizer):
+    _, path = saved
+    f = path / ADAPTER_FILE
+    tensors = load_file(str(f))
+    extra = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"
+    tensors[extra] = torch.zeros(4, 64)
+    save_file(tensors, str(f))
+    with pytest.raises(CheckpointError) as e:
+        _load(path, qwen3_tokenizer)
+    assert "unexpected 1" in str(e.value) and extra in str(e.value)
+
+
+def test_embedding_file_keys_and_shapes_are_checked(saved, qwen3_tokenizer):
+    model, path = saved
+    f = path / EMBED_FILE
+    emb = load_file(str(f))
+    save_file({"mem_embeddings": emb["mem_embeddings"]}, str(f))
+    with pytest.raises(CheckpointError, match=r"missing 1 \(e\.g\. \['task_embeddings'\]\)"):
+        _load(path, qwen3_tokenizer)
+    save_file({**emb, "projection": torch.zeros(2)}, str(f))
+    with pytest.raises(CheckpointError, match="unexpected 1.*projection"):
+        _load(path, qwen3_tokenizer)
+    save_file({**emb, "mem_embeddings": torch.zeros(8, 64)}, str(f))
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*mem_embeddings: file \(8, 64\) vs model \(4, 64\)"):
+        _load(path, qwen3_tokenizer)
+    save_file(emb, str(f))
+    loaded = _load(path, qwen3_tokenizer)  # restored: loads again
+    assert torch.equal(loaded.mem_embeddings, model.mem_embeddings)
+
+
+def test_lora_rank_mismatch_is_an_error(saved, qwen3_tokenizer):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        ICAE.from_pretrained(path, base_model=tiny_model("qwen3"), tokenizer=qwen3_tokenizer, config_overrides={"lora_r": 8})
+
+
+def test_broken_checkpoints_are_errors(saved, qwen3_tokenizer, tmp_path):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="not a hicae checkpoint"):
+        _load(tmp_path / "nowhere", qwen3_tokenizer)
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        ICAE.from_pretrained(path, base_model=tiny_model("qwen3"))
+    (path / EMBED_FILE).write_bytes(b"garbage" * 20)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        _load(path, qwen3_tokenizer)
+    (path / EMBED_FILE).unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        _load(path, qwen3_tokenizer)
+    (path / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        _load(path, qwen3_tokenizer)
