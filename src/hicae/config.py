@@ -168,12 +168,15 @@ class HierarchyConfig:
     """Settings of HierarchicalICAE (recursive compression); see docs/hierarchy.md."""
 
     levels: int = field(
-        default=4, metadata={"help": "Most levels L: level-1 blocks come from text, level l+1 from g level-l blocks."}
+        default=8,
+        metadata={"help": "Most levels L: level-1 blocks come from text, level l+1 from g level-l blocks "
+                          "(L=1: plain ICAE, no merges)."},
     )
     group_size: int = field(default=2, metadata={"help": "g: blocks merged into one block of the next level (>= 2)."})
     max_slots: int | None = field(
         default=None,
-        metadata={"help": "Default memory budget per text in slots (None: no budget, memory grows with log(length))."},
+        metadata={"help": "Default memory budget per text in slots. None: no budget; memory grows with log(length) "
+                          "up to g^(L-1) segments, then by one block per g^(L-1) segments."},
     )
     max_text_tokens: int = field(
         default=1 << 21, metadata={"help": "Longest text (tokens) the hierarchy accepts; model_max_length is ICAE's."}

@@ -32,8 +32,9 @@ class _Stream:
 
     state: PlanState
     slots: dict[int, torch.Tensor]  # block id -> [k, D]
-    tokens: list[int]  # not yet pushed: the tail of earlier input plus new input
+    tokens: list[int]  # the tail of earlier input plus new input; tokens[pos:] are not yet pushed
     total_tokens: int  # tokens covered so far, pushed or not
+    pos: int = 0
 
 
 class HierarchicalICAE(ICAE):
@@ -106,9 +107,9 @@ class HierarchicalICAE(ICAE):
         while True:
             segs, owners = [], []
             for i, st in enumerate(streams):
-                n = min(per_round, len(st.tokens) // S)
+                n = min(per_round, (len(st.tokens) - st.pos) // S)
                 for j in range(n):
-                    segs.append(st.tokens[j * S : (j + 1) * S])
+                    segs.append(st.tokens[st.pos + j * S : st.pos + (j + 1) * S])
                     owners.append(i)
             if not segs:
                 break
@@ -124,13 +125,15 @@ class HierarchicalICAE(ICAE):
                     st.slots[leaf] = slots[r]
                     r += 1
                 merges += [(i, m) for m in st.state.merges[before:]]
-                st.tokens = st.tokens[n * S :]
+                st.pos += n * S
             self._run_merges(streams, merges)
             for st in streams:  # keep only what is retained: memory stays bounded
                 keep = {b.id for b in st.state.blocks}
                 st.slots = {b: v for b, v in st.slots.items() if b in keep}
                 st.state.merges.clear()
         partial: list[torch.Tensor | None] = [None] * len(streams)
+        for st in streams:  # drop what is pushed; only the partial segment (< S tokens) remains
+            st.tokens, st.pos = st.tokens[st.pos :], 0
         if final:
             tails = [(i, st.tokens) for i, st in enumerate(streams) if st.tokens]
             if tails:

@@ -3,11 +3,14 @@
 A text is a stream of level-1 blocks (one per full segment of ``S = k*r`` tokens). Blocks are
 pushed oldest first; after each push:
 1. *counter merges*: while the newest ``g`` blocks share a level ``l < max_levels``, they merge
-   into one level-``l+1`` block (a base-``g`` counter, like a log-structured merge tree), so the
-   number of blocks grows with the logarithm of the length;
-2. *budget merges*: while the blocks hold more than ``budget_blocks``, the oldest ``g`` blocks
-   (or all of them, if fewer) merge into one block one level above the highest of them, capped at
-   ``max_levels``: old content gets coarser, recent content stays fine.
+   into one level-``l+1`` block (a base-``g`` counter, like a log-structured merge tree): at most
+   ``g-1`` blocks per level below the top, so up to ``g^(max_levels-1)`` segments the number of
+   blocks grows with the logarithm of the length, and each token is re-compressed once per level;
+   past that, top-level blocks accumulate (one per ``g^(max_levels-1)`` segments);
+2. *budget merges*: while the blocks exceed ``budget_blocks``, the oldest ``g`` blocks (the top
+   levels; all of them if fewer) merge into one block a level above the highest of them, capped at
+   ``max_levels``: old content gets coarser, recent content stays fine. With a budget of at least
+   ``(g-1)*(max_levels-1) + g`` blocks only top-level blocks merge this way.
 The state after a push depends only on the state before it, so compressing ``a + b`` and
 appending ``b`` to the memory of ``a`` (at a segment boundary) give the same blocks.
 """
@@ -49,12 +52,13 @@ class PlanState:
         return PlanState(list(self.blocks), list(self.merges), self.next_id, self.segments)
 
 
-def _merge(state: PlanState, group: list[Block], level: int) -> None:
+def _merge(state: PlanState, at: int, n: int, level: int) -> None:
+    """Replace blocks ``[at, at+n)`` by one block of ``level``."""
+    group = state.blocks[at : at + n]
     out = Block(level, group[0].start, group[-1].end, state.next_id)
     state.next_id += 1
     state.merges.append(Merge(out, [b.id for b in group]))
-    i = state.blocks.index(group[0])
-    state.blocks[i : i + len(group)] = [out]
+    state.blocks[at : at + n] = [out]
 
 
 def push_segments(state: PlanState, count: int, group_size: int, max_levels: int, budget_blocks: int | None) -> list[int]:
@@ -77,10 +81,10 @@ def push_segments(state: PlanState, count: int, group_size: int, max_levels: int
             lvl = tail[0].level
             if lvl >= max_levels or any(x.level != lvl for x in tail):
                 break
-            _merge(state, tail, lvl + 1)
+            _merge(state, len(state.blocks) - g, g, lvl + 1)
         while budget_blocks is not None and len(state.blocks) > budget_blocks:
-            group = state.blocks[: min(g, len(state.blocks))]
-            _merge(state, group, min(max_levels, max(x.level for x in group) + 1))
+            n = min(g, len(state.blocks))
+            _merge(state, 0, n, min(max_levels, max(x.level for x in state.blocks[:n]) + 1))
     return leaves
 
 

@@ -1,7 +1,9 @@
 """``hicae demo``: the whole pipeline offline on CPU in a few minutes.
 
-1. builds a tiny random Qwen3-architecture model with the real Qwen3 tokenizer (or loads
-   ``--model_name_or_path``) and saves it, so the rest runs the same code as for a real checkpoint;
+1. builds a tiny random Qwen3-architecture model with the real Qwen3 tokenizer, warms it up as a
+   causal LM on the training passages (a real Qwen knows language; a random decoder does not),
+   and saves it, so the rest runs the same code as for a real checkpoint (or loads
+   ``--model_name_or_path``);
 2. writes a small corpus (docstrings of Python's standard library, held out by module) as JSONL;
 3. runs ``hicae pretrain`` on it (AE + LM objectives);
 4. compresses a training passage and a held-out passage, reconstructs them, answers a prompt and
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,13 +32,33 @@ def _write_jsonl(path: Path, texts: list[str]) -> None:
     write_text_atomic(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 
 
+def warm_up_base(model, tokenizer, texts: list[str], steps: int, seed: int, device: str) -> tuple[float, float]:
+    """Train ``model`` as a causal LM on ``texts`` for ``steps`` steps with transformers' Trainer; returns the first and last loss."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    data = [{"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]} for t in texts]
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hicae-base-"), max_steps=steps, learning_rate=1e-2,
+                             per_device_train_batch_size=8, logging_steps=max(1, steps // 8), report_to=[],
+                             save_strategy="no", seed=seed, disable_tqdm=True, use_cpu=device == "cpu")
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model.eval()
+    return losses[0], losses[-1]
+
+
 def demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hicae demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", default=None, help="a real base model instead of the tiny random Qwen3")
     p.add_argument("--output_dir", default="outputs/demo")
-    p.add_argument("--max_steps", type=int, default=300)
+    p.add_argument("--max_steps", type=int, default=150)
+    p.add_argument("--train_passages", type=int, default=8,
+                   help="passages to train on: few enough that a tiny model learns them in CPU minutes")
+    p.add_argument("--base_steps", type=int, default=60,
+                   help="causal-LM warm-up steps of the tiny random base before it is frozen (0: none)")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--learning_rate", type=float, default=3e-3)
+    p.add_argument("--learning_rate", type=float, default=1e-2)
     p.add_argument("--mem_size", type=int, default=8)
     p.add_argument("--compression_rate", type=int, default=4)
     p.add_argument("--lora_r", type=int, default=16)
@@ -54,11 +77,14 @@ def demo(argv: list[str]) -> int:
         from ..tiny import tiny_model
 
         tok = load_qwen3_tokenizer()
-        # A wider init than the default 0.02 gives the random frozen decoder outputs that depend on
-        # its input, so that slots can steer it.
-        base = tiny_model("qwen3", seed=args.seed, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          initializer_range=0.5)
+        base = tiny_model("qwen3", seed=args.seed, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
         base.config._name_or_path = "tiny-qwen3-demo"
+        if args.base_steps:
+            # A random decoder is no language model: warm the tiny base up on the training passages
+            # first (plain causal-LM training), as a real Qwen would know language. It is frozen after.
+            t = time.time()
+            first, last = warm_up_base(base, tok, demo_corpus()[0][: args.train_passages], args.base_steps, args.seed, device)
+            print(f"[demo] base LM warm-up: {args.base_steps} steps, loss {first:.3f} -> {last:.3f} ({time.time() - t:.0f} s)")
         base_path = str(out / "base")
         base.save_pretrained(base_path)
         tok.save_pretrained(base_path)
@@ -66,6 +92,7 @@ def demo(argv: list[str]) -> int:
               f"vocab {base.config.vocab_size}) + real Qwen3 tokenizer -> {base_path}")
 
     train, heldout = demo_corpus()
+    train = train[: args.train_passages]
     _write_jsonl(out / "data" / "train.jsonl", train)
     _write_jsonl(out / "data" / "eval.jsonl", heldout)
     print(f"[demo] corpus: {len(train)} training / {len(heldout)} held-out passages (Python stdlib docstrings)")
@@ -76,6 +103,8 @@ def demo(argv: list[str]) -> int:
         "--train_file", str(out / "data" / "train.jsonl"), "--validation_file", str(out / "data" / "eval.jsonl"),
         "--fixed_mem_size", str(args.mem_size), "--mean_compression_rate", str(args.compression_rate),
         "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--lora_dropout", "0.0",
+        # every projection: a tiny encoder needs the adapter's full reach to learn in CPU minutes
+        "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
         "--lm_ratio", str(args.lm_ratio), "--min_tokens_for_lm", "16", "--leave_tokens_for_lm", "2",
         "--model_max_length", "256", "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "16",

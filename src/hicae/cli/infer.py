@@ -57,13 +57,25 @@ def compress(argv: list[str]) -> int:
     p.add_argument("--model_max_length", type=int, default=None, help="longest text in tokens (default: the checkpoint's)")
     p.add_argument("--overlong", choices=["error", "truncate"], default="error",
                    help="refuse (default) or truncate texts over the limit, whatever the checkpoint was trained with")
+    p.add_argument("--max_slots", type=int, default=None, help="hierarchical checkpoints: memory budget per text, in slots")
+    p.add_argument("--append_to", default=None,
+                   help="hierarchical checkpoints: a memory file to extend (streaming); only the new text is compressed")
     args = p.parse_args(argv)
     texts = read_texts(args.input)
     over = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
     model = _load(args, over)
-    mem = model.compress(texts)
+    hierarchical = hasattr(model, "append")
+    if (args.max_slots is not None or args.append_to) and not hierarchical:
+        raise DataError("--max_slots and --append_to need a hierarchical checkpoint (hicae pretrain --hierarchical)")
+    if args.append_to:
+        mem = model.append(Memory.load(args.append_to, device=model.device), texts, max_slots=args.max_slots)
+    elif hierarchical:
+        mem = model.compress(texts, max_slots=args.max_slots)
+    else:
+        mem = model.compress(texts)
     mem.save(args.output)
-    print(json.dumps({"output": args.output, "texts": len(mem), "tokens": mem.num_tokens, "slots": mem.num_slots}))
+    print(json.dumps({"output": args.output, "texts": len(mem), "tokens": mem.num_tokens, "slots": mem.num_slots,
+                      "levels": mem.levels}))
     return 0
 
 
