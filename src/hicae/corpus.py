@@ -45,3 +45,23 @@ def passages(modules: tuple[str, ...], min_chars: int = 40, max_chars: int = 400
 def demo_corpus() -> tuple[list[str], list[str]]:
     """(training passages, held-out passages)."""
     return passages(TRAIN_MODULES), passages(HELDOUT_MODULES)
+
+
+LONG_MODULES = ("argparse", "collections", "json", "textwrap", "difflib", "csv", "datetime", "functools", "itertools",
+                "statistics", "random", "shutil", "tarfile", "zipfile", "pprint", "html", "queue", "heapq")
+
+
+def long_document(max_chars: int = 80_000) -> str:
+    """Full docstrings of many standard-library modules and their members, joined (tens of thousands of tokens)."""
+    parts: list[str] = []
+    size = 0
+    for name in LONG_MODULES:
+        mod = importlib.import_module(name)
+        docs = [inspect.getdoc(mod) or ""]
+        docs += [inspect.getdoc(o) or "" for n, o in sorted(vars(mod).items())
+                 if not n.startswith("_") and getattr(o, "__module__", None) == name]
+        for d in docs:
+            if d and size < max_chars:
+                parts.append(d)
+                size += len(d) + 2
+    return "\n\n".join(parts)[:max_chars]

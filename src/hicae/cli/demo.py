@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..corpus import demo_corpus
+from ..corpus import demo_corpus, long_document
 from ..fileio import write_text_atomic
 from .common import pick_device
 from .train import pretrain
@@ -65,6 +65,10 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--lm_ratio", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--hierarchical", action="store_true",
+                   help="then train a HierarchicalICAE from the ICAE and compress a long text into a bounded memory")
+    p.add_argument("--max_slots", type=int, default=48, help="--hierarchical: memory budget of the long text, in slots")
+    p.add_argument("--hier_steps", type=int, default=60, help="--hierarchical: training steps of the hierarchy")
     args = p.parse_args(argv)
     out = Path(args.output_dir)
     device = pick_device(args.device)
@@ -140,5 +144,54 @@ def demo(argv: list[str]) -> int:
     png = out / "icae" / "loss_curve.png"
     print(f"  loss curve: {png if png.exists() else out / 'icae' / 'loss_history.json'}")
     print(f"  memory file: {out / 'demo.mem.safetensors'}; checkpoint: {ckpt}")
+    if args.hierarchical:
+        hierarchical_demo(args, out, ckpt, train, heldout, device)
     print(f"[demo] done in {time.time() - t0:.0f} s")
     return 0
+
+
+def _blocks_summary(mem) -> str:
+    levels: dict[int, int] = {}
+    for lvl, _, _ in mem.blocks[0]:
+        levels[lvl] = levels.get(lvl, 0) + 1
+    per = ", ".join(f"{n} at level {lvl}" for lvl, n in sorted(levels.items(), reverse=True))
+    return f"{mem.num_tokens[0]} tokens -> {mem.num_slots[0]} slots in {len(mem.blocks[0])} blocks ({per})"
+
+
+def hierarchical_demo(args, out: Path, ckpt: Path, train: list[str], heldout: list[str], device: str) -> None:
+    """Upgrade the ICAE to a hierarchy, train it briefly on longer documents, then compress and
+    stream a long text into a bounded memory and decode from it."""
+    from ..checkpoint import load_icae
+
+    docs = [" ".join(train[i:] + train[:i]) for i in range(len(train))]  # long documents from the passages
+    _write_jsonl(out / "data" / "long.jsonl", docs)
+    hckpt = out / "hierarchical"
+    pretrain([
+        "--restore_from", str(ckpt), "--hierarchical", "--levels", "4", "--group_size", "2",
+        "--max_slots", str(args.max_slots), "--output_dir", str(hckpt), "--train_file", str(out / "data" / "long.jsonl"),
+        "--model_max_length", "128", "--lm_ratio", "0.3", "--max_steps", str(args.hier_steps),
+        "--per_device_train_batch_size", "4", "--learning_rate", str(args.learning_rate / 2), "--logging_steps", "10",
+        "--save_strategy", "no", "--seed", str(args.seed), "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", str(device == "cpu").lower(),
+    ])
+    model = load_icae(hckpt, device=device)
+    long_text = long_document()
+    mem = model.compress(long_text, max_slots=args.max_slots)
+    print("\n[demo] hierarchical memory (budget %d slots)" % args.max_slots)
+    print(f"  whole text: {_blocks_summary(mem)}")
+    # streaming: the same text in four parts, appended; only new text is compressed each time
+    # cut after paragraph breaks, where the parts tokenize exactly as the whole does
+    cuts = [0] + [long_text.index("\n\n", len(long_text) * i // 4) + 2 for i in (1, 2, 3)] + [len(long_text)]
+    parts = [long_text[a:b] for a, b in zip(cuts, cuts[1:])]
+    stream = model.compress(parts[0], max_slots=args.max_slots)
+    for i, part in enumerate(parts[1:], 2):
+        stream = model.append(stream, part, max_slots=args.max_slots)
+        print(f"  streamed {i}/4: {_blocks_summary(stream)}")
+    same = [b for b in stream.blocks[0]] == [b for b in mem.blocks[0]]
+    diff = max(float((a - b).abs().max()) for a, b in zip(stream.slots, mem.slots)) if same else float("nan")
+    print(f"  streamed memory equals the one-shot memory: blocks {'identical' if same else 'differ'}, "
+          f"max |slot difference| {diff:.2e}")
+    stream.save(out / "demo.hier.mem.safetensors")
+    print(f"  continuation: {model.continue_text(stream, max_new_tokens=24)[0]!r}")
+    print(f"  answer ('What is this text about?'): {model.generate(stream, 'What is this text about?', max_new_tokens=24)[0]!r}")
+    print(f"  memory file: {out / 'demo.hier.mem.safetensors'}; checkpoint: {hckpt}")
