@@ -618,17 +618,36 @@ def append_md(path: str, env: dict[str, Any], table: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """Flags of the model under test, shared by the benchmarks in this folder."""
     ap.add_argument("--shape", choices=SHAPES, default="tiny")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, cuda otherwise)")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp32 for tiny, bf16 otherwise")
-    ap.add_argument("--segments", type=int, default=32, help="segments of k*r tokens in all")
-    ap.add_argument("--texts", type=int, default=4, help="texts the segments are split into")
-    ap.add_argument("--ragged", action="store_true", help="texts shorter than whole segments (uneven segment sizes)")
     ap.add_argument("--mem-size", type=int, default=None, help="k (default 16 tiny, 128 otherwise)")
     ap.add_argument("--compression-rate", type=int, default=None, help="r (default 4)")
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 4 tiny, 128 otherwise)")
+    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+def resolve_model_defaults(args: argparse.Namespace) -> None:
+    """Fill the shape-dependent defaults of ``add_model_args``' flags."""
+    gpu_shape = args.shape != "tiny"
+    d = ICAE_DEFAULTS["gpu" if gpu_shape else "tiny"]
+    args.device = args.device or ("cuda" if gpu_shape else "cpu")
+    args.dtype = args.dtype or ("bf16" if gpu_shape else "fp32")
+    args.mem_size = args.mem_size or d["mem_size"]
+    args.compression_rate = args.compression_rate or d["compression_rate"]
+    args.lora_r = args.lora_r or d["lora_r"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(ap)
+    ap.add_argument("--segments", type=int, default=32, help="segments of k*r tokens in all")
+    ap.add_argument("--texts", type=int, default=4, help="texts the segments are split into")
+    ap.add_argument("--ragged", action="store_true", help="texts shorter than whole segments (uneven segment sizes)")
     ap.add_argument("--compress-batch-tokens", type=int, default=ICAEConfig.compress_batch_tokens)
     ap.add_argument("--warmup", type=int, default=None, help="untimed runs (default 1 on cpu, 2 on cuda)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs, median reported (default 5)")
@@ -637,20 +656,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-memory", action="store_true", help="peak memory of a training step, shared weights vs two copies")
     ap.add_argument("--train-tokens", type=int, default=None, help="AE example length (default 5120 on cuda, 512 on cpu)")
     ap.add_argument("--roofline", action="store_true", help="also measure an 8192^3 bf16 matmul (cuda only)")
-    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--append-md", default=None, help="append the table, command, device and versions to this markdown file")
     args = ap.parse_args(argv)
-
-    gpu_shape = args.shape != "tiny"
-    d = ICAE_DEFAULTS["gpu" if gpu_shape else "tiny"]
-    args.device = args.device or ("cuda" if gpu_shape else "cpu")
-    args.dtype = args.dtype or ("bf16" if gpu_shape else "fp32")
-    args.mem_size = args.mem_size or d["mem_size"]
-    args.compression_rate = args.compression_rate or d["compression_rate"]
-    args.lora_r = args.lora_r or d["lora_r"]
+    resolve_model_defaults(args)
     cuda = args.device.startswith("cuda")
     args.warmup = args.warmup if args.warmup is not None else (2 if cuda else 1)
     args.repeats = args.repeats or 5

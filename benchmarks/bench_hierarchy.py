@@ -60,14 +60,14 @@ except ImportError:  # pragma: no cover
 import hicae.hierarchy as hier_mod  # noqa: E402
 from bench_compress import (  # noqa: E402
     DTYPES,
-    ICAE_DEFAULTS,
-    SHAPES,
     TEXT_VOCAB,
     _load_note,
+    add_model_args,
     build_base,
     environment,
     load_tokenizer,
     release,
+    resolve_model_defaults,
 )
 from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig  # noqa: E402
 
@@ -539,12 +539,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-slots", "--max_slots", dest="max_slots", type=int, default=None,
                     help="slot budget of the budgeted runs (default 16*k: 256 for the tiny shape)")
     ap.add_argument("--skip-unbudgeted", action="store_true", help="only the runs with a budget")
-    ap.add_argument("--shape", choices=SHAPES, default="tiny")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, cuda otherwise)")
-    ap.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp32 for tiny, bf16 otherwise")
-    ap.add_argument("--mem-size", type=int, default=None, help="k (default 16 tiny, 128 otherwise)")
-    ap.add_argument("--compression-rate", type=int, default=None, help="r (default 4)")
-    ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 4 tiny, 128 otherwise)")
+    add_model_args(ap)
     ap.add_argument("--levels", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=2)
     ap.add_argument("--compress-batch-tokens", type=int, default=ICAEConfig.compress_batch_tokens,
@@ -554,21 +549,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="repeat a point only while its runs would stay under this many seconds (default %(default)s)")
     ap.add_argument("--warmup-tokens", type=int, default=None,
                     help="untimed warm-up text per budget (default: two streaming rounds and a bit, at most the longest length)")
-    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on the CPU; see the docstring)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--append-md", "--append_md", dest="append_md", default=None, help="append the table to this markdown file")
     ap.add_argument("--plot", default=None, help="write a PNG: log-log time vs tokens, peak memory vs tokens")
     args = ap.parse_args(argv)
 
-    gpu_shape = args.shape != "tiny"
-    d = ICAE_DEFAULTS["gpu" if gpu_shape else "tiny"]
-    args.device = args.device or ("cuda" if gpu_shape else "cpu")
-    args.dtype = args.dtype or ("bf16" if gpu_shape else "fp32")
-    args.mem_size = args.mem_size or d["mem_size"]
-    args.compression_rate = args.compression_rate or d["compression_rate"]
-    args.lora_r = args.lora_r or d["lora_r"]
+    resolve_model_defaults(args)
     args.max_slots = args.max_slots or 16 * args.mem_size
     try:
         args.lengths = sorted({parse_length(s) for s in args.lengths.split(",") if s.strip()})

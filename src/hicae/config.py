@@ -104,11 +104,7 @@ class ICAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ICAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown ICAEConfig fields: {unknown}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
     # Fields that change what a memory slot means; runtime knobs (batch budget, length policy,
     # LM loss settings) do not, so memory stays valid across them.
@@ -132,6 +128,14 @@ class ICAEConfig:
             payload["extra"] = extra
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, refusing unknown fields (a checkpoint from another version)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields: {unknown}")
+    return cls(**d)
 
 
 # Keys of the base model's config that a checkpoint and a memory file must agree on.
@@ -198,11 +202,7 @@ class HierarchyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HierarchyConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown HierarchyConfig fields: {unknown}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
     def memory_fields(self) -> dict[str, Any]:
         """What changes the meaning of hierarchical slots (the budget does not)."""

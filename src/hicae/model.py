@@ -41,6 +41,8 @@ from .layout import (
     with_target,
 )
 from .memory import Memory
+from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
+from .prefix_cache import resolve as resolve_prefix_cache
 from .tokens import SpecialTokens, tokenize
 
 TASKS = ("ae", "lm", "ft")
@@ -349,24 +351,55 @@ class ICAE(nn.Module):
 
     # ---- decoding ----------------------------------------------------------------------------------
 
-    def _generate(self, mem: Memory, examples: list[DecoderExample], max_new_tokens: int, **gen_kwargs: Any) -> list[list[int]]:
-        """Greedy (or sampled, via ``gen_kwargs``) decoding from slot-prefixed layouts, batched with left padding."""
+    def prefix_cache(self, mem: Memory, tasks: tuple[str, ...] | list[str] = ("ft",)) -> PrefixCache:
+        """Compute the decoder's KV cache of ``mem``'s prompt-independent prefixes once, for reuse.
+
+        ``cache = model.prefix_cache(mem)``, then ``model.generate(mem, prompts, prefix_cache=cache)``
+        as often as needed: each call runs only the prompts (and the new tokens) through the decoder.
+        ``tasks``: which prefixes to compute now: ``"ft"`` (chat prompts: ``before [slots] [FT]``),
+        ``"ae"`` / ``"lm"`` (reconstruct / continue: ``[slots]``); others are computed on first use.
+        The cache lives in memory only. See ``hicae.prefix_cache``.
+        """
+        unknown = set(tasks) - set(TASKS)
+        if unknown:
+            raise DataError(f"unknown tasks {sorted(unknown)} (choose from {list(TASKS)})")
+        cache = PrefixCache(self, mem)
+        keys = []
+        if "ft" in tasks and getattr(self.tokenizer, "chat_template", None):
+            exs = [self.tokens.ft_example(n, "", None) for n in mem.num_slots]
+            # a second probe: a template whose text before the memory depends on the prompt is not cached
+            lens = chat_prefix_lengths(exs + [self.tokens.ft_example(mem.num_slots[0], "?", None)])
+            if lens is not None:
+                keys += [(e, tuple(x.ids[:p])) for e, (x, p) in enumerate(zip(exs, lens))]
+        if {"ae", "lm"} & set(tasks):
+            keys += [(e, tuple([SLOT] * n)) for e, n in enumerate(mem.num_slots)]
+        if keys and cache.supported:
+            with self._eval_mode():
+                cache.ensure(self, keys)
+        return cache
+
+    def _generate(self, mem: Memory, examples: list[DecoderExample], max_new_tokens: int, *,
+                  prefix_lens: list[int] | None = None, prefix_cache: Any = None, **gen_kwargs: Any) -> list[list[int]]:
+        """Greedy (or sampled, via ``gen_kwargs``) decoding from slot-prefixed layouts, batched with left padding.
+
+        ``prefix_lens[i]``: how much of ``examples[i]`` depends on the memory only (cacheable);
+        ``prefix_cache``: a ``PrefixCache``, ``None`` (automatic: used when rows share a memory
+        entry) or ``False`` (never); see ``hicae.prefix_cache``.
+        """
         self.check_memory(mem)
-        batch = pad_decoder(examples, self.tokens.pad_id, side="left")
-        slots = torch.cat([s.to(self.device) for s in mem.slots])
+        kwargs = {"do_sample": False, **gen_kwargs}
+        if not kwargs["do_sample"]:  # silence the base model's sampling defaults
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs.update(max_new_tokens=max_new_tokens, eos_token_id=self.tokens.stop_ids, pad_token_id=self.tokens.pad_id)
+        cache = resolve_prefix_cache(self, mem, prefix_lens, prefix_cache, kwargs)
         with self._eval_mode():
-            embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
-            kwargs = {"do_sample": False, **gen_kwargs}
-            if not kwargs["do_sample"]:  # silence the base model's sampling defaults
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            out = self.decoder.generate(
-                inputs_embeds=embeds,
-                attention_mask=batch.attention_mask.to(self.device),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=self.tokens.stop_ids,
-                pad_token_id=self.tokens.pad_id,
-                **kwargs,
-            )
+            if cache is not None:
+                out = generate_cached(self, mem, examples, prefix_lens, cache, kwargs)  # type: ignore[arg-type]
+            else:
+                batch = pad_decoder(examples, self.tokens.pad_id, side="left")
+                slots = torch.cat([s.to(self.device) for s in mem.slots])
+                embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
+                out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device), **kwargs)
         stops = set(self.tokens.stop_ids)
         result = []
         for row in out.tolist():  # only new tokens: generate was given embeddings, no ids
@@ -379,33 +412,42 @@ class ICAE(nn.Module):
             return mem, []
         if isinstance(prompts, str):
             prompts = [prompts] * len(mem)
-        if len(mem) == 1 and len(prompts) > 1:  # many questions about one memory
+        if len(mem) == 1 and len(prompts) > 1:  # many questions about one memory (rows share its slots)
             mem = mem[[0] * len(prompts)]
         if len(prompts) != len(mem):
             raise DataError(f"{len(prompts)} prompts for {len(mem)} memories: give one prompt per memory, or one memory")
         return mem, list(prompts)
 
-    def generate_ids(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[list[int]]:
+    def generate_ids(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, *,
+                     prefix_cache: Any = None, **gen_kwargs: Any) -> list[list[int]]:
         mem, prompts = self._broadcast(mem, prompts)
         exs = [self.tokens.ft_example(n, p, None) for n, p in zip(mem.num_slots, prompts)]
-        return self._generate(mem, exs, max_new_tokens, **gen_kwargs)
+        return self._generate(mem, exs, max_new_tokens, prefix_lens=chat_prefix_lengths(exs),
+                              prefix_cache=prefix_cache, **gen_kwargs)
 
     def generate(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
-        """Answer prompts about compressed texts, in the base model's chat format."""
+        """Answer prompts about compressed texts, in the base model's chat format.
+
+        Many prompts about one memory compute its prefix once (automatic); ``prefix_cache=
+        model.prefix_cache(mem)`` keeps it across calls, ``prefix_cache=False`` turns caching off.
+        """
         return self._decode(self.generate_ids(mem, prompts, max_new_tokens, **gen_kwargs))
 
-    def reconstruct_ids(self, mem: Memory, max_new_tokens: int | None = None, **gen_kwargs: Any) -> list[list[int]]:
+    def reconstruct_ids(self, mem: Memory, max_new_tokens: int | None = None, *, prefix_cache: Any = None,
+                        **gen_kwargs: Any) -> list[list[int]]:
         exs = [with_target([SLOT] * n + [AE], []) for n in mem.num_slots]
         limit = max_new_tokens or max(mem.num_tokens) + 8
-        return self._generate(mem, exs, limit, **gen_kwargs)
+        return self._generate(mem, exs, limit, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache, **gen_kwargs)
 
     def reconstruct(self, mem: Memory, max_new_tokens: int | None = None, **gen_kwargs: Any) -> list[str]:
         """[AE] decoding: the texts back from their memory."""
         return self._decode(self.reconstruct_ids(mem, max_new_tokens, **gen_kwargs))
 
-    def continue_ids(self, mem: Memory, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[list[int]]:
+    def continue_ids(self, mem: Memory, max_new_tokens: int = 64, *, prefix_cache: Any = None,
+                     **gen_kwargs: Any) -> list[list[int]]:
         exs = [with_target([SLOT] * n + [LM], []) for n in mem.num_slots]
-        return self._generate(mem, exs, max_new_tokens, **gen_kwargs)
+        return self._generate(mem, exs, max_new_tokens, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache,
+                              **gen_kwargs)
 
     def continue_text(self, mem: Memory, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
         """[LM] decoding: continue each text from its memory."""

@@ -11,6 +11,7 @@ COMMANDS = {
     "finetune": ("hicae.cli.train", "finetune", "instruction fine-tuning on JSONL {'input','prompt','answer'}"),
     "compress": ("hicae.cli.infer", "compress", "compress texts into a memory file"),
     "generate": ("hicae.cli.infer", "generate", "answer prompts, reconstruct or continue from a memory file"),
+    "eval": ("hicae.cli.eval", "evaluate", "evaluate a checkpoint: ae | ppl | qa | passkey | needle (JSON, markdown, plots)"),
     "demo": ("hicae.cli.demo", "demo", "offline demo: tiny Qwen3 model, real Qwen tokenizer, train and decode"),
 }
 

@@ -1,0 +1,73 @@
+"""Decoder-side primitives of the tasks: per-example NLL (from memory or plain tokens) and plain-text generation.
+
+The plain paths run ``model.decoder``: the base model without the adapter, i.e. the frozen LLM
+itself, so they are the "no compression" baselines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..batching import pad_decoder
+from ..errors import ConfigError
+from ..layout import DecoderExample
+from ..memory import Memory
+
+
+def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None = None) -> tuple[list[float], list[int]]:
+    """Summed negative log-likelihood (nats) of each example's labelled tokens, and their counts.
+
+    ``mem`` given: the layouts hold SLOT/task placeholders, filled with ``mem``'s slots (one entry
+    per example, in order) and the learned task embeddings. ``mem`` None: plain vocabulary ids
+    through the base model. Batched with right padding; logits only at labelled positions.
+    """
+    batch = pad_decoder(examples, model.tokens.pad_id, side="right")
+    ids, mask, labels = (t.to(model.device) for t in (batch.ids, batch.attention_mask, batch.labels))
+    with torch.no_grad():
+        if mem is None:
+            hidden = model.decoder.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        else:
+            model.check_memory(mem)
+            slots = torch.cat([s.to(model.device) for s in mem.slots])
+            embeds = model._decoder_embeds(ids, slots)
+            hidden = model.decoder.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        losses, rows = model._labelled_loss(hidden, labels)  # [N], [N]
+    B = len(examples)
+    sums = torch.zeros(B, dtype=torch.float64, device=losses.device).index_add_(0, rows, losses.double())
+    counts = torch.bincount(rows, minlength=B)
+    return sums.tolist(), counts.tolist()
+
+
+def chat_prompt_ids(model: Any, content: str) -> list[int]:
+    """Token ids of one user turn holding ``content`` in the tokenizer's chat template, ready for the answer."""
+    tok = model.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError("the tokenizer has no chat template, so questions cannot be formatted; "
+                          "use a chat (Instruct) tokenizer or set tokenizer.chat_template")
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True,
+                                   **model.tokens.chat_kwargs)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy decoding of the base model from token ids (left-padded batch); new tokens up to the first stop id."""
+    width = max(len(p) for p in prompts)
+    pad = model.tokens.pad_id
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device)
+    with torch.no_grad():
+        out = model.decoder.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                     eos_token_id=model.tokens.stop_ids, pad_token_id=pad, do_sample=False,
+                                     temperature=None, top_p=None, top_k=None)
+    stops = set(model.tokens.stop_ids)
+    result = []
+    for row in out[:, width:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        result.append(row[:cut])
+    return result
+
+
+def decode(model: Any, ids: list[list[int]]) -> list[str]:
+    return model.tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -1,0 +1,125 @@
+"""Text metrics of the evaluation suite: BLEU-4 (sacrebleu), exact match, token accuracy, ROUGE-L, token F1.
+
+QA metrics compare *words*: the text lower-cased, cut into runs of letters and digits (punctuation
+dropped), each CJK character a word of its own. Exact match and F1 also drop the English articles
+(a, an, the), as SQuAD's scorer does; ROUGE-L keeps them (as rouge-score does). Scores are in
+[0, 1] except BLEU, which is on sacrebleu's 0-100 scale.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Sequence
+
+from ..errors import ConfigError
+
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+_ARTICLES = frozenset({"a", "an", "the"})
+_DIGITS = re.compile(r"\d+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words: runs of letters/digits; a CJK character is one word; punctuation is dropped."""
+    return _WORD.findall(text.lower())
+
+
+def answer_words(text: str) -> list[str]:
+    """``words`` without articles (SQuAD-style answer normalisation)."""
+    return [w for w in words(text) if w not in _ARTICLES]
+
+
+def lcs_length(a: Sequence, b: Sequence) -> int:
+    """Length of the longest common subsequence (O(len(a) * len(b)) time, O(len(b)) memory)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (beta = 1) over words: 2PR / (P + R) with P = LCS/|pred|, R = LCS/|ref|."""
+    p, r = words(prediction), words(reference)
+    if not p or not r:
+        return float(p == r)
+    lcs = lcs_length(p, r)
+    if lcs == 0:
+        return 0.0
+    prec, rec = lcs / len(p), lcs / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1: overlap of the two bags of (article-free) words."""
+    p, r = answer_words(prediction), answer_words(reference)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(p), common / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalised words are equal (case, punctuation, articles and spacing ignored)."""
+    return float(answer_words(prediction) == answer_words(reference))
+
+
+def best_over(metric, prediction: str, references: Sequence[str]) -> float:
+    """The best score of ``prediction`` against any of several references."""
+    return max(metric(prediction, r) for r in references)
+
+
+def qa_scores(prediction: str, references: Sequence[str]) -> dict[str, float]:
+    """ROUGE-L, token F1 and exact match, each the maximum over the references."""
+    return {
+        "rouge_l": best_over(rouge_l, prediction, references),
+        "f1": best_over(token_f1, prediction, references),
+        "exact_match": best_over(exact_match, prediction, references),
+    }
+
+
+def token_accuracy(prediction: Sequence[int], reference: Sequence[int]) -> float:
+    """Share of reference positions whose token the prediction reproduces at the same position."""
+    if not reference:
+        return float(not prediction)
+    return sum(1 for i, t in enumerate(reference) if i < len(prediction) and prediction[i] == t) / len(reference)
+
+
+def contains_digits(answer: str, digits: str) -> float:
+    """Retrieval accuracy: 1.0 when ``digits`` occurs in the answer as a whole number (not inside a longer one)."""
+    return float(digits in _DIGITS.findall(answer))
+
+
+def _sacrebleu():
+    try:
+        import sacrebleu
+    except ImportError:
+        raise ConfigError(
+            "BLEU needs the sacrebleu package: pip install 'hicae[eval]' (or pip install sacrebleu)"
+        ) from None
+    return sacrebleu
+
+
+def require_bleu() -> None:
+    """Fail early (before loading a model) when sacrebleu is missing."""
+    _sacrebleu()
+
+
+def sentence_bleu(prediction: str, reference: str) -> float:
+    """BLEU-4 of one sentence (sacrebleu defaults: 13a tokenisation, exponential smoothing), 0-100."""
+    return float(_sacrebleu().sentence_bleu(prediction, [reference]).score)
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (sacrebleu defaults: 13a tokenisation, no smoothing), 0-100; n-gram counts pooled over texts."""
+    if not predictions:
+        return 0.0
+    return float(_sacrebleu().corpus_bleu(list(predictions), [list(references)]).score)

@@ -1,0 +1,141 @@
+"""What every task shares: settings, seeding, batches, progress bars, compression and its bookkeeping."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
+
+import torch
+
+from ..errors import ConfigError
+from ..memory import Memory
+
+T = TypeVar("T")
+
+
+@dataclass
+class EvalSettings:
+    """Knobs common to all tasks (the CLI fills them from its flags)."""
+
+    batch_size: int = 8
+    limit: int | None = None  # records (or, for passkey/needle, samples per cell are set by the task)
+    seed: int = 0
+    max_slots: int | None = None  # hierarchical checkpoints: memory budget per text
+    max_new_tokens: int | None = None  # None: the task's default
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.max_slots is not None and self.max_slots < 1:
+            raise ConfigError(f"--max_slots must be >= 1, got {self.max_slots}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # pragma: no cover - numpy comes with torch
+        pass
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def progress_batches(items: Sequence[T], size: int, desc: str, enabled: bool = True) -> Iterator[Sequence[T]]:
+    """``batches`` with a tqdm bar on stderr counting examples; the bar is closed however the loop ends."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for b in batches(items, size):
+            yield b
+            bar.update(len(b))
+    finally:
+        bar.close()
+
+
+def is_hierarchical(model: Any) -> bool:
+    from ..hierarchy import HierarchicalICAE
+
+    return isinstance(model, HierarchicalICAE)
+
+
+def check_max_slots(model: Any, max_slots: int | None) -> None:
+    if max_slots is not None and not is_hierarchical(model):
+        raise ConfigError("--max_slots needs a hierarchical checkpoint (hicae pretrain --hierarchical)")
+
+
+def context_limit(model: Any) -> int:
+    """Most tokens one text may have: ICAE's model_max_length, or the hierarchy's max_text_tokens."""
+    return model.hierarchy.max_text_tokens if is_hierarchical(model) else model.icae_config.model_max_length
+
+
+def compress_ids(model: Any, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
+    """Batched compression of already-checked token lists (no gradient), ICAE or hierarchical."""
+    with torch.no_grad():
+        if is_hierarchical(model):
+            return model.compress_ids(token_lists, max_slots)
+        return model.compress_ids(token_lists)
+
+
+def text_levels(mem: Memory) -> list[int]:
+    """Each text's highest memory level (1 for ICAE memory; hierarchical: the top level of its blocks)."""
+    if mem.blocks is None:
+        return [1] * len(mem)
+    return [max((b[0] for b in bl), default=1) for bl in mem.blocks]
+
+
+def ratio_bucket(tokens: int, slots: int) -> str:
+    """Compression ratio (tokens per slot) as a power-of-two bucket label, e.g. ``'[4, 8)'``."""
+    r = tokens / max(1, slots)
+    lo = 2.0 ** math.floor(math.log2(r)) if r > 0 else 0.0
+    return f"[{lo:g}, {2 * lo:g})"
+
+
+def bucket_key(label: str) -> float:
+    return float(label.strip("[").split(",")[0])
+
+
+def model_info(model: Any, max_slots: int | None) -> dict[str, Any]:
+    cfg = model.icae_config
+    info: dict[str, Any] = {
+        "base_model": model.base_model_name,
+        "fingerprint": model.fingerprint,
+        "mem_size": cfg.mem_size,
+        "compression_rate": cfg.compression_rate,
+        "hierarchical": is_hierarchical(model),
+        "dtype": str(model.dtype).replace("torch.", ""),
+    }
+    if is_hierarchical(model):
+        h = model.hierarchy
+        info.update(levels=h.levels, group_size=h.group_size,
+                    max_slots=max_slots if max_slots is not None else h.max_slots)
+    return info
+
+
+def mean(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def group_by(rows: list[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r)
+    return out
