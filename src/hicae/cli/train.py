@@ -1,6 +1,7 @@
 """``hicae pretrain`` and ``hicae finetune``: ICAE training through transformers' Trainer.
 
-Flags: the seed's quick-start flags (``--model_name_or_path --output_dir --train_file
+``--config recipe.yaml`` reads flags from a recipe (see configs/recipes/); flags on the command
+line override it. Flags: the seed's quick-start flags (``--model_name_or_path --output_dir --train_file
 --validation_file --fixed_mem_size --lora_r``), ICAE's method settings (``ICAEConfig``), and every
 ``TrainingArguments`` flag (learning rate, steps, epochs, batch size, accumulation, bf16, gradient
 checkpointing, logging/eval/save steps, ``--resume_from_checkpoint``...).
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -87,7 +89,53 @@ def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) ->
     return dataclasses.replace(saved, **runtime)
 
 
+RECIPE_META = ("command", "description", "hardware", "expected_time")
+
+
+def recipe_args(path: str, mode: str) -> list[str]:
+    """Flags from a recipe file (YAML or JSON: ``command``, ``args``, and descriptive keys)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        recipe = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {e}") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("args"), dict):
+        raise ConfigError(f"{path}: a recipe is a mapping with an 'args' mapping of flags")
+    unknown = sorted(set(recipe) - set(RECIPE_META) - {"args"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown recipe keys {unknown} (allowed: {list(RECIPE_META) + ['args']})")
+    if recipe.get("command", mode) != mode:
+        raise ConfigError(f"{path} is a recipe for `hicae {recipe['command']}`, not `hicae {mode}`")
+    out: list[str] = []
+    for key, value in recipe["args"].items():
+        if value is None:
+            continue
+        out.append(f"--{key}")
+        if isinstance(value, bool):
+            out.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            out.extend(str(v) for v in value)
+        else:
+            out.append(str(value))
+    return out
+
+
+def expand_config(argv: list[str], mode: str) -> list[str]:
+    """Replace ``--config FILE`` by the recipe's flags; flags given on the command line come later, so they win."""
+    if "--config" not in argv:
+        return argv
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise ConfigError("--config needs a file")
+    return recipe_args(argv[i + 1], mode) + argv[:i] + argv[i + 2 :]
+
+
 def run(mode: str, argv: list[str]) -> int:
+    argv = expand_config(argv, mode)
     parser = build_parser(mode)
     margs, dargs, cfg, hier, targs = parse_dataclasses(parser, argv)
     hier = hier if margs.hierarchical else None
