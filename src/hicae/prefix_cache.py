@@ -31,7 +31,9 @@ keyed by their exact layout ids, so a prefix is only ever reused for the identic
 Masked keys get zero attention weight, so each row's queries see the same keys at the same
 positions as without the cache; the padding between prefix and rest is therefore harmless (its
 positions are masked out and not counted). tests/test_prefix_cache.py checks greedy outputs and
-per-step logits against the uncached path. When every row shares one prefix (many questions
+per-step logits against the uncached path (fp32). The arithmetic is the same up to the order of
+floating-point sums, as between a batch and one row at a time: in bf16 a greedy choice between
+two near-tied tokens can differ, as it can between batched and unbatched uncached decoding. When every row shares one prefix (many questions
 about one memory) the cache rows are expanded views, copied once by ``DynamicCache``.
 
 Limits: plain (non-sliding) attention caches only; no beam search, ``num_return_sequences > 1``,

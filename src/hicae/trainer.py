@@ -46,7 +46,7 @@ class ICAETrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        acc = self._sums[split]
+        acc = self._summed_over_processes(self._sums[split])
         prefix = "eval_" if split == "eval" else ""
         for name in TASKS:
             n = acc.get(f"{name}_tokens", 0.0)
@@ -54,6 +54,18 @@ class ICAETrainer(Trainer):
                 logs[f"{prefix}{name}_loss"] = round(acc[f"{name}_loss_sum"] / n, 4)
         self._sums[split] = defaultdict(float)
         super().log(logs, start_time)
+
+    def _summed_over_processes(self, acc: dict[str, float]) -> dict[str, float]:
+        """Per-objective sums of all processes (each only sees its own batches under DDP).
+
+        ``Trainer`` calls ``log`` on every process (after gathering the loss), so this collective is
+        reached by all of them.
+        """
+        if self.args.world_size <= 1:
+            return acc
+        keys = [f"{name}_{what}" for name in TASKS for what in ("loss_sum", "tokens")]
+        local = torch.tensor([acc.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
+        return dict(zip(keys, self.accelerator.reduce(local, reduction="sum").tolist()))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

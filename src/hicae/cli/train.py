@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,12 +135,27 @@ def expand_config(argv: list[str], mode: str) -> list[str]:
     return recipe_args(argv[i + 1], mode) + argv[:i] + argv[i + 2 :]
 
 
+def _check_distributed(targs: TrainingArguments) -> None:
+    """A launcher (torchrun, accelerate launch) started several processes: they must form one DDP group.
+
+    On a machine without GPUs, transformers sets up no process group unless ``--use_cpu`` is given,
+    and every process would silently train alone on all the data, writing to the same folder.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and targs.world_size != launched:
+        raise ConfigError(
+            f"launched as {launched} processes (WORLD_SIZE={launched}) but training sees {targs.world_size}: "
+            "on a machine without GPUs pass --use_cpu true (gloo backend)"
+        )
+
+
 def run(mode: str, argv: list[str]) -> int:
     argv = expand_config(argv, mode)
     parser = build_parser(mode)
     margs, dargs, cfg, hier, targs = parse_dataclasses(parser, argv)
     hier = hier if margs.hierarchical else None
     targs.report_to = _report_to(targs.report_to)
+    _check_distributed(targs)
     if not dargs.train_file:
         raise ConfigError("--train_file is required")
     fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
