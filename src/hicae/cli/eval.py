@@ -7,10 +7,13 @@ import json
 import sys
 import time
 
+from ..checkpoint import read_checkpoint_config
 from ..errors import ConfigError
 from ..evaluation import TASKS, EvalSettings, read_qa, read_texts, run_ae, run_ppl, run_qa, run_retrieval, write_report
 from ..evaluation.metrics import require_bleu
+from ..evaluation.ppl import check_settings as check_ppl_settings
 from ..evaluation.ppl import parse_conditions
+from ..evaluation.retrieval import check_settings as check_retrieval_settings
 from ..evaluation.retrieval import parse_depths, parse_lengths
 from ..evaluation.runtime import check_max_slots, model_info, seed_everything
 from .infer import _load, _model_args
@@ -72,6 +75,7 @@ def evaluate(argv: list[str]) -> int:
         records = read_texts(args.data, args.limit)
     elif task == "ppl":
         conditions = parse_conditions(args.conditions)
+        check_ppl_settings(args.continuation_tokens, args.leave_tokens)
         records = read_texts(args.data, args.limit)
     elif task == "qa":
         records = read_qa(args.data, args.limit, args.format)
@@ -79,6 +83,9 @@ def evaluate(argv: list[str]) -> int:
             raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
     else:
         lengths, depths = parse_lengths(args.lengths), parse_depths(args.depths)
+        check_retrieval_settings(args.samples, args.distractors)
+    if args.max_slots is not None and "hierarchy" not in read_checkpoint_config(args.checkpoint):
+        raise ConfigError("--max_slots needs a hierarchical checkpoint (hicae pretrain --hierarchical)")
     overrides = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
     t0 = time.time()
     model = _load(args, overrides)

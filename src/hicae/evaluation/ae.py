@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import DataError
 from ..tokens import tokenize
 from . import metrics
 from .decoding import decode
@@ -37,6 +38,9 @@ def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult
     metrics.require_bleu()
     hier = is_hierarchical(model)
     rows: list[dict[str, Any]] = []
+    records = records[: s.limit] if s.limit else records
+    if not records:
+        raise DataError("no records to evaluate")
     for batch in progress_batches(records, s.batch_size, "ae", s.progress):
         ids = [model.check_length(x, where=r.where) for r, x in zip(batch, tokenize(model.tokenizer, [r.text for r in batch]))]
         mem = compress_ids(model, ids, s.max_slots)

@@ -42,6 +42,13 @@ def parse_conditions(spec: str) -> list[str]:
     return list(dict.fromkeys(conds))
 
 
+def check_settings(continuation_tokens: int, leave_tokens: int) -> None:
+    if leave_tokens < 1:
+        raise ConfigError(f"--leave_tokens must be >= 1 (with no context the first token cannot be scored), got {leave_tokens}")
+    if continuation_tokens <= leave_tokens:
+        raise ConfigError(f"--continuation_tokens ({continuation_tokens}) must exceed --leave_tokens ({leave_tokens})")
+
+
 def split_text(model: Any, ids: list[int], where: str, continuation_tokens: int) -> tuple[list[int], list[int]]:
     """``(context, continuation)``; the context obeys the checkpoint's length limit (tail kept on truncate)."""
     if len(ids) <= continuation_tokens:
@@ -64,12 +71,12 @@ def _summary(nll: float, n: int) -> dict[str, Any]:
 def run_ppl(model: Any, records: list[TextRecord], s: EvalSettings, continuation_tokens: int = 64,
             leave_tokens: int = 1, conditions: list[str] | None = None) -> TaskResult:
     conditions = list(conditions or CONDITIONS)
-    if leave_tokens < 1:
-        raise ConfigError(f"--leave_tokens must be >= 1 (with no context the first token cannot be scored), got {leave_tokens}")
-    if continuation_tokens <= leave_tokens:
-        raise ConfigError(f"--continuation_tokens ({continuation_tokens}) must exceed --leave_tokens ({leave_tokens})")
+    check_settings(continuation_tokens, leave_tokens)
     uses_mem = bool({"memory", "truncated"} & set(conditions))
     rows: list[dict[str, Any]] = []
+    records = records[: s.limit] if s.limit else records
+    if not records:
+        raise DataError("no records to evaluate")
     for batch in progress_batches(records, s.batch_size, "ppl", s.progress):
         split = [split_text(model, x, r.where, continuation_tokens)
                  for r, x in zip(batch, tokenize(model.tokenizer, [r.text for r in batch]))]

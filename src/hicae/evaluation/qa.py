@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..fileio import write_text_atomic
 from ..tokens import tokenize
 from . import metrics
@@ -45,6 +45,9 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
     window = getattr(model.base_config, "max_position_embeddings", None)
     over_window = 0
     rows: list[dict[str, Any]] = []
+    records = records[: s.limit] if s.limit else records
+    if not records:
+        raise DataError("no records to evaluate")
     for batch in progress_batches(records, s.batch_size, "qa", s.progress):
         first: dict[str, str] = {}  # each distinct context once (PwC asks several questions per text)
         for r in batch:

@@ -129,7 +129,8 @@ def plot_heatmap(h: Heatmap, path: Path, plt: Any) -> None:
     ax.set_yticklabels(h.y_labels)
     for i, row in enumerate(h.values):
         for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xlabel(h.xlabel)
     ax.set_ylabel(h.ylabel)
     ax.set_title(h.title)

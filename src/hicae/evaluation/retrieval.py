@@ -62,6 +62,13 @@ def parse_depths(spec: str) -> list[float]:
     return list(dict.fromkeys(out))
 
 
+def check_settings(samples: int, distractors: int) -> None:
+    if samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}")
+    if not 0 <= distractors < len(KEYS):
+        raise ConfigError(f"--distractors must be in [0, {len(KEYS) - 1}], got {distractors}")
+
+
 def length_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
@@ -139,13 +146,13 @@ def make_samples(task: str, tokenizer: Any, lengths: list[int], depths: list[flo
 
 
 def _grid(rows: list[dict[str, Any]], lengths: list[int], depths: list[float], key: str) -> list[list[float]]:
-    """Accuracy [depth][length]."""
+    """Accuracy [depth][length] (NaN where --limit left a cell without samples)."""
     grid = []
     for d in depths:
         line = []
         for L in lengths:
             cell = [r[key] for r in rows if r["length"] == L and r["depth"] == d]
-            line.append(sum(cell) / len(cell))
+            line.append(sum(cell) / len(cell) if cell else float("nan"))  # empty: cut off by --limit
         grid.append(line)
     return grid
 
@@ -154,10 +161,7 @@ def run_retrieval(task: str, model: Any, s: EvalSettings, lengths: list[int], de
                   distractors: int = 0, fulltext: bool = False) -> TaskResult:
     if task not in ("passkey", "needle"):
         raise ValueError(task)
-    if samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {samples}")
-    if distractors < 0 or distractors >= len(KEYS):
-        raise ConfigError(f"--distractors must be in [0, {len(KEYS) - 1}], got {distractors}")
+    check_settings(samples, distractors)
     limit = context_limit(model)
     too_long = [n for n in lengths if n > limit]
     if too_long:

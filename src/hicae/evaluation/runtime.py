@@ -21,7 +21,7 @@ class EvalSettings:
     """Knobs common to all tasks (the CLI fills them from its flags)."""
 
     batch_size: int = 8
-    limit: int | None = None  # records (or, for passkey/needle, samples per cell are set by the task)
+    limit: int | None = None  # first N records (passkey/needle: first N samples)
     seed: int = 0
     max_slots: int | None = None  # hierarchical checkpoints: memory budget per text
     max_new_tokens: int | None = None  # None: the task's default
