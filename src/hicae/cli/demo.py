@@ -137,8 +137,8 @@ def demo(argv: list[str]) -> int:
         print(f"  held-out loss: {ev[0][1]:.3f} at step {ev[0][0]} -> {ev[-1][1]:.3f} at step {ev[-1][0]}")
     for name, text, rec, n in zip(("seen", "held-out"), (seen, unseen), recon, mem.num_slots):
         print(f"  [{name}] {mem.num_tokens[0 if name == 'seen' else 1]} tokens -> {n} slots")
-        print(f"    original:      {text}")
-        print(f"    reconstructed: {rec}")
+        print(f"    original:      {text!r}")
+        print(f"    reconstructed: {rec!r}")
     print(f"  answer (seen passage, 'What does this text describe?'): {answer!r}")
     print(f"  continuation (held-out passage): {cont!r}")
     png = out / "icae" / "loss_curve.png"
