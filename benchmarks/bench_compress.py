@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime as _dt
 import gc
 import json
@@ -352,51 +353,94 @@ def bench_compress(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
 # training memory
 
 
-class PeakRSS:
-    """Peak resident set size of this process during a block (CPU stand-in for GPU peak memory).
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+try:
+    _LIBC: Any = ctypes.CDLL("libc.so.6")
+except OSError:  # pragma: no cover (not glibc)
+    _LIBC = None
 
-    Resets the kernel's high-water mark (``/proc/self/clear_refs``) when allowed and also samples
-    RSS every millisecond, taking the larger of the two.
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap back to the OS, so the RSS baseline is what is live."""
+    gc.collect()
+    if _LIBC is not None:
+        try:
+            _LIBC.malloc_trim(0)
+        except AttributeError:  # pragma: no cover
+            pass
+
+
+class PeakMemory:
+    """Peak memory of a block above the memory in use when it starts.
+
+    CPU: RSS; the kernel's high-water mark is reset (``/proc/self/clear_refs``, 5) when allowed and
+    read afterwards (exact), and a thread samples ``/proc/self/statm`` every ``interval`` s (a
+    fallback, and a cross-check). CUDA: ``torch.cuda.max_memory_allocated`` above
+    ``memory_allocated`` at the start.
     """
 
-    start = peak = 0
+    def __init__(self, device: str, interval: float = 0.004):
+        self.cuda = device.startswith("cuda")
+        self.interval = interval
+        self.method = ""
+        self.baseline = self.peak = self.sampled_peak = 0
 
-    def __enter__(self) -> "PeakRSS":
-        self.reset_ok = False
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        trim_heap()
+        self.hwm_ok = False
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            self.reset_ok = True
+            self.hwm_ok = True
         except OSError:
             pass
-        self.start = self.rss()
-        self.peak = self.start
+        self.baseline = rss_bytes()
+        self.sampled_peak = self.baseline
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._poll, daemon=True)
         self._t.start()
+        self.method = "RSS high-water mark (clear_refs) + statm sampling" if self.hwm_ok else "RSS sampling (statm)"
         return self
 
     def _poll(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self.rss())
+        while not self._stop.wait(self.interval):
+            r = rss_bytes()
+            if r > self.sampled_peak:
+                self.sampled_peak = r
 
     def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+            self.sampled_peak = self.peak
+            return
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, self.rss())
-        if self.reset_ok:
-            self.peak = max(self.peak, self.status_kb("VmHWM") * 1024)
+        self.sampled_peak = max(self.sampled_peak, rss_bytes())
+        self.peak = max(self.sampled_peak, _status_kb("VmHWM") * 1024 if self.hwm_ok else 0)
 
-    @staticmethod
-    def status_kb(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        return 0
-
-    def rss(self) -> int:
-        return self.status_kb("VmRSS") * 1024
+    @property
+    def increase(self) -> int:
+        return self.peak - self.baseline
 
 
 def train_batch(model: ICAE, ids: list[int], device: str) -> dict[str, torch.Tensor]:
@@ -447,7 +491,7 @@ def train_step_memory(args: argparse.Namespace, tokenizer: Any, share: bool) -> 
     _sync(args.device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    rss = PeakRSS()
+    rss = PeakMemory("cpu")
     with contextlib.nullcontext() if cuda else rss:  # no polling thread competing with a GPU step
         t0 = time.perf_counter()
         loss, gn = step()
@@ -470,7 +514,7 @@ def train_step_memory(args: argparse.Namespace, tokenizer: Any, share: bool) -> 
             metric="torch.cuda.max_memory_allocated",
         )
     else:
-        res.update(weights_bytes=rss.start, peak_bytes=rss.peak, metric="process peak RSS (CPU stand-in)")
+        res.update(weights_bytes=rss.baseline, peak_bytes=rss.peak, metric="process peak RSS (CPU stand-in)")
     del model, batch, params
     release(args.device)
     if cuda:  # should be ~0: the next model is built only after this one is gone

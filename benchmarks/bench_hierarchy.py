@@ -37,14 +37,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import math
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +58,7 @@ import hicae.hierarchy as hier_mod  # noqa: E402
 from bench_compress import (  # noqa: E402
     DTYPES,
     TEXT_VOCAB,
+    PeakMemory,
     _load_note,
     add_model_args,
     build_base,
@@ -68,6 +66,7 @@ from bench_compress import (  # noqa: E402
     load_tokenizer,
     release,
     resolve_model_defaults,
+    trim_heap,
 )
 from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig  # noqa: E402
 
@@ -116,96 +115,6 @@ def build_hicae(args: argparse.Namespace, tokenizer: Any) -> HierarchicalICAE:
 
 # --------------------------------------------------------------------------------------------
 # memory
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-try:
-    _LIBC: Any = ctypes.CDLL("libc.so.6")
-except OSError:  # pragma: no cover (not glibc)
-    _LIBC = None
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def trim_heap() -> None:
-    """Collect garbage and hand freed heap back to the OS, so the RSS baseline is what is live."""
-    gc.collect()
-    if _LIBC is not None:
-        try:
-            _LIBC.malloc_trim(0)
-        except AttributeError:  # pragma: no cover
-            pass
-
-
-class PeakMemory:
-    """Peak memory of a block above the memory in use when it starts.
-
-    CPU: RSS; the kernel's high-water mark is reset (``/proc/self/clear_refs``, 5) when allowed and
-    read afterwards (exact), and a thread samples ``/proc/self/statm`` every ``interval`` s (a
-    fallback, and a cross-check). CUDA: ``torch.cuda.max_memory_allocated`` above
-    ``memory_allocated`` at the start.
-    """
-
-    def __init__(self, device: str, interval: float = 0.004):
-        self.cuda = device.startswith("cuda")
-        self.interval = interval
-        self.method = ""
-        self.baseline = self.peak = self.sampled_peak = 0
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.baseline = torch.cuda.memory_allocated()
-            self.method = "torch.cuda.max_memory_allocated"
-            return self
-        trim_heap()
-        self.hwm_ok = False
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.hwm_ok = True
-        except OSError:
-            pass
-        self.baseline = rss_bytes()
-        self.sampled_peak = self.baseline
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._poll, daemon=True)
-        self._t.start()
-        self.method = "RSS high-water mark (clear_refs) + statm sampling" if self.hwm_ok else "RSS sampling (statm)"
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            r = rss_bytes()
-            if r > self.sampled_peak:
-                self.sampled_peak = r
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-            self.sampled_peak = self.peak
-            return
-        self._stop.set()
-        self._t.join()
-        self.sampled_peak = max(self.sampled_peak, rss_bytes())
-        self.peak = max(self.sampled_peak, _status_kb("VmHWM") * 1024 if self.hwm_ok else 0)
-
-    @property
-    def increase(self) -> int:
-        return self.peak - self.baseline
 
 
 # --------------------------------------------------------------------------------------------
