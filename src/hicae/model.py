@@ -312,9 +312,7 @@ class ICAE(nn.Module):
     def decoder_loss(self, slots: torch.Tensor, dec_ids: torch.Tensor, dec_labels: torch.Tensor,
                      dec_mask: torch.Tensor, task: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``."""
-        embeds = self._decoder_embeds(dec_ids, slots)
-        hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, use_cache=False).last_hidden_state
-        tok_loss, rows = self._labelled_loss(hidden, dec_labels)  # [N], [N]
+        tok_loss, rows = self.token_losses(dec_ids, dec_labels, dec_mask, slots)  # [N], [N]
         out: dict[str, torch.Tensor] = {"loss": tok_loss.sum() / max(1, tok_loss.numel())}
         if task is not None:
             ex_task = task.to(rows.device)[rows]  # [N]
@@ -323,6 +321,20 @@ class ICAE(nn.Module):
                 out[f"{name}_loss_sum"] = tok_loss.detach()[sel].sum()
                 out[f"{name}_tokens"] = sel.sum()
         return out
+
+    def token_losses(self, dec_ids: torch.Tensor, dec_labels: torch.Tensor, dec_mask: torch.Tensor,
+                     slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every labelled token of a decoder batch, and the row each belongs to: [N], [N].
+
+        ``slots`` [S, D] fill the SLOT placeholders (and task embeddings their ids); without slots
+        the ids are plain vocabulary ids read by the frozen base model (a no-compression baseline).
+        """
+        if slots is None:
+            hidden = self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
+        else:
+            embeds = self._decoder_embeds(dec_ids, slots)
+            hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, use_cache=False).last_hidden_state
+        return self._labelled_loss(hidden, dec_labels)
 
     def _labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token cross-entropy only at labelled positions.  hidden: [B, T, D] -> losses [N], example index [N].

@@ -25,15 +25,12 @@ def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None =
     """
     batch = pad_decoder(examples, model.tokens.pad_id, side="right")
     ids, mask, labels = (t.to(model.device) for t in (batch.ids, batch.attention_mask, batch.labels))
+    slots = None
+    if mem is not None:
+        model.check_memory(mem)
+        slots = torch.cat([s.to(model.device) for s in mem.slots])
     with torch.no_grad():
-        if mem is None:
-            hidden = model.decoder.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        else:
-            model.check_memory(mem)
-            slots = torch.cat([s.to(model.device) for s in mem.slots])
-            embeds = model._decoder_embeds(ids, slots)
-            hidden = model.decoder.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        losses, rows = model._labelled_loss(hidden, labels)  # [N], [N]
+        losses, rows = model.token_losses(ids, labels, mask, slots)  # [N], [N]
     B = len(examples)
     sums = torch.zeros(B, dtype=torch.float64, device=losses.device).index_add_(0, rows, losses.double())
     counts = torch.bincount(rows, minlength=B)
