@@ -52,13 +52,13 @@ def demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hicae demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", default=None, help="a real base model instead of the tiny random Qwen3")
     p.add_argument("--output_dir", default="outputs/demo")
-    p.add_argument("--max_steps", type=int, default=150)
+    p.add_argument("--max_steps", type=int, default=200)
     p.add_argument("--train_passages", type=int, default=8,
                    help="passages to train on: few enough that a tiny model learns them in CPU minutes")
-    p.add_argument("--base_steps", type=int, default=60,
+    p.add_argument("--base_steps", type=int, default=100,
                    help="causal-LM warm-up steps of the tiny random base before it is frozen (0: none)")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--learning_rate", type=float, default=1e-2)
+    p.add_argument("--learning_rate", type=float, default=5e-3)
     p.add_argument("--mem_size", type=int, default=8)
     p.add_argument("--compression_rate", type=int, default=4)
     p.add_argument("--lora_r", type=int, default=16)
