@@ -118,7 +118,7 @@ def test_finetune_batch_has_chat_layout_and_answer_loss(tok):
 def test_collator_overlong_policy(tok):
     long = " ".join(["token"] * 50)
     rec = {"index": 0, "where": "data.jsonl:9", "text": long}
-    with pytest.raises(DataError, match=r"data.jsonl:9.*model_max_length 10.*--overlong truncate"):
+    with pytest.raises(DataError, match=r"data.jsonl:9.*model_max_length=10.*--overlong truncate"):
         _collator(tok, model_max_length=10)([rec])
     b = _collator(tok, model_max_length=10, overlong="truncate")([rec])
     assert b["enc_seg_lens"].sum().item() == 10

@@ -24,19 +24,23 @@ from .config import HierarchyConfig, ICAEConfig
 from .errors import DataError
 from .hierarchy_plan import budget_to_blocks, num_blocks
 from .layout import ae_example, encoder_rows, lm_example
-from .tokens import SpecialTokens, tokenize
+from .tokens import SpecialTokens, fit_length, tokenize
 
 PRETRAIN_FIELDS = ("text",)
 FINETUNE_FIELDS = ("input", "prompt", "answer")
 TASK_INDEX = {"ae": 0, "lm": 1, "ft": 2}
 
 
-def parse_line(raw: bytes, where: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
-    """One JSONL line -> record, or None for a blank line; every problem names ``where`` (file:line)."""
+def decode_utf8(raw: bytes, where: str) -> str:
     try:
-        line = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{where}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+
+
+def parse_line(raw: bytes, where: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """One JSONL line -> record, or None for a blank line; every problem names ``where`` (file:line)."""
+    line = decode_utf8(raw, where)
     if not line.strip():
         return None
     try:
@@ -139,16 +143,9 @@ class Collator:
             raise DataError(f"lm_ratio must be in [0, 1], got {self.lm_ratio}")
 
     def _checked(self, ids: list[int], where: str) -> list[int]:
-        cfg = self.config
-        if not ids:
-            raise DataError(f"{where}: the text is empty after tokenization")
-        limit, flag = (cfg.model_max_length, "--model_max_length") if self.hierarchy is None else (
+        limit, option = (self.config.model_max_length, "--model_max_length") if self.hierarchy is None else (
             self.hierarchy.max_text_tokens, "--max_text_tokens")
-        if len(ids) > limit:
-            if cfg.overlong == "truncate":
-                return ids[:limit]
-            raise DataError(f"{where}: text has {len(ids)} tokens, over {flag} {limit}; raise it, or pass --overlong truncate")
-        return ids
+        return fit_length(ids, limit, self.config.overlong, where, option)
 
     def split(self, ids: list[int], index: int) -> tuple[str, list[int], list[int]]:
         """Choose the objective of a pretraining text: ``(task, context, target)``."""

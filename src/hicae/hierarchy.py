@@ -56,15 +56,8 @@ class HierarchicalICAE(ICAE):
     def trained_embeddings(self) -> dict[str, nn.Parameter]:
         return {**super().trained_embeddings(), "level_embeddings": self.level_embeddings}
 
-    def check_length(self, ids: list[int], where: str) -> list[int]:
-        if not ids:
-            raise DataError(f"{where} is empty: there is nothing to compress")
-        limit = self.hierarchy.max_text_tokens
-        if len(ids) > limit:
-            if self.icae_config.overlong == "truncate":
-                return ids[:limit]
-            raise DataError(f"{where} has {len(ids)} tokens, over max_text_tokens={limit}; raise it, or truncate")
-        return ids
+    def length_limit(self) -> tuple[int, str]:
+        return self.hierarchy.max_text_tokens, "--max_text_tokens"
 
     # ---- budget -------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from .layout import (
 from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
-from .tokens import SpecialTokens, tokenize
+from .tokens import SpecialTokens, cut_at_stop, fit_length, tokenize
 
 TASKS = ("ae", "lm", "ft")
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
@@ -238,18 +238,13 @@ class ICAE(nn.Module):
         ids = tokenize(self.tokenizer, texts)
         return [self.check_length(x, where=f"text {i}") for i, x in enumerate(ids)]
 
+    def length_limit(self) -> tuple[int, str]:
+        """Longest text this model compresses, and the option that sets it."""
+        return self.icae_config.model_max_length, "--model_max_length"
+
     def check_length(self, ids: list[int], where: str) -> list[int]:
-        cfg = self.icae_config
-        if not ids:
-            raise DataError(f"{where} is empty: there is nothing to compress")
-        if len(ids) > cfg.model_max_length:
-            if cfg.overlong == "truncate":
-                return ids[: cfg.model_max_length]
-            raise DataError(
-                f"{where} has {len(ids)} tokens, over model_max_length={cfg.model_max_length}; "
-                "raise --model_max_length, or pass --overlong truncate to keep the first tokens"
-            )
-        return ids
+        limit, option = self.length_limit()
+        return fit_length(ids, limit, self.icae_config.overlong, where, option)
 
     def compress_ids(self, token_lists: list[list[int]]) -> Memory:
         cfg = self.icae_config
@@ -412,12 +407,7 @@ class ICAE(nn.Module):
                 slots = torch.cat([s.to(self.device) for s in mem.slots])
                 embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
                 out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device), **kwargs)
-        stops = set(self.tokens.stop_ids)
-        result = []
-        for row in out.tolist():  # only new tokens: generate was given embeddings, no ids
-            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-            result.append(row[:cut])
-        return result
+        return cut_at_stop(out.tolist(), self.tokens.stop_ids)  # only new tokens: generate was given embeddings
 
     def _broadcast(self, mem: Memory, prompts: list[str] | str | None) -> tuple[Memory, list[str]]:
         if prompts is None:

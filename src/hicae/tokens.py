@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .layout import FT, SLOT, DecoderExample, with_target
 
 # A string no template alters and no text contains; the memory slots go where it renders.
@@ -101,6 +101,27 @@ class SpecialTokens:
         prefix = before + [SLOT] * num_slots + [FT] + after
         target = [] if answer_ids is None else list(answer_ids) + self.answer_end()
         return with_target(prefix, target)
+
+
+def fit_length(ids: list[int], limit: int, overlong: str, where: str, option: str) -> list[int]:
+    """Apply the over-length policy to a text's ids: refuse an empty text; over ``limit``,
+    keep the head (``overlong='truncate'``) or refuse, naming the limit and the option to change."""
+    if not ids:
+        raise DataError(f"{where} is empty: there is nothing to compress")
+    if len(ids) > limit:
+        if overlong == "truncate":
+            return ids[:limit]
+        raise DataError(
+            f"{where} has {len(ids)} tokens, over {option}={limit}; "
+            f"raise {option}, or pass --overlong truncate to keep the first tokens"
+        )
+    return ids
+
+
+def cut_at_stop(rows: list[list[int]], stop_ids: list[int]) -> list[list[int]]:
+    """Each generated row up to (not including) its first stop id."""
+    stops = set(stop_ids)
+    return [row[: next((i for i, t in enumerate(row) if t in stops), len(row))] for row in rows]
 
 
 def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_base, load_icae
-from ..data import PRETRAIN_FIELDS, iter_jsonl
+from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
 from ..errors import DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
@@ -39,11 +39,7 @@ def read_texts(path: str) -> list[str]:
         raise DataError(f"{p}: no such file")
     if p.suffix == ".jsonl":
         return [rec["text"] for _, rec in iter_jsonl(p, PRETRAIN_FIELDS)]
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    text = decode_utf8(p.read_bytes(), str(p))
     if not text.strip():
         raise DataError(f"{p}: the file is empty: there is nothing to compress")
     return [text]

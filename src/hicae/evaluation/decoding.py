@@ -14,6 +14,7 @@ from ..batching import pad_decoder
 from ..errors import ConfigError
 from ..layout import DecoderExample
 from ..memory import Memory
+from ..tokens import cut_at_stop
 
 
 def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None = None) -> tuple[list[float], list[int]]:
@@ -58,12 +59,7 @@ def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int) ->
         out = model.decoder.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      eos_token_id=model.tokens.stop_ids, pad_token_id=pad, do_sample=False,
                                      temperature=None, top_p=None, top_k=None)
-    stops = set(model.tokens.stop_ids)
-    result = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-        result.append(row[:cut])
-    return result
+    return cut_at_stop(out[:, width:].tolist(), model.tokens.stop_ids)
 
 
 def decode(model: Any, ids: list[list[int]]) -> list[str]:

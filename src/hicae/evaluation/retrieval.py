@@ -27,7 +27,7 @@ from . import metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
 from .qa import fulltext_content
 from .report import Heatmap, Table, TaskResult
-from .runtime import EvalSettings, compress_ids, context_limit, is_hierarchical, progress_batches, text_levels
+from .runtime import EvalSettings, compress_ids, is_hierarchical, progress_batches, text_levels
 
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 KEYS = ("apple", "river", "violin", "lantern", "falcon", "marble", "orchid", "compass", "glacier", "harbor", "saffron",
@@ -162,10 +162,10 @@ def run_retrieval(task: str, model: Any, s: EvalSettings, lengths: list[int], de
     if task not in ("passkey", "needle"):
         raise ValueError(task)
     check_settings(samples, distractors)
-    limit = context_limit(model)
+    limit, option = model.length_limit()
     too_long = [n for n in lengths if n > limit]
     if too_long:
-        what = "max_text_tokens" if is_hierarchical(model) else "model_max_length"
+        what = option.lstrip("-")
         hint = "" if is_hierarchical(model) else "; use a hierarchical checkpoint for longer contexts (or raise --model_max_length)"
         raise ConfigError(f"--lengths {','.join(map(length_label, too_long))}: over this checkpoint's {what} of {limit} tokens{hint}")
     max_new = s.max_new_tokens or DEFAULT_MAX_NEW_TOKENS

@@ -83,7 +83,7 @@ def check_max_slots(model: Any, max_slots: int | None) -> None:
 
 def context_limit(model: Any) -> int:
     """Most tokens one text may have: ICAE's model_max_length, or the hierarchy's max_text_tokens."""
-    return model.hierarchy.max_text_tokens if is_hierarchical(model) else model.icae_config.model_max_length
+    return model.length_limit()[0]
 
 
 def compress_ids(model: Any, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
