@@ -168,7 +168,7 @@ class HierarchicalICAE(ICAE):
                 task: torch.Tensor | None = None, max_slots: int | None = None, **_: Any) -> dict[str, torch.Tensor]:
         """Training loss: compress each context hierarchically (gradient through the whole tree, or
         stopped at level boundaries with ``stop_gradient``), then the decoder loss as in ICAE."""
-        mem = self.compress_ids([list(c) for c in contexts], max_slots)
+        mem = self.compress_ids(contexts, max_slots)  # compress_ids copies the lists into its streams
         return self.decoder_loss(torch.cat(mem.slots), dec_ids, dec_labels, dec_mask, task)
 
     def compress_ids(self, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:

@@ -413,7 +413,9 @@ class ICAE(nn.Module):
         if prompts is None:
             return mem, []
         if isinstance(prompts, str):
-            prompts = [prompts] * len(mem)
+            prompts = [prompts]
+        if len(prompts) == 1:  # one question for every memory
+            prompts = list(prompts) * len(mem)
         if len(mem) == 1 and len(prompts) > 1:  # many questions about one memory (rows share its slots)
             mem = mem[[0] * len(prompts)]
         if len(prompts) != len(mem):

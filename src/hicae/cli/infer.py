@@ -99,10 +99,8 @@ def generate(argv: list[str]) -> int:
     elif args.continue_:
         outs, prompts = model.continue_text(mem, max_new_tokens=args.max_new_tokens, **gen), [None] * len(mem)
     else:
-        prompts = args.prompt
-        if len(mem) > 1 and len(prompts) == 1:
-            prompts = prompts * len(mem)
-        outs = model.generate(mem, prompts, max_new_tokens=args.max_new_tokens, **gen)
+        outs = model.generate(mem, args.prompt, max_new_tokens=args.max_new_tokens, **gen)
+        prompts = args.prompt * len(outs) if len(args.prompt) == 1 else args.prompt
     rows = [{"index": i, "prompt": pr, "output": o} for i, (pr, o) in enumerate(zip(prompts, outs))]
     if args.output:
         write_text_atomic(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
