@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover
 from hicae import ICAE, ICAEConfig  # noqa: E402
 from hicae.batching import pad_decoder, pad_encoder  # noqa: E402
 from hicae.layout import encoder_rows, segment_lengths  # noqa: E402
+from hicae.speed import compile_encoder  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # shapes
@@ -265,6 +266,14 @@ def encoder_flops(model: ICAE, seg_lens: list[int]) -> float:
     return 2.0 * lin * tokens + attn
 
 
+def layer_flops_per_token(model: ICAE, seq: int) -> float:
+    """Forward FLOPs per token of the transformer layers (2 per weight + causal attention over ``seq``), no LM head."""
+    c = model.base_config
+    lin = sum(p.numel() for n, p in model.encoder.named_parameters() if ".layers." in n and p.dim() == 2)
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2.0 * lin + 2.0 * seq * c.num_attention_heads * hd * c.num_hidden_layers
+
+
 def measure_roofline(device: str, n: int = 8192) -> float:
     """bf16 matmul TFLOP/s of an n^3 product (mean of 10 after 3 warm-ups)."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -292,10 +301,27 @@ def bench_compress(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     seg_lens = encoder_rows(texts, args.mem_size, args.compression_rate).text_lengths
     n_tokens = sum(len(t) for t in texts)
 
+    fns = [lambda: model.compress_ids(texts), lambda: reference_compress(model, texts)]
+    compiled = None
+    if getattr(args, "compile", False):  # a third contender: the same batched path, encoder torch.compile'd
+        compiled = compile_encoder(model)
+
+        def run_compiled() -> Any:
+            model._compiled_encoder = compiled
+            try:
+                return model.compress_ids(texts)
+            finally:
+                model._compiled_encoder = None
+
+        t = time.perf_counter()
+        with torch.no_grad():
+            run_compiled()  # compiles (not timed with the others: a one-off cost, reported apart)
+        _sync(args.device)
+        compile_s = time.perf_counter() - t
+        fns.append(run_compiled)
     with torch.no_grad():
-        (t_batched, t_loop), (mem, ref) = time_fns(
-            [lambda: model.compress_ids(texts), lambda: reference_compress(model, texts)], args.device, args.warmup, args.repeats
-        )
+        times, outs = time_fns(fns, args.device, args.warmup, args.repeats)
+    (t_batched, t_loop), (mem, ref) = times[:2], outs[:2]
 
     diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(mem.slots, ref)]
     mean_diff = statistics.fmean((a.float() - b.float()).abs().mean().item() for a, b in zip(mem.slots, ref))
@@ -344,7 +370,13 @@ def bench_compress(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
         "slots_match": bool(rel <= tol),
         "loop_empty_cache": _LOOP_EMPTY_CACHE,
     }
-    del model, mem, ref
+    if compiled is not None:
+        ms_c = statistics.median(times[2])
+        cd = max((a.float() - b.float()).abs().max().item() for a, b in zip(outs[2].slots, mem.slots))
+        res.update(compiled_ms=ms_c, compiled_ms_all=times[2], compile_seconds=compile_s,
+                   compiled_tokens_per_s=n_tokens / ms_c * 1e3, compiled_tflops=flops / ms_c / 1e9,
+                   ratio_eager_over_compiled=ms_b / ms_c, compiled_rel_diff=cd / scale if scale else float("inf"))
+    del model, mem, ref, outs
     release(args.device)
     return res
 
@@ -497,9 +529,18 @@ def train_step_memory(args: argparse.Namespace, tokenizer: Any, share: bool) -> 
         loss, gn = step()
         _sync(args.device)
         ms = (time.perf_counter() - t0) * 1e3
+    enc_tokens = int(batch["enc_ids"].shape[0] * batch["enc_ids"].shape[1])
+    dec_tokens = int(batch["dec_ids"].shape[1])
     res: dict[str, Any] = {
         "share_decoder": share,
         "step_ms": ms,
+        # model FLOPs of the step: forward (2 per weight and token) + backward to the activations (2 more);
+        # the base weights are frozen, so no weight gradients beyond LoRA's (counted with the weights).
+        # Gradient checkpointing's recomputed forward is not counted (hardware FLOPs would add ~2 per weight and token).
+        "model_flop": 2 * (layer_flops_per_token(model, int(batch["enc_ids"].shape[1])) * enc_tokens
+                           + layer_flops_per_token(model, dec_tokens) * dec_tokens),
+        "encoder_tokens": enc_tokens,
+        "decoder_tokens": dec_tokens,
         "loss": loss,
         "grad_norm": gn,
         "trainable_params": sum(p.numel() for p in params),
@@ -700,6 +741,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--train-memory", action="store_true", help="peak memory of a training step, shared weights vs two copies")
     ap.add_argument("--train-tokens", type=int, default=None, help="AE example length (default 5120 on cuda, 512 on cpu)")
     ap.add_argument("--roofline", action="store_true", help="also measure an 8192^3 bf16 matmul (cuda only)")
+    ap.add_argument("--compile", action="store_true", help="also time the batched path with the encoder torch.compile'd")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--append-md", default=None, help="append the table, command, device and versions to this markdown file")
     args = ap.parse_args(argv)

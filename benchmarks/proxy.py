@@ -39,7 +39,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 PACKAGES = ("python3.11-doc", "fortunes-zh")
@@ -155,10 +155,20 @@ class Sizes:
 QUICK = Sizes(vocab=4096, tok_train_chars=3_000_000, hidden=128, layers=2, heads=4, lm_steps=400, lm_batch=16,
               lm_block=128, lm_lr=3e-3, ratios=((16, 4), (8, 8)), icae_steps=300, icae_batch=8, icae_lr=5e-3,
               lora_r=16, continuation=32, n_ae=24, n_ppl=48, max_chars=600, max_train_passages=4000)
-# Not run yet; sized from the step costs above to about 35-40 min: base LM ~14 min, each ICAE ~10 min.
+# Sized from the step costs above to about 35-40 min: base LM ~14 min, each ICAE ~10 min. Half the base
+# LM's blocks repeat (quick mode's 25% left a 2-layer base that does not copy at all).
 FULL = Sizes(vocab=8192, tok_train_chars=11_000_000, hidden=256, layers=4, heads=4, lm_steps=1000, lm_batch=16,
              lm_block=128, lm_lr=2e-3, ratios=((32, 4), (16, 8)), icae_steps=400, icae_batch=8, icae_lr=3e-3,
-             lora_r=32, continuation=64, n_ae=200, n_ppl=300, max_chars=1200, max_train_passages=40000)
+             lora_r=32, continuation=64, n_ae=200, n_ppl=300, max_chars=1200, max_train_passages=40000,
+             copy_fraction=0.5)
+
+
+# One call on a GPU lent for a few minutes (H100/H200; bf16): a deeper, wider base trained on many
+# more tokens, so that it copies, and ICAE at 4x/8x on 256-token texts. Sized for ~4-5 minutes.
+GPU = Sizes(vocab=8192, tok_train_chars=11_000_000, hidden=512, layers=8, heads=8, lm_steps=1500, lm_batch=64,
+            lm_block=256, lm_lr=1e-3, ratios=((64, 4), (32, 8)), icae_steps=800, icae_batch=32, icae_lr=1e-3,
+            lora_r=64, continuation=64, n_ae=200, n_ppl=300, max_chars=1600, max_train_passages=40000,
+            copy_fraction=0.5)
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -187,7 +197,9 @@ def train_tokenizer(texts: list[str], vocab: int, out: Path):
 
 # ---- base LM ------------------------------------------------------------------------------------
 
-def pretrain_base(tok, texts: list[str], z: Sizes, seed: int, log) -> tuple[object, dict]:
+def pretrain_base(tok, texts: list[str], z: Sizes, seed: int, log, device: str = "cpu") -> tuple[object, dict]:
+    import contextlib
+
     import torch
 
     from hicae.tiny import tiny_config
@@ -199,7 +211,9 @@ def pretrain_base(tok, texts: list[str], z: Sizes, seed: int, log) -> tuple[obje
     # pad_token_id None: pad is EOS here, and nn.Embedding never updates its padding row
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
+    model = AutoModelForCausalLM.from_config(cfg).to(device)
+    # bf16 autocast on a GPU (fp32 master weights); plain fp32 on a CPU
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     stream: list[int] = []
     for ids in tok(texts, add_special_tokens=False)["input_ids"]:
         stream += ids + [tok.eos_token_id]
@@ -221,7 +235,9 @@ def pretrain_base(tok, texts: list[str], z: Sizes, seed: int, log) -> tuple[obje
         rep = torch.rand(z.lm_batch, generator=g) < z.copy_fraction
         half = z.lm_block // 2
         x[rep, half : 2 * half] = x[rep, :half]
-        loss = model(input_ids=x, labels=x).loss
+        x = x.to(device)
+        with amp:
+            loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -247,7 +263,7 @@ def copy_check(model, tok, texts: list[str], n: int = 48) -> dict:
     ids = [x[:n] for x in tok(texts, add_special_tokens=False)["input_ids"] if len(x) >= n][:32]
     if not ids:
         return {}
-    x = torch.tensor([i + i for i in ids])
+    x = torch.tensor([i + i for i in ids], device=model.device)
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=x).logits[:, :-1].float(), -1).gather(-1, x[:, 1:, None])[..., 0]
     return {"nll_first_reading": float(-lp[:, : n - 1].mean()), "nll_second_reading": float(-lp[:, n:].mean())}
@@ -266,15 +282,27 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smoke check, < 5 min on a 2-core CPU (default)")
     mode.add_argument("--full", action="store_true", help="the < 45-minute configuration")
-    p.add_argument("--out_dir", default=None, help="default: outputs/proxy-{quick,full}")
+    mode.add_argument("--gpu", action="store_true", help="the larger configuration for one GPU call (~5 min, bf16)")
+    p.add_argument("--out_dir", default=None, help="default: outputs/proxy-{quick,full,gpu}")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --gpu, else cpu)")
+    p.add_argument("--copy_fraction", type=float, default=None,
+                   help="share of the base LM's training blocks that repeat their first half (default: the mode's)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="the chosen mode's code path at toy sizes, to test it (e.g. --gpu --device cpu --dry_run)")
     p.add_argument("--cache_dir", default=os.path.expanduser("~/.cache/hicae/proxy"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test_fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a small shared machine, spin-waiting OpenMP threads slow tiny models ~10x)")
     a = p.parse_args(argv)
-    name = "full" if a.full else "quick"
-    z = FULL if a.full else QUICK
+    name = "full" if a.full else "gpu" if a.gpu else "quick"
+    z = {"full": FULL, "gpu": GPU, "quick": QUICK}[name]
+    device = a.device or ("cuda" if a.gpu else "cpu")
+    if a.copy_fraction is not None:
+        z = replace(z, copy_fraction=a.copy_fraction)
+    if a.dry_run:
+        z = replace(z, tok_train_chars=200_000, vocab=1024, hidden=64, layers=2, heads=4, lm_steps=10, lm_batch=4,
+                    icae_steps=6, icae_batch=4, n_ae=4, n_ppl=4, max_train_passages=200, lora_r=4)
     out = Path(a.out_dir or f"outputs/proxy-{name}")
     work = out / "work"
     t_start = time.time()
@@ -332,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     set_seed(a.seed)
     lm_texts = train_p[: z.max_train_passages]
-    base, base_info = pretrain_base(tok, lm_texts, z, a.seed, log)
+    base, base_info = pretrain_base(tok, lm_texts, z, a.seed, log, device)
     base.config._name_or_path = f"proxy-qwen3-{name}"
     base_info["copy_check"] = copy_check(base, tok, test_p[:200])
     log(f"base LM copy check (held-out passage read twice, NLL): {base_info['copy_check']}")
-    base.save_pretrained(str(base_dir))
+    base.to("cpu").save_pretrained(str(base_dir))
     timings["base_lm"] = time.time() - t
 
     # 4-5. ICAE per ratio, then evaluation
@@ -366,14 +394,16 @@ def main(argv: list[str] | None = None) -> int:
             "--max_steps", str(z.icae_steps), "--per_device_train_batch_size", str(z.icae_batch),
             "--learning_rate", str(z.icae_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(z.icae_steps // 20),
             "--logging_steps", str(max(1, z.icae_steps // 10)), "--save_strategy", "no", "--seed", str(a.seed),
-            "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--dataloader_num_workers", "0",
+            "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+            *(["--bf16", "true", "--dtype", "bf16"] if device == "cuda" else ["--use_cpu", "true"]),
         ])
         train_s = time.time() - t
         hist = json.loads((ckpt / "loss_history.json").read_text()) if (ckpt / "loss_history.json").exists() else {}
         t = time.time()
-        model = load_icae(ckpt, config_overrides={"overlong": "truncate", "model_max_length": T})
+        model = load_icae(ckpt, config_overrides={"overlong": "truncate", "model_max_length": T}, device=device,
+                          **({"dtype": "bf16"} if device == "cuda" else {}))
         torch.set_num_threads(a.threads)
-        s = EvalSettings(batch_size=16, seed=a.seed, progress=False)
+        s = EvalSettings(batch_size=64 if device == "cuda" else 16, seed=a.seed, progress=False)
         # AE: held-out passages of at least T tokens, compressed as their first T tokens (one segment, ratio r)
         ae_recs = [TextRecord(f"test:{i}", q) for i, (q, ids) in enumerate(zip(test_p, test_ids)) if len(ids) >= T][: z.n_ae]
         ae = run_ae(model, ae_recs, s)
@@ -407,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
               "base_lm": base_info, "results": results, "checks": {"memory_beats_no_context": not failures,
                                                                      "failures": failures},
               "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                          "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                           "threads": a.threads, "platform": platform.platform()}}
     from hicae.fileio import write_text_atomic
 

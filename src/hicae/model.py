@@ -44,6 +44,7 @@ from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
 from .tokens import SpecialTokens, cut_at_stop, fit_length, tokenize
+from .speed import DecodingOptions, compile_encoder, generation_kwargs
 
 TASKS = ("ae", "lm", "ft")
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
@@ -96,6 +97,9 @@ class ICAE(nn.Module):
         self.task_embeddings = nn.Parameter(torch.randn(len(TASKS), D, generator=g).mul_(std).to(emb.device))  # [3, D]
         self.hidden_size = D
         self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config))
+        # Runtime speed settings (not saved): see speed.py, set_decoding and compile_encoder.
+        self.decoding = DecodingOptions()
+        self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
 
     # ---- construction and I/O live in checkpoint.py; thin aliases here -------------------------
 
@@ -116,6 +120,18 @@ class ICAE(nn.Module):
         from .checkpoint import save_icae
 
         save_icae(self, path, save_base=save_base)
+
+    # ---- speed options (speed.py) --------------------------------------------------------------
+
+    def set_decoding(self, mode: str = "dynamic", bucket: int = 256, compile_mode: str | None = None) -> "ICAE":
+        """Decoding path of generate/reconstruct/continue: ``dynamic`` (default), ``static`` or ``compiled``."""
+        self.decoding = DecodingOptions(mode, bucket, compile_mode)
+        return self
+
+    def compile_encoder(self, mode: str | None = None) -> "ICAE":
+        """Compress through ``torch.compile``'d encoder layers (inference only; training stays eager)."""
+        self._compiled_encoder = compile_encoder(self, mode)
+        return self
 
     # ---- properties ----------------------------------------------------------------------------
 
@@ -220,7 +236,10 @@ class ICAE(nn.Module):
             embeds, pos = make(idx, width)
             n = torch.tensor([lengths[i] for i in chunk])  # [C]
             mask = (torch.arange(width).unsqueeze(0) < n.unsqueeze(1)).long().to(self.device)  # [C, W]
-            hidden = self.encoder.get_base_model().model(
+            body = self.encoder.get_base_model().model
+            if self._compiled_encoder is not None and not torch.is_grad_enabled():
+                body = self._compiled_encoder
+            hidden = body(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
             ).last_hidden_state  # [C, W, D], after the final norm
             gather = (n.unsqueeze(1) - k + torch.arange(k)).to(self.device)  # [C, k]
@@ -406,7 +425,9 @@ class ICAE(nn.Module):
                 batch = pad_decoder(examples, self.tokens.pad_id, side="left")
                 slots = torch.cat([s.to(self.device) for s in mem.slots])
                 embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
-                out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device), **kwargs)
+                fast = generation_kwargs(self.decoding, self, embeds.shape[1] + max_new_tokens)
+                out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device),
+                                            **fast, **kwargs)
         return cut_at_stop(out.tolist(), self.tokens.stop_ids)  # only new tokens: generate was given embeddings
 
     def _broadcast(self, mem: Memory, prompts: list[str] | str | None) -> tuple[Memory, list[str]]:

@@ -57,6 +57,7 @@ from .batching import budget_chunks, pad_decoder
 from .errors import DataError
 from .layout import FT, SLOT, DecoderExample
 from .memory import Memory
+from .speed import generation_kwargs
 
 Key = tuple[int, tuple[int, ...]]  # (memory entry, prefix layout ids)
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, H, p, d]
@@ -300,5 +301,6 @@ def generate_cached(model: Any, mem: Memory, examples: list[DecoderExample], pre
     inputs = torch.cat([embeds.new_zeros(B, P, D), embeds], dim=1)  # the first P positions are sliced off by generate
     mask = torch.cat([prefix_mask, batch.attention_mask], dim=1).to(device)  # [B, P + A]
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() derives them from a mask
-    return model.decoder.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
-                                  past_key_values=past, **gen_kwargs)
+    # dynamic decoding: past as is; static/compiled: copied into a StaticCache (speed.py)
+    fast = generation_kwargs(model.decoding, model, inputs.shape[1] + gen_kwargs["max_new_tokens"], prefix=past)
+    return model.decoder.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, **fast, **gen_kwargs)

@@ -13,6 +13,8 @@ from .checkpoint import load_trained_weights
 from .fileio import write_text_atomic
 from .model import TASKS
 
+HOST_KEYS = ("enc_seg_lens", "segments_per_example")  # batch entries the model reads on the host
+
 
 class ICAETrainer(Trainer):
     """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` beside the total loss.
@@ -28,14 +30,23 @@ class ICAETrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
 
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # Segment lengths plan the encoder's chunks on the host: moving them to the GPU would make
+        # the forward read them back (a device sync every step), so they stay where they are.
+        host = {k: inputs.pop(k) for k in HOST_KEYS if k in inputs}
+        inputs = super()._prepare_inputs(inputs)
+        inputs.update(host)
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D401
         out = model(**inputs)
         split = "train" if model.training else "eval"
         acc = self._sums[split]
         for name in TASKS:
             if f"{name}_tokens" in out:
-                acc[f"{name}_loss_sum"] += float(out[f"{name}_loss_sum"])
-                acc[f"{name}_tokens"] += float(out[f"{name}_tokens"])
+                # summed on the device; read back only when logging (no host sync per step)
+                acc[f"{name}_loss_sum"] = acc[f"{name}_loss_sum"] + out[f"{name}_loss_sum"].detach().double()
+                acc[f"{name}_tokens"] = acc[f"{name}_tokens"] + out[f"{name}_tokens"].detach().double()
         return (out["loss"], out) if return_outputs else out["loss"]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -61,11 +72,12 @@ class ICAETrainer(Trainer):
         ``Trainer`` calls ``log`` on every process (after gathering the loss), so this collective is
         reached by all of them.
         """
-        if self.args.world_size <= 1:
-            return acc
         keys = [f"{name}_{what}" for name in TASKS for what in ("loss_sum", "tokens")]
-        local = torch.tensor([acc.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
-        return dict(zip(keys, self.accelerator.reduce(local, reduction="sum").tolist()))
+        local = torch.stack([torch.as_tensor(acc.get(k, 0.0), dtype=torch.float64, device=self.args.device).reshape(())
+                             for k in keys])
+        if self.args.world_size > 1:
+            local = self.accelerator.reduce(local, reduction="sum")
+        return dict(zip(keys, local.tolist()))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

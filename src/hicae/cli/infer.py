@@ -13,6 +13,7 @@ from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
 from ..errors import DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
+from ..speed import DECODING_MODES
 from .common import pick_device
 
 
@@ -21,6 +22,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_name_or_path", default=None, help="base model to use instead of the one the checkpoint names")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
+    p.add_argument("--decoding", choices=DECODING_MODES, default="dynamic",
+                   help="KV cache of decoding: dynamic (default), static, or compiled (static + torch.compile; "
+                        "CUDA graphs on a GPU; the first call compiles)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoder for compression (the first call compiles)")
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
@@ -28,8 +33,12 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
     base = tok = None
     if args.model_name_or_path:
         base, tok = load_base(args.model_name_or_path, dtype=args.dtype, device=device)
-    return load_icae(args.checkpoint, base_model=base, tokenizer=tok, config_overrides=overrides,
-                     dtype=args.dtype, device=device)
+    model = load_icae(args.checkpoint, base_model=base, tokenizer=tok, config_overrides=overrides,
+                      dtype=args.dtype, device=device)
+    model.set_decoding(args.decoding)
+    if args.compile:
+        model.compile_encoder()
+    return model
 
 
 def read_texts(path: str) -> list[str]:

@@ -1,0 +1,99 @@
+"""Speed paths (hicae.speed): static-cache and compiled decoding, and the compiled encoder, equal the eager paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS, TEXTS
+
+from hicae import ConfigError
+from hicae.speed import DecodingOptions, static_length
+
+VARIED = dict(base_overrides=dict(initializer_range=0.3))  # varied greedy outputs (see test_generation.py)
+PROMPTS = ["What is this about?", "Why?", "Summarise the text in one short sentence, please."]
+NEW = 10
+
+
+def varied_tokens(rows) -> int:
+    return len({t for r in rows for t in r})
+
+
+def outputs(model, mem, **kw):
+    """Greedy outputs of every decoding entry point: per-memory prompts (no shared prefix),
+    many prompts about one memory (automatic prefix cache), explicit cache off, reconstruct, continue."""
+    one = mem[[0]]
+    return {
+        "generate": model.generate_ids(mem, PROMPTS[: len(mem)], max_new_tokens=NEW, **kw),
+        "one_memory_cached": model.generate_ids(one, PROMPTS, max_new_tokens=NEW, **kw),
+        "one_memory_uncached": model.generate_ids(one, PROMPTS, max_new_tokens=NEW, prefix_cache=False, **kw),
+        "prebuilt_cache": model.generate_ids(one, PROMPTS, max_new_tokens=NEW, prefix_cache=model.prefix_cache(one), **kw),
+        "reconstruct": model.reconstruct_ids(mem, max_new_tokens=NEW, **kw),
+        "continue": model.continue_ids(mem, max_new_tokens=NEW, **kw),
+    }
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("bucket", [1, 7, 256])
+def test_static_cache_equals_dynamic(make_icae, arch, bucket):
+    model = make_icae(arch, **VARIED)
+    mem = model.compress(TEXTS[:3])
+    ref = outputs(model, mem)
+    assert varied_tokens(ref["generate"]) > 5  # a test on constant outputs would prove little
+    model.set_decoding("static", bucket=bucket)
+    assert outputs(model, mem) == ref
+
+
+def test_static_cache_is_used(make_icae, monkeypatch):
+    """The static path really hands generate a StaticCache of a bucketed length (not a silent fallback)."""
+    from transformers import StaticCache
+
+    model = make_icae(**VARIED).set_decoding("static", bucket=64)
+    seen = []
+    orig = model.decoder.generate
+
+    def spy(*a, **kw):
+        seen.append(kw.get("past_key_values"))
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(model.decoder, "generate", spy)
+    mem = model.compress(TEXTS[:2])
+    model.generate_ids(mem, PROMPTS[:2], max_new_tokens=NEW, prefix_cache=False)
+    model.generate_ids(mem[[0]], PROMPTS, max_new_tokens=NEW)  # through the prefix cache
+    assert len(seen) == 2 and all(isinstance(c, StaticCache) for c in seen)
+    assert all(layer.max_cache_len % 64 == 0 for c in seen for layer in c.layers)
+
+
+def test_decoding_options_validate():
+    with pytest.raises(ConfigError, match="unknown decoding mode"):
+        DecodingOptions("fast")
+    with pytest.raises(ConfigError, match="bucket"):
+        DecodingOptions("static", bucket=0)
+    assert [static_length(n, 256) for n in (1, 256, 257)] == [256, 256, 512]
+
+
+def test_compiled_decoding_equals_dynamic(make_icae):
+    """transformers' automatic torch.compile of the decode step (forced on CPU) gives the eager tokens."""
+    model = make_icae("qwen3", **VARIED)
+    mem = model.compress(TEXTS[:2])
+    ref_gen = model.generate_ids(mem, PROMPTS[:2], max_new_tokens=NEW, prefix_cache=False)
+    ref_many = model.generate_ids(mem[[0]], PROMPTS, max_new_tokens=NEW)
+    model.set_decoding("compiled", bucket=64)
+    assert model.generate_ids(mem, PROMPTS[:2], max_new_tokens=NEW, prefix_cache=False) == ref_gen
+    assert model.generate_ids(mem[[0]], PROMPTS, max_new_tokens=NEW) == ref_many  # prefix cache + compiled step
+
+
+def test_compiled_encoder_equals_eager(make_icae):
+    model = make_icae("qwen3")
+    texts = TEXTS + [TEXTS[0] + " " + TEXTS[1]]  # ragged: several chunk shapes
+    ref = model.compress(texts)
+    keys = set(model.state_dict())
+    model.compile_encoder()
+    assert set(model.state_dict()) == keys  # the compiled function is not a submodule
+    got = model.compress(texts)
+    assert got.num_slots == ref.num_slots
+    for a, b in zip(got.slots, ref.slots):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # another length runs through the same compiled (dynamic-shape) function
+    again = model.compress(TEXTS[2])
+    model._compiled_encoder = None
+    torch.testing.assert_close(again.slots[0], model.compress(TEXTS[2]).slots[0], rtol=1e-4, atol=1e-5)
