@@ -97,3 +97,44 @@ def test_compiled_encoder_equals_eager(make_icae):
     again = model.compress(TEXTS[2])
     model._compiled_encoder = None
     torch.testing.assert_close(again.slots[0], model.compress(TEXTS[2]).slots[0], rtol=1e-4, atol=1e-5)
+
+
+def test_inference_runs_the_adapter_in_the_model_dtype(qwen3_tokenizer):
+    """bf16 model: peft keeps LoRA weights in fp32; compression computes them in bf16 and puts the
+    fp32 tensors back bit for bit; training (autograd on) uses them as stored."""
+    from hicae import ICAE, ICAEConfig
+    from hicae.tiny import tiny_model
+
+    torch.manual_seed(0)
+    model = ICAE(tiny_model("qwen3", dtype=torch.bfloat16), qwen3_tokenizer,
+                 ICAEConfig(mem_size=4, compression_rate=2, lora_r=4, lora_dropout=0.0))
+    lora = {n: p for n, p in model.encoder.named_parameters() if "lora_" in n}
+    with torch.no_grad():
+        for p in lora.values():
+            p.normal_(0, 0.05)
+    before = {n: p.detach().clone() for n, p in lora.items()}
+    assert all(p.dtype == torch.float32 for p in lora.values())
+    seen = []
+    a_name, a_param = next((n, p) for n, p in lora.items() if "lora_A" in n)
+    handle = model.encoder.get_base_model().model.register_forward_pre_hook(lambda *_: seen.append(a_param.dtype))
+    mem = model.compress(TEXTS[:2])
+    assert seen and set(seen) == {torch.bfloat16}
+    for n, p in lora.items():  # restored exactly, same dtype
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    # the same as casting the adapter to bf16 for good
+    with torch.no_grad():
+        for p in lora.values():
+            p.data = p.data.to(torch.bfloat16)
+    ref = model.compress(TEXTS[:2])
+    for a, b in zip(mem.slots, ref.slots):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        for n, p in lora.items():
+            p.data = before[n].clone()
+    seen.clear()
+    model.encoder.train()
+    ids = qwen3_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
+    model.run_encoder([len(ids[:6]) + 4], lambda idx, w: (model._encoder_embeds(torch.tensor([ids[:6] + [-1] * 4])),
+                                                          torch.arange(w).unsqueeze(0)))
+    assert seen == [torch.float32]
+    handle.remove()

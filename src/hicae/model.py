@@ -44,7 +44,7 @@ from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
 from .tokens import SpecialTokens, cut_at_stop, fit_length, tokenize
-from .speed import DecodingOptions, compile_encoder, generation_kwargs
+from .speed import DecodingOptions, adapter_in_dtype, compile_encoder, generation_kwargs
 
 TASKS = ("ae", "lm", "ft")
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
@@ -228,25 +228,32 @@ class ICAE(nn.Module):
         own longest row; ``make(idx, width)`` builds a chunk's input embeddings [C, W, D] and
         position ids [C, W].
         """
-        k = self.icae_config.mem_size
         out: list[torch.Tensor | None] = [None] * len(lengths)
-        for chunk in budget_chunks(lengths, self.icae_config.compress_batch_tokens):
-            width = max(lengths[i] for i in chunk)
-            idx = torch.tensor(chunk)
-            embeds, pos = make(idx, width)
-            n = torch.tensor([lengths[i] for i in chunk])  # [C]
-            mask = (torch.arange(width).unsqueeze(0) < n.unsqueeze(1)).long().to(self.device)  # [C, W]
-            body = self.encoder.get_base_model().model
-            if self._compiled_encoder is not None and not torch.is_grad_enabled():
-                body = self._compiled_encoder
-            hidden = body(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
-            ).last_hidden_state  # [C, W, D], after the final norm
-            gather = (n.unsqueeze(1) - k + torch.arange(k)).to(self.device)  # [C, k]
-            slots = hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [C, k, D]
-            for j, i in enumerate(chunk):
-                out[i] = slots[j]
+        # inference: the adapter computes in the model's dtype (speed.adapter_in_dtype); training: as stored
+        cast = adapter_in_dtype(self.encoder, self.dtype) if not torch.is_grad_enabled() else contextlib.nullcontext()
+        with cast:
+            for chunk in budget_chunks(lengths, self.icae_config.compress_batch_tokens):
+                self._encode_chunk(chunk, lengths, make, out)
         return torch.stack(out)  # type: ignore[arg-type]
+
+    def _encode_chunk(self, chunk: list[int], lengths: list[int], make: Any, out: list) -> None:
+        """One chunk of rows through the encoder; writes each row's slots [k, D] into ``out``."""
+        k = self.icae_config.mem_size
+        width = max(lengths[i] for i in chunk)
+        idx = torch.tensor(chunk)
+        embeds, pos = make(idx, width)
+        n = torch.tensor([lengths[i] for i in chunk])  # [C]
+        mask = (torch.arange(width).unsqueeze(0) < n.unsqueeze(1)).long().to(self.device)  # [C, W]
+        body = self.encoder.get_base_model().model
+        if self._compiled_encoder is not None and not torch.is_grad_enabled():
+            body = self._compiled_encoder
+        hidden = body(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state  # [C, W, D], after the final norm
+        gather = (n.unsqueeze(1) - k + torch.arange(k)).to(self.device)  # [C, k]
+        slots = hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [C, k, D]
+        for j, i in enumerate(chunk):
+            out[i] = slots[j]
 
     def prepare_texts(self, texts: list[str] | str) -> list[list[int]]:
         """Tokenize, rejecting empty texts and applying the over-length policy."""
