@@ -113,8 +113,12 @@ def summary_rows(res: dict[str, Any]) -> list[str]:
             rows.append(f"| compression, torch.compile'd encoder, tokens/s | {c['compiled_tokens_per_s']:,.0f}{roofc} "
                         f"| eager batched {c['batched_tokens_per_s']:,.0f} | **{c['ratio_eager_over_compiled']:.2f}x** |")
     for p in res.get("prefix", []):
-        rows.append(f"| {p['questions']} question(s) about one memory, ms | cached {p['cached_incl_prefix_ms']:,.1f} "
-                    f"| recomputed prefix {p['uncached_ms']:,.1f} | **{p['speedup_incl']:.1f}x** |")
+        # the fairer of the two uncached ways: one batched call, or one call per question
+        base, how = min((p["uncached_ms"], "one batched call"),
+                        (p["uncached_loop_ms"] or float("inf"), "one call per question"))
+        rows.append(f"| {p['questions']} question(s) about one memory, ms | cached (incl. prefix pass) "
+                    f"{p['cached_incl_prefix_ms']:,.1f} | prefix recomputed, {how} {base:,.1f} "
+                    f"| **{base / p['cached_incl_prefix_ms']:.1f}x** |")
     d = res.get("decode")
     if d:
         base = d["modes"].get("dynamic")
