@@ -147,6 +147,8 @@ class Sizes:
     max_chars: int  # passage length in characters
     max_train_passages: int
     copy_fraction: float = 0.25  # base LM: share of training blocks whose second half repeats the first
+    hier_steps: int = 0  # HierarchicalICAE (16x: the 4x ICAE, group 4, two levels) training steps; 0: skipped
+    n_hier: int = 0  # held-out texts of 4 segments for the 16x AE
 
 
 # Step costs measured with 1 torch thread on the 2-core CPU shared with other jobs: base LM step
@@ -154,13 +156,14 @@ class Sizes:
 # / 8k vocab; ICAE step (batch 8, 64-token texts) ~0.09 s in the quick setting.
 QUICK = Sizes(vocab=4096, tok_train_chars=3_000_000, hidden=128, layers=2, heads=4, lm_steps=400, lm_batch=16,
               lm_block=128, lm_lr=3e-3, ratios=((16, 4), (8, 8)), icae_steps=300, icae_batch=8, icae_lr=5e-3,
-              lora_r=16, continuation=32, n_ae=24, n_ppl=48, max_chars=600, max_train_passages=4000)
+              lora_r=16, continuation=32, n_ae=24, n_ppl=48, max_chars=600, max_train_passages=4000,
+              hier_steps=100, n_hier=16)
 # Sized from the step costs above to about 35-40 min (measured: 26 min): base LM ~16 min, each ICAE ~5 min.
 # Half the base LM's blocks repeat (quick mode's 25% left a 2-layer base that does not copy at all).
 FULL = Sizes(vocab=8192, tok_train_chars=11_000_000, hidden=256, layers=4, heads=4, lm_steps=1000, lm_batch=16,
              lm_block=128, lm_lr=2e-3, ratios=((32, 4), (16, 8)), icae_steps=400, icae_batch=8, icae_lr=3e-3,
              lora_r=32, continuation=64, n_ae=200, n_ppl=300, max_chars=1200, max_train_passages=40000,
-             copy_fraction=0.5)
+             copy_fraction=0.5, hier_steps=300, n_hier=100)
 
 
 # One call on a GPU lent for a few minutes (H100/H200; bf16): a deeper, wider base trained on many
@@ -168,7 +171,7 @@ FULL = Sizes(vocab=8192, tok_train_chars=11_000_000, hidden=256, layers=4, heads
 GPU = Sizes(vocab=8192, tok_train_chars=11_000_000, hidden=512, layers=8, heads=8, lm_steps=1500, lm_batch=64,
             lm_block=256, lm_lr=1e-3, ratios=((64, 4), (32, 8)), icae_steps=800, icae_batch=32, icae_lr=1e-3,
             lora_r=64, continuation=64, n_ae=200, n_ppl=300, max_chars=1600, max_train_passages=40000,
-            copy_fraction=0.5)
+            copy_fraction=0.5, hier_steps=400, n_hier=100)
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         z = replace(z, copy_fraction=a.copy_fraction)
     if a.dry_run:
         z = replace(z, tok_train_chars=200_000, vocab=1024, hidden=64, layers=2, heads=4, lm_steps=10, lm_batch=4,
-                    icae_steps=6, icae_batch=4, n_ae=4, n_ppl=4, max_train_passages=200, lora_r=4)
+                    icae_steps=6, icae_batch=4, n_ae=4, n_ppl=4, max_train_passages=200, lora_r=4,
+                    hier_steps=min(z.hier_steps, 4), n_hier=min(z.n_hier, 2))
     out = Path(a.out_dir or f"outputs/proxy-{name}")
     work = out / "work"
     t_start = time.time()
@@ -373,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     from hicae.evaluation import EvalSettings, TextRecord, run_ae, run_ppl
     from hicae.evaluation.report import markdown_table
 
+    def common_args(steps: int, batch: int, lr: float) -> list[str]:
+        return ["--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
+                "--learning_rate", str(lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(steps // 20),
+                "--logging_steps", str(max(1, steps // 10)), "--save_strategy", "no", "--seed", str(a.seed),
+                "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+                *(["--bf16", "true", "--dtype", "bf16"] if device == "cuda" else ["--use_cpu", "true"])]
+
     test_ids = tok(test_p, add_special_tokens=False)["input_ids"]
     results: dict[str, dict] = {}
     failures: list[str] = []
@@ -391,11 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "--lora_r", str(z.lora_r), "--lora_alpha", str(2 * z.lora_r), "--lora_dropout", "0.0",
             "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
             "--lm_ratio", "0.5", "--min_tokens_for_lm", str(max(8, T // 4)), "--leave_tokens_for_lm", "1",
-            "--max_steps", str(z.icae_steps), "--per_device_train_batch_size", str(z.icae_batch),
-            "--learning_rate", str(z.icae_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(z.icae_steps // 20),
-            "--logging_steps", str(max(1, z.icae_steps // 10)), "--save_strategy", "no", "--seed", str(a.seed),
-            "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
-            *(["--bf16", "true", "--dtype", "bf16"] if device == "cuda" else ["--use_cpu", "true"]),
+            *common_args(z.icae_steps, z.icae_batch, z.icae_lr),
         ])
         train_s = time.time() - t
         hist = json.loads((ckpt / "loss_history.json").read_text()) if (ckpt / "loss_history.json").exists() else {}
@@ -430,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                             f"no context {res['ppl']['none']['ppl']:.3f}")
         del model
 
+    if z.hier_steps:
+        results["16x-hier"] = hierarchical_16x(z, tok, train_p, test_p, work, pretrain, common_args, device, a.seed,
+                                                 a.threads, log)
+        timings["hier_16x"] = results["16x-hier"]["train_seconds"] + results["16x-hier"]["eval_seconds"]
+
     wall = time.time() - t_start
     report = {"mode": name, "seed": a.seed, "wall_seconds": wall, "timings": timings, "sizes": asdict(z),
               "corpus": corpus_info, "tokenizer": {"type": "byte-level BPE (tokenizers)", "vocab": len(tok),
@@ -451,6 +463,65 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _join_to_length(texts: list[str], tok, n_tokens: int, limit: int) -> list[str]:
+    """Consecutive passages joined (blank line between) into texts of at least ``n_tokens`` tokens; at most ``limit``."""
+    out, cur, n = [], [], 0
+    for t, ids in zip(texts, tok(texts, add_special_tokens=False)["input_ids"]):
+        cur.append(t)
+        n += len(ids) + 2
+        if n >= n_tokens:
+            out.append("\n\n".join(cur))
+            cur, n = [], 0
+            if len(out) >= limit:
+                break
+    return out
+
+
+def hierarchical_16x(z: Sizes, tok, train_p: list[str], test_p: list[str], work: Path, pretrain, common_args,
+                     device: str, seed: int, threads: int, log) -> dict:
+    """HierarchicalICAE at 16x: the 4x ICAE upgraded to two levels with group size 4, so that four
+    4x segments (4*k*4 tokens) merge into one level-2 block of k slots; trained briefly (AE at both
+    levels + LM), then held-out texts of exactly four segments are reconstructed from that block."""
+    import torch
+
+    from hicae import HierarchyConfig
+    from hicae.checkpoint import load_icae
+    from hicae.evaluation import EvalSettings, TextRecord, run_ae
+    from hicae.evaluation.report import markdown_table
+
+    k, r = next((k, r) for k, r in z.ratios if r == 4)
+    T, g = k * r, 4
+    W = T * g  # tokens under one level-2 block
+    t = time.time()
+    _jsonl(work / "data" / "long.jsonl", _join_to_length(train_p[: z.max_train_passages], tok, int(W * 1.5), 10**9))
+    ckpt = work / "hier-16x"
+    log(f"HierarchicalICAE 16x: restored from the 4x ICAE, levels 2, group {g}: {W} tokens -> {k} slots; {z.hier_steps} steps")
+    pretrain(["--restore_from", str(work / "icae-4x"), "--hierarchical", "--levels", "2", "--group_size", str(g),
+              "--max_slots", str(8 * k), "--max_text_tokens", str(2 * W), "--output_dir", str(ckpt),
+              "--train_file", str(work / "data" / "long.jsonl"), "--model_max_length", str(T), "--lm_ratio", "0.3",
+              *common_args(z.hier_steps, max(1, z.icae_batch // g), z.icae_lr)])
+    train_s = time.time() - t
+    hist = json.loads((ckpt / "loss_history.json").read_text()) if (ckpt / "loss_history.json").exists() else {}
+    t = time.time()
+    # texts cut to exactly W tokens (4 full segments: one level-2 block), as --overlong truncate does
+    model = load_icae(ckpt, config_overrides={"overlong": "truncate"}, device=device,
+                      hierarchy=HierarchyConfig(levels=2, group_size=g, max_slots=8 * k, max_text_tokens=W),
+                      **({"dtype": "bf16"} if device == "cuda" else {}))
+    torch.set_num_threads(threads)
+    recs = [TextRecord(f"test-long:{i}", x) for i, x in enumerate(_join_to_length(test_p, tok, W + 8, z.n_hier))]
+    ae = run_ae(model, recs, EvalSettings(batch_size=16, seed=seed, progress=False))
+    levels = ae.breakdowns.get("by_level", {})
+    loss = hist.get("loss", [])
+    res = {"mem_size": k, "compression_rate": W // k, "text_tokens": W, "levels": 2, "group_size": g,
+           "ae": {kk: ae.summary[kk] for kk in ("n", "bleu", "sentence_bleu", "exact_match", "token_accuracy")},
+           "by_level": levels, "train_loss_first": loss[0][1] if loss else None, "train_loss_last": loss[-1][1] if loss else None,
+           "train_seconds": train_s, "eval_seconds": time.time() - t,
+           "examples": [{"reference": e["reference"], "prediction": e["prediction"]} for e in ae.examples[:3]],
+           "tables_md": [markdown_table(tb) for tb in ae.tables[:2]]}
+    log(f"HierarchicalICAE 16x: AE BLEU-4 {res['ae']['bleu']:.2f}, EM {res['ae']['exact_match']:.3f}; levels {list(levels)}")
+    return res
+
+
 def render_markdown(rep: dict) -> str:
     c, b = rep["corpus"], rep["base_lm"]
     lines = [f"# hicae offline quality proxy ({rep['mode']} mode)", "",
@@ -470,10 +541,11 @@ def render_markdown(rep: dict) -> str:
              "| ratio | k | text tokens | AE BLEU-4 | exact match | token acc. | ppl: no context | memory | full text | truncated to #slots |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in rep["results"].items():
-        a, p = r["ae"], r["ppl"]
+        a, p = r["ae"], r.get("ppl")
+        ppl = (f"{p['none']['ppl']:.2f} | {p['memory']['ppl']:.2f} | {p['full']['ppl']:.2f} | {p['truncated']['ppl']:.2f}"
+               if p else "- | - | - | -")
         lines.append(f"| {key} | {r['mem_size']} | {r['text_tokens']} | {a['bleu']:.2f} | {a['exact_match']:.3f} | "
-                     f"{a['token_accuracy']:.3f} | {p['none']['ppl']:.2f} | {p['memory']['ppl']:.2f} | "
-                     f"{p['full']['ppl']:.2f} | {p['truncated']['ppl']:.2f} |")
+                     f"{a['token_accuracy']:.3f} | {ppl} |")
     lines += ["", f"Check (memory perplexity < no context, every ratio): "
               f"{'PASS' if rep['checks']['memory_beats_no_context'] else 'FAIL: ' + '; '.join(rep['checks']['failures'])}", ""]
     for key, r in rep["results"].items():

@@ -55,8 +55,11 @@ def test_quick_mode_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rep = json.loads((out / "proxy.json").read_text())
     assert rep["checks"]["memory_beats_no_context"]
-    assert set(rep["results"]) == {"4x", "8x"}
-    for res in rep["results"].values():
+    assert set(rep["results"]) == {"4x", "8x", "16x-hier"}
+    for key, res in rep["results"].items():
         assert 0.0 <= res["ae"]["bleu"] <= 100.0
-        assert res["ppl"]["memory"]["ppl"] < res["ppl"]["none"]["ppl"]
+        if key != "16x-hier":
+            assert res["ppl"]["memory"]["ppl"] < res["ppl"]["none"]["ppl"]
+    hier = rep["results"]["16x-hier"]
+    assert hier["compression_rate"] == 16 and list(hier["by_level"]) == ["2"]  # one level-2 block per text
     assert (out / "proxy.md").read_text().startswith("# hicae offline quality proxy (quick mode)")
