@@ -18,6 +18,8 @@ Everything runs on a CPU without the model hub:
 5. evaluation on held-out passages with ``hicae.evaluation``: AE BLEU-4 / exact match / token
    accuracy, and continuation perplexity with no context / memory / full text / text truncated
    to as many tokens as slots.
+6. HierarchicalICAE at 16x: the 4x ICAE upgraded to two levels, group size 4, trained briefly;
+   AE on held-out texts of four segments, each compressed into one level-2 block.
 
 ``--quick`` (< 5 min on a 2-core CPU) is a smoke check: it asserts that memory beats no context
 on perplexity at every ratio and exits non-zero otherwise. ``--full`` is the < 45-minute

@@ -38,6 +38,12 @@ def test_compress_then_generate(checkpoint, tmp_path, run_cli):
                                  "--max_new_tokens", "3", "--device", "cpu")
         assert code == 0, err
         assert out.startswith("[0]")
+    # the static-cache decoding path gives the same answers
+    res2 = tmp_path / "answers_static.jsonl"
+    code, _, err = run_cli("generate", "--checkpoint", str(checkpoint), "--memory", str(mem_file), "--prompt", "Which animal?",
+                           "--max_new_tokens", "4", "--output", str(res2), "--device", "cpu", "--decoding", "static")
+    assert code == 0, err
+    assert res2.read_text() == res.read_text()
 
 
 def test_compress_bad_input_leaves_no_output(checkpoint, tmp_path, run_cli):
