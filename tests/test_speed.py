@@ -138,3 +138,23 @@ def test_inference_runs_the_adapter_in_the_model_dtype(qwen3_tokenizer):
                                                           torch.arange(w).unsqueeze(0)))
     assert seen == [torch.float32]
     handle.remove()
+
+
+def test_compiled_encoder_with_bf16_adapter_cast(qwen3_tokenizer):
+    """The compiled encoder sees the adapter's bf16 copies (a new tensor each call) and stays equal to eager."""
+    from hicae import ICAE, ICAEConfig
+    from hicae.tiny import tiny_model
+
+    torch.manual_seed(0)
+    model = ICAE(tiny_model("qwen3", dtype=torch.bfloat16), qwen3_tokenizer,
+                 ICAEConfig(mem_size=4, compression_rate=2, lora_r=4, lora_dropout=0.0))
+    with torch.no_grad():
+        for n, p in model.encoder.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.05)
+    ref = model.compress(TEXTS)
+    model.compile_encoder()
+    for _ in range(2):  # second call: fresh bf16 copies of the adapter weights
+        got = model.compress(TEXTS)
+        for a, b in zip(got.slots, ref.slots):
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
