@@ -30,7 +30,6 @@ import ctypes
 import datetime as _dt
 import gc
 import json
-import math
 import os
 import platform
 import shlex
@@ -38,7 +37,6 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -141,15 +139,14 @@ def load_tokenizer(spec: str) -> tuple[Any, str]:
         return StubTokenizer(), "stub"
 
 
+def icae_config(args: argparse.Namespace, **overrides: Any) -> ICAEConfig:
+    """The ICAE settings of ``add_model_args``' flags (k, r, LoRA rank), plus per-benchmark ``overrides``."""
+    return ICAEConfig(mem_size=args.mem_size, compression_rate=args.compression_rate, lora_r=args.lora_r, **overrides)
+
+
 def build_icae(args: argparse.Namespace, tokenizer: Any, share_decoder: bool = True) -> ICAE:
     base = build_base(args.shape, args.device, DTYPES[args.dtype], args.seed)
-    cfg = ICAEConfig(
-        mem_size=args.mem_size,
-        compression_rate=args.compression_rate,
-        lora_r=args.lora_r,
-        compress_batch_tokens=args.compress_batch_tokens,
-        model_max_length=max(5120, args.train_tokens),
-    )
+    cfg = icae_config(args, compress_batch_tokens=args.compress_batch_tokens, model_max_length=max(5120, args.train_tokens))
     torch.manual_seed(args.seed + 1)  # LoRA init
     model = ICAE(base, tokenizer, cfg, share_decoder=share_decoder)
     # peft starts lora_B at zero, which would make the adapter a no-op and the slot comparison blind

@@ -63,6 +63,7 @@ from bench_compress import (  # noqa: E402
     add_model_args,
     build_base,
     environment,
+    icae_config,
     load_tokenizer,
     release,
     resolve_model_defaults,
@@ -97,12 +98,7 @@ def fmt_tokens(n: int) -> str:
 
 def build_hicae(args: argparse.Namespace, tokenizer: Any) -> HierarchicalICAE:
     base = build_base(args.shape, args.device, DTYPES[args.dtype], args.seed)
-    cfg = ICAEConfig(
-        mem_size=args.mem_size,
-        compression_rate=args.compression_rate,
-        lora_r=args.lora_r,
-        compress_batch_tokens=args.compress_batch_tokens,
-    )
+    cfg = icae_config(args, compress_batch_tokens=args.compress_batch_tokens)
     hcfg = HierarchyConfig(levels=args.levels, group_size=args.group_size, max_text_tokens=max(1 << 21, max(args.lengths)))
     torch.manual_seed(args.seed + 1)  # LoRA init
     model = HierarchicalICAE(base, tokenizer, cfg, hcfg)

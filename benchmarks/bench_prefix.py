@@ -46,11 +46,12 @@ from bench_compress import (  # noqa: E402
     add_model_args,
     build_base,
     environment,
+    icae_config,
     load_tokenizer,
     resolve_model_defaults,
 )
 
-from hicae import ICAE, ICAEConfig  # noqa: E402
+from hicae import ICAE  # noqa: E402
 
 TOPICS = ["the river", "the second paragraph", "its author", "the numbers in the table", "the conclusion",
           "the dates mentioned", "who signed it and why", "the main argument, in one sentence", "the title"]
@@ -64,8 +65,7 @@ def questions(n: int) -> list[str]:
 def build(args: argparse.Namespace, tokenizer: Any) -> ICAE:
     base = build_base(args.shape, args.device, DTYPES[args.dtype], args.seed)
     tokens = args.slots * args.compression_rate
-    cfg = ICAEConfig(mem_size=args.mem_size, compression_rate=args.compression_rate, lora_r=args.lora_r,
-                     model_max_length=max(5120, tokens))
+    cfg = icae_config(args, model_max_length=max(5120, tokens))
     torch.manual_seed(args.seed + 1)
     return ICAE(base, tokenizer, cfg).eval()
 

@@ -99,19 +99,26 @@ def test_compiled_encoder_equals_eager(make_icae):
     torch.testing.assert_close(again.slots[0], model.compress(TEXTS[2]).slots[0], rtol=1e-4, atol=1e-5)
 
 
-def test_inference_runs_the_adapter_in_the_model_dtype(qwen3_tokenizer):
-    """bf16 model: peft keeps LoRA weights in fp32; compression computes them in bf16 and puts the
-    fp32 tensors back bit for bit; training (autograd on) uses them as stored."""
+def bf16_icae(tokenizer):
+    """A tiny bf16 ICAE whose adapter (fp32, as peft keeps it) is non-zero."""
     from hicae import ICAE, ICAEConfig
     from hicae.tiny import tiny_model
 
     torch.manual_seed(0)
-    model = ICAE(tiny_model("qwen3", dtype=torch.bfloat16), qwen3_tokenizer,
+    model = ICAE(tiny_model("qwen3", dtype=torch.bfloat16), tokenizer,
                  ICAEConfig(mem_size=4, compression_rate=2, lora_r=4, lora_dropout=0.0))
-    lora = {n: p for n, p in model.encoder.named_parameters() if "lora_" in n}
     with torch.no_grad():
-        for p in lora.values():
-            p.normal_(0, 0.05)
+        for n, p in model.encoder.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
+def test_inference_runs_the_adapter_in_the_model_dtype(qwen3_tokenizer):
+    """bf16 model: peft keeps LoRA weights in fp32; compression computes them in bf16 and puts the
+    fp32 tensors back bit for bit; training (autograd on) uses them as stored."""
+    model = bf16_icae(qwen3_tokenizer)
+    lora = {n: p for n, p in model.encoder.named_parameters() if "lora_" in n}
     before = {n: p.detach().clone() for n, p in lora.items()}
     assert all(p.dtype == torch.float32 for p in lora.values())
     seen = []
@@ -142,16 +149,7 @@ def test_inference_runs_the_adapter_in_the_model_dtype(qwen3_tokenizer):
 
 def test_compiled_encoder_with_bf16_adapter_cast(qwen3_tokenizer):
     """The compiled encoder sees the adapter's bf16 copies (a new tensor each call) and stays equal to eager."""
-    from hicae import ICAE, ICAEConfig
-    from hicae.tiny import tiny_model
-
-    torch.manual_seed(0)
-    model = ICAE(tiny_model("qwen3", dtype=torch.bfloat16), qwen3_tokenizer,
-                 ICAEConfig(mem_size=4, compression_rate=2, lora_r=4, lora_dropout=0.0))
-    with torch.no_grad():
-        for n, p in model.encoder.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.05)
+    model = bf16_icae(qwen3_tokenizer)
     ref = model.compress(TEXTS)
     model.compile_encoder()
     for _ in range(2):  # second call: fresh bf16 copies of the adapter weights

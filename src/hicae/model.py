@@ -229,24 +229,24 @@ class ICAE(nn.Module):
         position ids [C, W].
         """
         out: list[torch.Tensor | None] = [None] * len(lengths)
-        # inference: the adapter computes in the model's dtype (speed.adapter_in_dtype); training: as stored
-        cast = adapter_in_dtype(self.encoder, self.dtype) if not torch.is_grad_enabled() else contextlib.nullcontext()
+        body = self.encoder.get_base_model().model
+        cast: Any = contextlib.nullcontext()
+        if not torch.is_grad_enabled():  # inference (training: eager, adapter as stored)
+            body = self._compiled_encoder or body
+            cast = adapter_in_dtype(self.encoder, self.dtype)  # the adapter computes in the model's dtype
         with cast:
             for chunk in budget_chunks(lengths, self.icae_config.compress_batch_tokens):
-                self._encode_chunk(chunk, lengths, make, out)
+                self._encode_chunk(body, chunk, lengths, make, out)
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def _encode_chunk(self, chunk: list[int], lengths: list[int], make: Any, out: list) -> None:
-        """One chunk of rows through the encoder; writes each row's slots [k, D] into ``out``."""
+    def _encode_chunk(self, body: Any, chunk: list[int], lengths: list[int], make: Any, out: list) -> None:
+        """One chunk of rows through the encoder ``body``; writes each row's slots [k, D] into ``out``."""
         k = self.icae_config.mem_size
         width = max(lengths[i] for i in chunk)
         idx = torch.tensor(chunk)
         embeds, pos = make(idx, width)
         n = torch.tensor([lengths[i] for i in chunk])  # [C]
         mask = (torch.arange(width).unsqueeze(0) < n.unsqueeze(1)).long().to(self.device)  # [C, W]
-        body = self.encoder.get_base_model().model
-        if self._compiled_encoder is not None and not torch.is_grad_enabled():
-            body = self._compiled_encoder
         hidden = body(
             inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
         ).last_hidden_state  # [C, W, D], after the final norm

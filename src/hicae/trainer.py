@@ -28,7 +28,8 @@ class ICAETrainer(Trainer):
         # Our loss is a mean over the batch's labelled tokens; let the Trainer scale it for
         # gradient accumulation (we take no num_items_in_batch).
         self.model_accepts_loss_kwargs = False
-        self._sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        # per split: per-task loss sums and token counts, 0-d tensors on the device between logs
+        self._sums: dict[str, dict[str, Any]] = {"train": defaultdict(float), "eval": defaultdict(float)}
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         # Segment lengths plan the encoder's chunks on the host: moving them to the GPU would make
