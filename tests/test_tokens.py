@@ -12,7 +12,7 @@ from hicae import ConfigError
 from hicae.layout import FT, IGNORE, SLOT
 from hicae.tokens import PLACEHOLDER, SpecialTokens, tokenize
 
-from conftest import tokenizer_variant
+from conftest import QWEN25_TEMPLATE, tokenizer_variant
 
 PROMPTS = [
     "What is the capital of France?",
@@ -209,3 +209,16 @@ def test_the_grep_would_catch_offenders():
         assert HARD_BOS_EOS.search(bad), bad
     for ok in ["eos_id = tokenizer.eos_token_id", "n_eos = 20", "eos = gen_eos[0]", "x.ndim == 2"]:
         assert not HARD_BOS_EOS.search(ok), ok
+
+
+def test_chat_end_found_when_only_the_added_tokens_table_marks_it_special(qwen3_tokenizer):
+    # A tokenizer converted from GGUF (the real Qwen2.5 of tests/test_real_model.py) names only
+    # <|endoftext|> as special: <|im_end|> is special in its added-tokens table alone. The end of an
+    # assistant turn must still be <|im_end|>, not the EOS fallback.
+    tok = tokenizer_variant(qwen3_tokenizer, template=QWEN25_TEMPLATE, eos="<|endoftext|>")
+    tok.extra_special_tokens = []
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end not in tok.all_special_ids
+    st = SpecialTokens.from_tokenizer(tok)
+    assert st.chat_end_id == im_end and st.eos_id == tok.convert_tokens_to_ids("<|endoftext|>")
+    assert st.stop_ids == [st.eos_id, im_end]

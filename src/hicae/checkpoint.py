@@ -12,6 +12,7 @@ is an error that names it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,30 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | None = None,
               attn_implementation: str | None = "sdpa") -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer by hub name or local path."""
+    """Load a causal LM and its tokenizer by hub name, local folder, or a ``.gguf`` file.
+
+    A GGUF file (llama.cpp's format, often how a Qwen is kept locally) is dequantized by
+    transformers into ordinary tensors of ``dtype`` (``auto``: bf16); it needs the ``gguf``
+    package (``pip install 'hicae[gguf]'``).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    src, kw = name_or_path, {}
+    if str(name_or_path).endswith(".gguf"):
+        gguf = Path(name_or_path)
+        if not gguf.is_file():
+            raise CheckpointError(f"cannot load base model {name_or_path!r}: no such GGUF file")
+        if importlib.util.find_spec("gguf") is None:
+            raise CheckpointError(f"{name_or_path}: reading a GGUF file needs the gguf package "
+                                  "(pip install 'hicae[gguf]')")
+        src, kw = str(gguf.resolve().parent), {"gguf_file": gguf.name}
+        dtype = torch.bfloat16 if dtype in (None, "auto") else dtype
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
-        kw: dict[str, Any] = {"dtype": _dtype(dtype)}
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        kw["dtype"] = _dtype(dtype)
         if attn_implementation:
             kw["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, **kw)
     except OSError as e:
         raise CheckpointError(f"cannot load base model {name_or_path!r}: {e}") from e
     if device:

@@ -29,6 +29,19 @@ def _as_list(x: Any) -> list[int]:
     return [int(i) for i in x]
 
 
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of every special token: the named ones and added tokens marked special.
+
+    A tokenizer converted from GGUF (or saved without ``additional_special_tokens``) names only
+    ``<|endoftext|>``; ``<|im_start|>`` / ``<|im_end|>`` are special only in its added-tokens table.
+    """
+    ids = set(tokenizer.all_special_ids)
+    for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    return ids
+
+
 @dataclass
 class SpecialTokens:
     """Ids and chat pieces of one tokenizer (and the base model's generation config)."""
@@ -66,8 +79,7 @@ class SpecialTokens:
         text = tokenizer.apply_chat_template(msgs, tokenize=False, **chat_kwargs)
         after = text.split(PLACEHOLDER, 1)[1] if PLACEHOLDER in text else ""
         ids = _ids(tokenizer, after)
-        special = set(tokenizer.all_special_ids)
-        if ids and ids[0] in special:
+        if ids and ids[0] in special_ids(tokenizer):
             return ids[0]
         return tokenizer.eos_token_id
 

@@ -83,6 +83,6 @@ def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult
                            "exact match": [a["exact_match"] for a in by_level.values()],
                            "token accuracy": [a["token_accuracy"] for a in by_level.values()]},
                           ylabel="score", xlabel="top memory level", ylim=(0, 1)))
-    notes = ["BLEU-4: sacrebleu (13a tokenisation), corpus level per group; sentence BLEU: mean of per-text scores.",
+    notes = ["BLEU-4: sacrebleu (13a tokenisation; zh for groups with Chinese text), corpus level per group; sentence BLEU: mean of per-text scores.",
              "token accuracy: reference positions reproduced at the same position, pooled over all reference tokens."]
     return TaskResult("ae", overall, breakdowns, rows, tables, plots, notes)

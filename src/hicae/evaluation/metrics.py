@@ -1,4 +1,4 @@
-"""Text metrics of the evaluation suite: BLEU-4 (sacrebleu), exact match, token accuracy, ROUGE-L, token F1.
+"""Text metrics of the evaluation suite: BLEU-4 (sacrebleu; Chinese with its ``zh`` tokeniser), exact match, token accuracy, ROUGE-L, token F1.
 
 QA metrics compare *words*: the text lower-cased, cut into runs of letters and digits (punctuation
 dropped), each CJK character a word of its own. Exact match and F1 also drop the English articles
@@ -113,13 +113,32 @@ def require_bleu() -> None:
     _sacrebleu()
 
 
-def sentence_bleu(prediction: str, reference: str) -> float:
-    """BLEU-4 of one sentence (sacrebleu defaults: 13a tokenisation, exponential smoothing), 0-100."""
-    return float(_sacrebleu().sentence_bleu(prediction, [reference]).score)
+_CJK_CHAR = re.compile(rf"[{_CJK}]")
+BLEU_TOKENIZERS = ("auto", "13a", "zh", "intl", "char", "none")
 
 
-def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU-4 (sacrebleu defaults: 13a tokenisation, no smoothing), 0-100; n-gram counts pooled over texts."""
+def bleu_tokenizer(texts: Sequence[str], tokenize: str = "auto") -> str:
+    """sacrebleu's tokeniser for ``texts``: ``auto`` is ``zh`` when any holds CJK, else ``13a``.
+
+    ``13a`` keeps a run of Chinese characters as one token, so a Chinese reconstruction that
+    differs in one character would score as if all were wrong; ``zh`` splits each character.
+    """
+    if tokenize not in BLEU_TOKENIZERS:
+        raise ConfigError(f"unknown BLEU tokenisation {tokenize!r} (one of {', '.join(BLEU_TOKENIZERS)})")
+    if tokenize != "auto":
+        return tokenize
+    return "zh" if any(_CJK_CHAR.search(t) for t in texts) else "13a"
+
+
+def sentence_bleu(prediction: str, reference: str, tokenize: str = "auto") -> float:
+    """BLEU-4 of one sentence (exponential smoothing), 0-100; tokenisation per ``bleu_tokenizer``."""
+    tok = bleu_tokenizer([reference], tokenize)
+    return float(_sacrebleu().sentence_bleu(prediction, [reference], tokenize=tok).score)
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str], tokenize: str = "auto") -> float:
+    """Corpus BLEU-4 (no smoothing), 0-100; n-gram counts pooled over texts; tokenisation per ``bleu_tokenizer``."""
     if not predictions:
         return 0.0
-    return float(_sacrebleu().corpus_bleu(list(predictions), [list(references)]).score)
+    tok = bleu_tokenizer(references, tokenize)
+    return float(_sacrebleu().corpus_bleu(list(predictions), [list(references)], tokenize=tok).score)
