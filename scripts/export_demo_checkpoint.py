@@ -1,0 +1,78 @@
+"""Copy a trained ICAE checkpoint into ``src/hicae/demo_checkpoint`` (what ``hicae demo`` loads).
+
+The adapter is stored in bf16 (it runs in the model's dtype at inference anyway; r=8 on all seven
+projections of Qwen2.5-0.5B is 4.4M parameters: 8.8 MB instead of 17.6 MB), the memory and task
+embeddings as they are. ``demo_info.json`` and ``TRAINING.md`` record how it was trained and what it
+reaches, from ``benchmarks/real_quality.py``'s report.
+
+    python scripts/export_demo_checkpoint.py outputs/real/work/4x --report outputs/real/real.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE
+from hicae.fileio import staged_dir
+
+DEST = Path(__file__).resolve().parent.parent / "src" / "hicae" / "demo_checkpoint"
+BASE_NAME = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--report", required=True, help="real.json of benchmarks/real_quality.py")
+    p.add_argument("--stage", default="4x")
+    p.add_argument("--dest", default=str(DEST))
+    p.add_argument("--command", default="nohup .venv/bin/python benchmarks/real_quality.py --out_dir outputs/real "
+                                        "--steps_4x 350 > outputs/real.log 2>&1 &")
+    a = p.parse_args()
+    src, rep = Path(a.checkpoint), json.loads(Path(a.report).read_text())
+    st = rep["stages"][a.stage]
+    last = st["curve"][-1]
+    final = st.get("final", {})
+    meta = json.loads((src / CONFIG_FILE).read_text())
+    meta["base_model"] = BASE_NAME
+    adapter_cfg = json.loads((src / "adapter_config.json").read_text())
+    adapter_cfg["base_model_name_or_path"] = BASE_NAME
+    s = rep["settings"]
+    k = s["mem_size"]
+    summary = (f"{a.stage} (k={k}, texts of up to {k * int(a.stage.rstrip('x'))} tokens), AE + LM pretraining, "
+               f"{last['step']} steps of batch {s['batch']} on this project's CPU; held-out BLEU-4 at the end: "
+               f"en {last['en']['bleu']:.1f}, zh {last['zh']['bleu']:.1f} ({len(st['curve'])} curve points in docs/results.md)")
+    info = {"summary": summary, "objectives": "AE + LM", "stage": a.stage, "steps": last["step"], "settings": s,
+            "corpus": rep["corpus"], "base": "the real Qwen2.5-0.5B-Instruct of hicae.real_model "
+            "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)",
+            "curve_last": last, "final": {l: {"ae": v["ae"], "ppl": {c: v["ppl"][c]["ppl"] for c in v["ppl"]}}
+                                          for l, v in final.items()},
+            "command": a.command, "seed": rep["seed"], "machine": rep.get("machine")}
+    with staged_dir(Path(a.dest)) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2) + "\n")
+        adapter = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / ADAPTER_FILE)).items()}
+        save_file(adapter, str(tmp / ADAPTER_FILE), metadata={"format": "pt", "note": "bf16 copy for hicae demo"})
+        shutil.copy(src / EMBED_FILE, tmp / EMBED_FILE)
+        (tmp / "demo_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        (tmp / "TRAINING.md").write_text(
+            "# The demo's ICAE adapter\n\n" + summary + ".\n\n"
+            f"- Base: {info['base']}, frozen.\n"
+            f"- Data: {json.dumps(rep['corpus'])}: Debian python3.11-doc reST sources (English) and fortunes-zh "
+            "(chinese, tang300, song100; Chinese), held out by document (seed "
+            f"{rep['seed']}, 10%); passages cut by benchmarks/real_quality.py.\n"
+            f"- Settings: {json.dumps(s)}.\n"
+            f"- Command: `{a.command}` (then `python scripts/export_demo_checkpoint.py {src} --report {a.report}`).\n"
+            f"- Machine: {json.dumps(rep.get('machine'))}.\n"
+            "- Adapter stored in bf16 (trained in fp32); `hicae demo` runs it in the model's dtype.\n")
+    total = sum(f.stat().st_size for f in Path(a.dest).iterdir())
+    print(f"wrote {a.dest} ({total / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
