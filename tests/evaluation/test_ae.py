@@ -72,3 +72,18 @@ def test_user_errors_exit_1_with_file_and_line(icae_ckpt, text_file, tmp_path, r
     bad.write_text('{"text": "fine"}\n{"text": }\n')
     code, _, err = run_cli(*base, "--data", bad)
     assert code == 1 and f"{bad}:2: malformed JSON" in err and "Traceback" not in err
+
+
+def test_english_and_chinese_reported_apart(icae_ckpt, tmp_path, run_cli):
+    texts = ["The quick brown fox jumps over the lazy dog.", "床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"]
+    f = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+    out = tmp_path / "out"
+    code, _, err = run_cli("eval", "--task", "ae", "--checkpoint", icae_ckpt, "--data", f, "--output_dir", out,
+                           "--device", "cpu", "--max_new_tokens", "8", "--no_progress")
+    assert code == 0, err
+    res = json.loads((out / "ae.json").read_text())
+    langs = res["breakdowns"]["by_language"]
+    assert {k: v["n"] for k, v in langs.items()} == {"en": 1, "zh": 2}
+    rows = [json.loads(x) for x in (out / "ae_examples.jsonl").read_text().splitlines()]
+    assert [r["language"] for r in rows] == ["en", "zh", "zh"]
+    assert "By language" in (out / "ae.md").read_text()

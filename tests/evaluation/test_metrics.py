@@ -76,3 +76,30 @@ def test_contains_digits_needs_the_whole_number():
     assert M.contains_digits("71432", "71432") == 1.0
     assert M.contains_digits("714320", "71432") == 0.0
     assert M.contains_digits("I do not know", "71432") == 0.0
+
+
+def test_chinese_bleu_splits_characters():
+    # 13a keeps a run of Chinese characters as one token: one character off scores 0 there
+    ref = "今天天气很好我们去公园散步了"
+    pred = "今天天气很好我们去公园散步吧"
+    assert M.sentence_bleu(pred, ref, tokenize="13a") == pytest.approx(0.0, abs=1e-6)
+    assert M.sentence_bleu(pred, ref) > 85  # auto -> zh: 13 of 14 characters, n-gram precisions 13/14, 12/13, ...
+    assert M.sentence_bleu(pred, ref) == pytest.approx(M.sentence_bleu(pred, ref, tokenize="zh"))
+    assert M.corpus_bleu([pred, "the cat sat"], [ref, "the cat sat"]) > 85
+    assert M.bleu_tokenizer([ref]) == "zh" and M.bleu_tokenizer(["plain English"]) == "13a"
+    assert M.script_of(ref) == "zh" and M.script_of("abc") == "en"
+
+
+def test_english_bleu_unchanged_by_auto():
+    pred, ref = "the cat sat on a mat today", "the cat sat on the mat today"
+    assert M.sentence_bleu(pred, ref) == M.sentence_bleu(pred, ref, tokenize="13a")
+    assert M.corpus_bleu([pred], [ref]) == M.corpus_bleu([pred], [ref], tokenize="13a")
+
+
+def test_unknown_bleu_tokenisation_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown BLEU tokenisation 'chinese'"):
+        M.sentence_bleu("a", "a", tokenize="chinese")
+    from hicae.evaluation import EvalSettings
+
+    with pytest.raises(ConfigError, match="unknown BLEU tokenisation"):
+        EvalSettings(bleu_tokenize="chinese")

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlong", choices=["error", "truncate"], default="error",
                    help="a text over the limit: refuse (default) or truncate (ae/qa keep its head, ppl its tail)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--bleu_tokenize", default="auto", choices=["auto", "13a", "zh", "intl", "char", "none"],
+                   help="ae: sacrebleu's tokenisation (auto: zh, one token per CJK character, for groups holding Chinese; else 13a)")
     g = p.add_argument_group("ppl")
     g.add_argument("--continuation_tokens", type=int, default=64, help="the last N tokens of each text are the continuation")
     g.add_argument("--leave_tokens", type=int, default=1, help="the first N continuation tokens are read but not scored (>= 1)")
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    settings = EvalSettings(args.batch_size, args.limit, args.seed, args.max_slots, args.max_new_tokens, not args.no_progress)
+    settings = EvalSettings(args.batch_size, args.limit, args.seed, args.max_slots, args.max_new_tokens, not args.no_progress,
+                            args.bleu_tokenize)
     # Everything that can be checked without the model is checked first: bad data fails in seconds.
     task = args.task
     if task in ("ae", "ppl", "qa") and not args.data:

@@ -21,11 +21,11 @@ from .report import Bars, Table, TaskResult
 from .runtime import EvalSettings, bucket_key, compress_ids, group_by, is_hierarchical, progress_batches, ratio_bucket, text_levels
 
 
-def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _aggregate(rows: list[dict[str, Any]], tokenize: str = "auto") -> dict[str, Any]:
     ref_tokens = sum(r["ref_tokens"] for r in rows)
     return {
         "n": len(rows),
-        "bleu": metrics.corpus_bleu([r["prediction"] for r in rows], [r["reference"] for r in rows]),
+        "bleu": metrics.corpus_bleu([r["prediction"] for r in rows], [r["reference"] for r in rows], tokenize),
         "sentence_bleu": sum(r["bleu"] for r in rows) / len(rows),
         "exact_match": sum(r["exact_match"] for r in rows) / len(rows),
         "token_accuracy": sum(r["token_accuracy"] * r["ref_tokens"] for r in rows) / max(1, ref_tokens),
@@ -54,28 +54,33 @@ def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult
             rows.append({
                 "where": r.where, "tokens": len(ref_ids), "slots": n_slots, "ratio": len(ref_ids) / n_slots,
                 "ratio_bucket": ratio_bucket(len(ref_ids), n_slots), "level": level,
-                "bleu": metrics.sentence_bleu(out, ref), "exact_match": float(out == ref),
+                "language": metrics.script_of(ref),
+                "bleu": metrics.sentence_bleu(out, ref, s.bleu_tokenize), "exact_match": float(out == ref),
                 "token_accuracy": metrics.token_accuracy(pred_ids, ref_ids), "ref_tokens": len(ref_ids),
                 "pred_tokens": len(pred_ids), "reference": ref, "prediction": out,
             })
 
-    overall = _aggregate(rows)
-    by_ratio = {k: _aggregate(v) for k, v in sorted(group_by(rows, "ratio_bucket").items(), key=lambda kv: bucket_key(kv[0]))}
-    breakdowns: dict[str, Any] = {"by_ratio": by_ratio}
+    tk = s.bleu_tokenize
+    overall = _aggregate(rows, tk)
+    by_ratio = {k: _aggregate(v, tk) for k, v in sorted(group_by(rows, "ratio_bucket").items(), key=lambda kv: bucket_key(kv[0]))}
+    # Chinese and other text apart: each group's BLEU with its own tokenisation (auto: zh / 13a)
+    by_language = {k: _aggregate(v, tk) for k, v in sorted(group_by(rows, "language").items())}
+    breakdowns: dict[str, Any] = {"by_ratio": by_ratio, "by_language": by_language}
     cols = ["group", "n", "BLEU-4", "sentence BLEU", "exact match", "token accuracy", "tokens/slot"]
 
     def row(name: str, a: dict[str, Any]) -> list[Any]:
         return [name, a["n"], a["bleu"], a["sentence_bleu"], a["exact_match"], a["token_accuracy"], a["tokens"] / max(1, a["slots"])]
 
     tables = [Table("Reconstruction", cols, [row("all", overall)]),
-              Table("By compression ratio (tokens per slot)", cols, [row(k, a) for k, a in by_ratio.items()])]
+              Table("By compression ratio (tokens per slot)", cols, [row(k, a) for k, a in by_ratio.items()]),
+              Table("By language (Chinese: text holding CJK characters)", cols, [row(k, a) for k, a in by_language.items()])]
     plots: list[Bars] = [Bars("by_ratio", "AE reconstruction by compression ratio", list(by_ratio),
                               {"BLEU-4 / 100": [a["bleu"] / 100 for a in by_ratio.values()],
                                "exact match": [a["exact_match"] for a in by_ratio.values()],
                                "token accuracy": [a["token_accuracy"] for a in by_ratio.values()]},
                               ylabel="score", xlabel="tokens per slot", ylim=(0, 1))]
     if hier:
-        by_level = {str(k): _aggregate(v) for k, v in sorted(group_by(rows, "level").items())}
+        by_level = {str(k): _aggregate(v, tk) for k, v in sorted(group_by(rows, "level").items())}
         breakdowns["by_level"] = by_level
         tables.append(Table("By memory level (hierarchical)", cols, [row(f"level {k}", a) for k, a in by_level.items()]))
         plots.append(Bars("by_level", "AE reconstruction by memory level", [f"level {k}" for k in by_level],
@@ -83,6 +88,7 @@ def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult
                            "exact match": [a["exact_match"] for a in by_level.values()],
                            "token accuracy": [a["token_accuracy"] for a in by_level.values()]},
                           ylabel="score", xlabel="top memory level", ylim=(0, 1)))
-    notes = ["BLEU-4: sacrebleu (13a tokenisation; zh for groups with Chinese text), corpus level per group; sentence BLEU: mean of per-text scores.",
+    notes = [f"BLEU-4: sacrebleu, tokenisation {tk} (auto: zh, one token per CJK character, for a group holding Chinese, "
+             "else 13a), corpus level per group; sentence BLEU: mean of per-text scores.",
              "token accuracy: reference positions reproduced at the same position, pooled over all reference tokens."]
     return TaskResult("ae", overall, breakdowns, rows, tables, plots, notes)

@@ -117,6 +117,11 @@ _CJK_CHAR = re.compile(rf"[{_CJK}]")
 BLEU_TOKENIZERS = ("auto", "13a", "zh", "intl", "char", "none")
 
 
+def script_of(text: str) -> str:
+    """``zh`` for a text holding CJK characters, else ``en`` (how reports split languages)."""
+    return "zh" if _CJK_CHAR.search(text) else "en"
+
+
 def bleu_tokenizer(texts: Sequence[str], tokenize: str = "auto") -> str:
     """sacrebleu's tokeniser for ``texts``: ``auto`` is ``zh`` when any holds CJK, else ``13a``.
 

@@ -26,8 +26,12 @@ class EvalSettings:
     max_slots: int | None = None  # hierarchical checkpoints: memory budget per text
     max_new_tokens: int | None = None  # None: the task's default
     progress: bool = True
+    bleu_tokenize: str = "auto"  # sacrebleu tokeniser: auto (zh for Chinese, else 13a), 13a, zh, intl, char, none
 
     def __post_init__(self) -> None:
+        from .metrics import bleu_tokenizer
+
+        bleu_tokenizer([], self.bleu_tokenize)  # an unknown name is a ConfigError now, not after the model loads
         if self.batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
