@@ -1,0 +1,63 @@
+"""benchmarks/real_quality.py: every stage's code path at toy sizes on a tiny base, and resumption.
+
+Slow (it needs the Debian corpus of the proxy, fetched with apt-get download, and ~1 min); CI runs
+it beside the proxy's quick mode.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "real_quality.py"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, qwen3_tokenizer):
+    from hicae.tiny import tiny_model
+
+    path = tmp_path_factory.mktemp("base")
+    tiny_model("qwen3").save_pretrained(path)
+    qwen3_tokenizer.save_pretrained(path)
+    return path
+
+
+def run(out: Path, base: Path, *extra: str) -> str:
+    r = subprocess.run([sys.executable, str(SCRIPT), "--dry_run", "--model", str(base), "--out_dir", str(out),
+                        "--threads", "1", *extra], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_stages_curve_resume_and_report(tiny_base, tmp_path):
+    out = tmp_path / "real"
+    log = run(out, tiny_base)
+    rep = json.loads((out / "real.json").read_text())
+    assert set(rep["stages"]) == {"4x", "8x", "16x"}
+    assert [c["step"] for c in rep["stages"]["4x"]["curve"]] == [2, 4]
+    for stage in ("4x", "8x"):
+        f = rep["stages"][stage]["final"]
+        assert set(f) == {"en", "zh"} and set(f["zh"]["ppl"]) == {"none", "memory", "full", "truncated"}
+    assert rep["stages"]["16x"]["final"]["en"]["ae"]["n"] >= 1
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG" and "| 4x |" in (out / "real.md").read_text()
+
+    # a resume with more steps continues from the newest complete checkpoint; an incomplete one is skipped
+    ck = out / "work" / "4x"
+    newest = max(ck.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    broken = ck / "checkpoint-5"
+    shutil.copytree(newest, broken)
+    (broken / "optimizer.pt").unlink()
+    log = run(out, tiny_base, "--stages", "4x", "--steps_4x", "6")
+    assert f"skipping incomplete {broken} (missing optimizer.pt)" in log
+    assert f"4x: 4 of 6 steps done, resuming from {newest}" in log
+    rep = json.loads((out / "real.json").read_text())
+    assert [c["step"] for c in rep["stages"]["4x"]["curve"]] == [2, 4, 6] and rep["stages"]["4x"]["final_step"] == 6
+    assert rep["stages"]["8x"]["final_step"] == 2  # other stages' results are kept
