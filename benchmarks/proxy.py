@@ -500,7 +500,8 @@ def hierarchical_16x(z: Sizes, tok, train_p: list[str], test_p: list[str], work:
     log(f"HierarchicalICAE 16x: restored from the 4x ICAE, levels 2, group {g}: {W} tokens -> {k} slots; {z.hier_steps} steps")
     pretrain(["--restore_from", str(work / "icae-4x"), "--hierarchical", "--levels", "2", "--group_size", str(g),
               "--max_slots", str(8 * k), "--max_text_tokens", str(2 * W), "--output_dir", str(ckpt),
-              "--train_file", str(work / "data" / "long.jsonl"), "--model_max_length", str(T), "--lm_ratio", "0.3",
+              # model_max_length caps the decoder's AE target: W, or level-2 AE (W tokens) is never trained
+              "--train_file", str(work / "data" / "long.jsonl"), "--model_max_length", str(W), "--lm_ratio", "0.3",
               *common_args(z.hier_steps, max(1, z.icae_batch // g), z.icae_lr)])
     train_s = time.time() - t
     hist = json.loads((ckpt / "loss_history.json").read_text()) if (ckpt / "loss_history.json").exists() else {}

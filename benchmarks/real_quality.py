@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
 
             args = ["--restore_from", str(work / "4x"), "--hierarchical", "--levels", "2", "--group_size", str(g),
                     "--max_slots", str(8 * k), "--max_text_tokens", str(2 * W), "--train_file",
-                    str(work / "data" / "train-16x.jsonl"), "--model_max_length", str(T), "--lm_ratio", "0.3"]
+                    # model_max_length caps the decoder's target: W, so that AE at level 2 (W tokens) is trained
+                    str(work / "data" / "train-16x.jsonl"), "--model_max_length", str(W), "--lm_ratio", "0.3"]
             load_kw = {"hierarchy": hier}
             rep = train_stage("16x", z.steps_16x, args, max(1, z.batch // g), {l: long_recs(l, z.n_curve) for l in ("en", "zh")},
                               **load_kw)
