@@ -65,6 +65,9 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
                                   "(pip install 'hicae[gguf]')")
         src, kw = str(gguf.resolve().parent), {"gguf_file": gguf.name}
         dtype = torch.bfloat16 if dtype in (None, "auto") else dtype
+    # Explicitly False: left unset, transformers asks on a terminal whether to run a model's own
+    # code, and one "y" would run it.
+    kw["trust_remote_code"] = False
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
         kw["dtype"] = _dtype(dtype)
@@ -73,6 +76,15 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
         model = AutoModelForCausalLM.from_pretrained(src, **kw)
     except OSError as e:
         raise CheckpointError(f"cannot load base model {name_or_path!r}: {e}") from e
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise CheckpointError(
+            f"cannot load base model {name_or_path!r}: it needs its own Python code (auto_map in its config), and "
+            "hicae never runs code that comes with a model; transformers would with trust_remote_code=True, which "
+            "hicae does not pass. Use a model transformers supports natively, or load it yourself and pass it to "
+            "ICAE(base_model, tokenizer)"
+        ) from None
     if device:
         model.to(device)
     return model.eval(), tok

@@ -15,3 +15,7 @@ class DataError(HicaeError, ValueError):
 
 class CheckpointError(HicaeError, ValueError):
     """A checkpoint or memory file that does not fit the model it is loaded into."""
+
+
+class OutputError(HicaeError, OSError):
+    """An output that cannot be written: a read-only folder, a full disk, a file where a folder should be."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, push_segments, waves
 from .layout import EncoderRows, MEM
 from .memory import Memory
@@ -55,6 +55,24 @@ class HierarchicalICAE(ICAE):
 
     def trained_embeddings(self) -> dict[str, nn.Parameter]:
         return {**super().trained_embeddings(), "level_embeddings": self.level_embeddings}
+
+    def check_memory(self, mem: Memory) -> None:
+        """As ICAE's, and a hierarchical memory's blocks and tail must fit this model: ``append``
+        indexes the level embeddings with its levels and the vocabulary with its tail ids."""
+        super().check_memory(mem)
+        if not mem.hierarchical:
+            return
+        problem = mem.hierarchy_problem()
+        if problem is None:
+            levels = max((b[0] for bl in mem.blocks for b in bl), default=1)
+            vocab = self.decoder.get_input_embeddings().num_embeddings
+            bad = sorted({t for tail in mem.tails for t in tail if t >= vocab})
+            if levels > self.hierarchy.levels:
+                problem = f"a block of level {levels}, but this model has {self.hierarchy.levels} levels"
+            elif bad:
+                problem = f"its tail holds token ids {bad[:3]} outside this model's vocabulary of {vocab}"
+        if problem:
+            raise CheckpointError(f"not a valid hierarchical memory for this model: {problem}")
 
     def length_limit(self) -> tuple[int, str]:
         return self.hierarchy.max_text_tokens, "--max_text_tokens"

@@ -134,20 +134,53 @@ class Memory:
                         f"{path}: tensors {sorted(keys ^ expected)} are missing or unexpected for {n} texts"
                     )
                 slots = [f.get_tensor(f"slots.{i}") for i in range(n)]
+            mem = cls(
+                slots,
+                json.loads(meta["num_tokens"]),
+                json.loads(meta["num_segments"]),
+                meta["base_model"],
+                meta["fingerprint"],
+                int(meta["mem_size"]),
+                int(meta["compression_rate"]),
+                int(meta.get("levels", 1)),
+                json.loads(meta.get("extra", "{}")),
+                json.loads(meta["blocks"]) if "blocks" in meta else None,
+                json.loads(meta["tails"]) if "tails" in meta else None,
+            )
         except CheckpointError:
             raise
-        except Exception as e:  # safetensors' header errors, bad JSON
+        except Exception as e:  # safetensors' header errors, bad JSON, missing keys
             raise CheckpointError(f"{path}: cannot read memory file: {e}") from e
-        return cls(
-            slots,
-            json.loads(meta["num_tokens"]),
-            json.loads(meta["num_segments"]),
-            meta["base_model"],
-            meta["fingerprint"],
-            int(meta["mem_size"]),
-            int(meta["compression_rate"]),
-            int(meta.get("levels", 1)),
-            json.loads(meta.get("extra", "{}")),
-            json.loads(meta["blocks"]) if "blocks" in meta else None,
-            json.loads(meta["tails"]) if "tails" in meta else None,
-        )
+        problem = mem.hierarchy_problem()
+        if problem:
+            raise CheckpointError(f"{path}: not a valid hierarchical memory: {problem}")
+        return mem
+
+    def hierarchy_problem(self) -> str | None:
+        """What is wrong with the blocks and tails of a hierarchical memory (None if nothing is).
+
+        A file could name any level or token id; ``append`` would index the level embeddings and the
+        vocabulary with them. Each text's blocks must cover segments ``0..n`` in order, one block of
+        ``mem_size`` slots each, at levels ``1..levels``; its tail holds token ids (checked against
+        the vocabulary by the model, ``check_memory``).
+        """
+        if not self.hierarchical:
+            return None
+        if not (isinstance(self.levels, int) and self.levels >= 1):
+            return f"levels {self.levels!r}"
+        for i, (blocks, tail, slots) in enumerate(zip(self.blocks, self.tails, self.slots)):
+            end = 0
+            for b in blocks:
+                if not (isinstance(b, list) and len(b) == 3 and all(type(x) is int for x in b)):
+                    return f"text {i}: block {b!r} is not [level, start, end]"
+                level, start, stop = b
+                if not 1 <= level <= self.levels:
+                    return f"text {i}: block {b} names level {level}, outside 1..{self.levels}"
+                if start != end or stop <= start:
+                    return f"text {i}: block {b} does not follow the previous block (segments {end}..)"
+                end = stop
+            if slots.shape[0] != len(blocks) * self.mem_size:
+                return f"text {i}: {slots.shape[0]} slots for {len(blocks)} blocks of {self.mem_size}"
+            if not (isinstance(tail, list) and all(type(t) is int and t >= 0 for t in tail)):
+                return f"text {i}: its tail is not a list of token ids"
+        return None

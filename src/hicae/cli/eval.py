@@ -15,8 +15,11 @@ from ..evaluation.ppl import check_settings as check_ppl_settings
 from ..evaluation.ppl import parse_conditions
 from ..evaluation.retrieval import check_settings as check_retrieval_settings
 from ..evaluation.retrieval import parse_depths, parse_lengths
+from ..evaluation.report import report_paths
 from ..evaluation.runtime import check_max_slots, model_info, seed_everything
-from .infer import _load, _model_args
+from .common import pick_device
+from .infer import _load, _model_args, model_inputs
+from .outputs import check_writable, refuse_overwriting_inputs
 
 DESCRIPTION = """Evaluate a checkpoint (ICAE or hierarchical) on one task:
   ae       reconstruct texts from memory: BLEU-4, exact match, token accuracy (by compression ratio, by level)
@@ -69,6 +72,11 @@ def evaluate(argv: list[str]) -> int:
                             args.bleu_tokenize)
     # Everything that can be checked without the model is checked first: bad data fails in seconds.
     task = args.task
+    check_writable("--output_dir", args.output_dir, folder=True)
+    check_writable("--judge_file", args.judge_file)
+    outputs = [("--output_dir", f) for f in report_paths(task, args.output_dir).values()] + [("--judge_file", args.judge_file)]
+    refuse_overwriting_inputs(outputs, [("--data", args.data), *model_inputs(args)])
+    pick_device(args.device)
     if task in ("ae", "ppl", "qa") and not args.data:
         raise ConfigError(f"--task {task} needs --data")
     if task in ("passkey", "needle") and args.data:

@@ -10,11 +10,12 @@ from typing import Any
 
 from ..checkpoint import load_base, load_icae
 from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
 from ..speed import DECODING_MODES
-from .common import pick_device
+from .common import check_generation, pick_device
+from .outputs import check_writable, refuse_overwriting_inputs
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,21 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
     if args.compile:
         model.compile_encoder()
     return model
+
+
+def model_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The model's files, which no output may replace."""
+    return [("--checkpoint", args.checkpoint), ("--model_name_or_path", args.model_name_or_path)]
+
+
+def load_memory(model, path: str) -> Memory:
+    """A memory file, checked against ``model`` at once (not midway through decoding)."""
+    mem = Memory.load(path, device=model.device)
+    try:
+        model.check_memory(mem)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return mem
 
 
 def read_texts(path: str) -> list[str]:
@@ -66,6 +82,10 @@ def compress(argv: list[str]) -> int:
     p.add_argument("--append_to", default=None,
                    help="hierarchical checkpoints: a memory file to extend (streaming); only the new text is compressed")
     args = p.parse_args(argv)
+    check_writable("--output", args.output)
+    refuse_overwriting_inputs([("--output", args.output)],
+                              [("--input", args.input), ("--append_to", args.append_to), *model_inputs(args)])
+    pick_device(args.device)
     texts = read_texts(args.input)
     over = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
     model = _load(args, over)
@@ -73,7 +93,7 @@ def compress(argv: list[str]) -> int:
     if (args.max_slots is not None or args.append_to) and not hierarchical:
         raise DataError("--max_slots and --append_to need a hierarchical checkpoint (hicae pretrain --hierarchical)")
     if args.append_to:
-        mem = model.append(Memory.load(args.append_to, device=model.device), texts, max_slots=args.max_slots)
+        mem = model.append(load_memory(model, args.append_to), texts, max_slots=args.max_slots)
     elif hierarchical:
         mem = model.compress(texts, max_slots=args.max_slots)
     else:
@@ -98,8 +118,13 @@ def generate(argv: list[str]) -> int:
     p.add_argument("--top_p", type=float, default=None)
     p.add_argument("--output", default=None, help="write JSON lines here instead of printing text")
     args = p.parse_args(argv)
+    check_generation(args.max_new_tokens, args.do_sample, args.temperature, args.top_p)
+    if args.output:
+        check_writable("--output", args.output)
+        refuse_overwriting_inputs([("--output", args.output)], [("--memory", args.memory), *model_inputs(args)])
+    pick_device(args.device)
     model = _load(args)
-    mem = Memory.load(args.memory, device=model.device)
+    mem = load_memory(model, args.memory)
     gen: dict[str, Any] = {"do_sample": args.do_sample}
     if args.do_sample:
         gen.update({k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p}.items() if v is not None})

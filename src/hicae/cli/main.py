@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import HicaeError
+from .errors import run_command
 
 COMMANDS = {
     "pretrain": ("hicae.cli.train", "pretrain", "pretrain ICAE (AE + LM objectives) on JSONL {'text'}"),
@@ -39,14 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     module, func, _ = COMMANDS[cmd]
     import importlib
 
-    try:
-        return int(getattr(importlib.import_module(module), func)(argv) or 0)
-    except HicaeError as e:
-        print(f"hicae {cmd}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"hicae {cmd}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(cmd, lambda args: getattr(importlib.import_module(module), func)(args), argv)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ..model import ICAE
 from ..plots import save_loss_curve
 from ..trainer import ICAETrainer
 from .common import parse_dataclasses
+from .outputs import check_writable, refuse_overwriting_inputs
 
 
 @dataclass
@@ -158,6 +159,13 @@ def run(mode: str, argv: list[str]) -> int:
     _check_distributed(targs)
     if not dargs.train_file:
         raise ConfigError("--train_file is required")
+    check_writable("--output_dir", targs.output_dir, folder=True)
+    refuse_overwriting_inputs(
+        [("--output_dir", targs.output_dir)],
+        [("--train_file", dargs.train_file), ("--validation_file", dargs.validation_file),
+         ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from),
+         ("--resume_from_checkpoint", targs.resume_from_checkpoint)],
+    )
     fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
     train = JsonlDataset(dargs.train_file, fields, limit=dargs.max_train_samples)
     evals = JsonlDataset(dargs.validation_file, fields, limit=dargs.max_eval_samples) if dargs.validation_file else None

@@ -138,12 +138,18 @@ def plot_heatmap(h: Heatmap, path: Path, plt: Any) -> None:
     _save(fig, plt, path)
 
 
+def report_paths(task: str, output_dir: str | Path) -> dict[str, str]:
+    """The report's JSON, examples and markdown files (its plots are ``<task>_*.png`` beside them)."""
+    out = Path(output_dir)
+    return {"json": str(out / f"{task}.json"), "examples": str(out / f"{task}_examples.jsonl"), "markdown": str(out / f"{task}.md")}
+
+
 def write_report(result: TaskResult, output_dir: str | Path, meta: dict[str, Any]) -> dict[str, str]:
     """Write ``<task>.json``, ``<task>_examples.jsonl``, ``<task>.md`` and ``<task>_*.png``; returns the paths."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = result.task
-    files = {"json": str(out / f"{t}.json"), "examples": str(out / f"{t}_examples.jsonl"), "markdown": str(out / f"{t}.md")}
+    files = report_paths(t, out)
     plt = _pyplot() if result.plots else None
     pngs = []
     notes = list(result.notes)
