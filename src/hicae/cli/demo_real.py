@@ -36,10 +36,8 @@ def _timed(fn):
 def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) -> str:
     """The frozen base model answering with the whole text in its prompt (the uncompressed baseline)."""
     tok = model.tokenizer
-    msgs = [{"role": "user", "content": f"{text}\n\n{question}"}]
-    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True,
-                                  **model.tokens.chat_kwargs)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    ids = torch.tensor([model.tokens.chat_ids(f"{text}\n\n{question}")], device=model.device)  # [1, T]
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():
         out = model.decoder.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      eos_token_id=model.tokens.stop_ids, pad_token_id=model.tokens.pad_id)
