@@ -158,6 +158,10 @@ def run(mode: str, argv: list[str]) -> int:
     _check_distributed(targs)
     if not dargs.train_file:
         raise ConfigError("--train_file is required")
+    for flag in ("max_train_samples", "max_eval_samples"):
+        n = getattr(dargs, flag)
+        if n is not None and n < 1:
+            raise ConfigError(f"--{flag} {n}: must be at least 1 (leave it out to use every record)")
     fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
     train = JsonlDataset(dargs.train_file, fields, limit=dargs.max_train_samples)
     evals = JsonlDataset(dargs.validation_file, fields, limit=dargs.max_eval_samples) if dargs.validation_file else None
