@@ -22,6 +22,8 @@ from .layout import FT, SLOT, DecoderExample, with_target
 
 # A string no template alters and no text contains; the memory slots go where it renders.
 PLACEHOLDER = "\u2063HICAE_MEMORY\u2063"
+# Marks where the user's content ends in a rendering, so that it can be tokenised as text.
+CONTENT_END = "\u2063HICAE_END\u2063"
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -93,12 +95,14 @@ class SpecialTokens:
 
     # ---- chat layout -------------------------------------------------------------------------
 
-    def user_turn(self) -> tuple[list[int], list[int]]:
-        """Ids of the template's text before and after the user's content in a one-message
-        conversation, generation prompt included (for Qwen3: the empty think block, thinking off).
+    def user_turn(self, content: str) -> tuple[list[int], list[int], list[int]]:
+        """Ids of a one-message conversation whose user content is ``content``, generation prompt
+        included (for Qwen3: the empty think block, thinking off), in three parts: the template's
+        text before the content, the content, and the template's text after it.
 
-        The template is rendered around a placeholder and only its own text is tokenised with
-        special tokens; the user's content is tokenised as text (``tokenize``) and goes between.
+        The template is rendered with the content between two markers (so a template whose text
+        depends on the content still sees it); only the template's own text is tokenised with
+        special tokens, the content as text (``tokenize``).
         """
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
@@ -106,17 +110,18 @@ class SpecialTokens:
                 "the tokenizer has no chat template, so prompts cannot be formatted; "
                 "use a chat (Instruct) tokenizer or set tokenizer.chat_template"
             )
-        msgs = [{"role": "user", "content": PLACEHOLDER}]
+        msgs = [{"role": "user", "content": PLACEHOLDER + content + CONTENT_END}]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **self.chat_kwargs)
-        if text.count(PLACEHOLDER) != 1:
+        before, _, rest = text.partition(PLACEHOLDER)
+        middle, _, after = rest.partition(CONTENT_END)
+        if middle != content or PLACEHOLDER in after or CONTENT_END in after:
             raise ConfigError("the chat template does not render the user message verbatim; cannot place the memory")
-        before, after = text.split(PLACEHOLDER)
-        return _ids(tok, before), _ids(tok, after)
+        return _ids(tok, before), tokenize_one(tok, content), _ids(tok, after)
 
     def chat_ids(self, content: str) -> list[int]:
         """A user turn holding ``content`` (as text), ready for the assistant's answer."""
-        before, after = self.user_turn()
-        return before + tokenize_one(self.tokenizer, content) + after
+        before, middle, after = self.user_turn(content)
+        return before + middle + after
 
     def chat_pieces(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the memory in a chat turn whose user content is ``<memory><prompt>``.
@@ -124,8 +129,8 @@ class SpecialTokens:
         The sequence is ``before + [slots] + [FT] + after``; ``after`` holds the prompt (as text)
         and the template's generation prompt.
         """
-        before, after = self.user_turn()
-        return before, tokenize_one(self.tokenizer, prompt) + after
+        before, middle, after = self.user_turn(prompt)
+        return before, middle + after
 
     def answer_end(self) -> list[int]:
         return [self.chat_end_id] if self.chat_end_id is not None else [self.eos_id]
