@@ -63,6 +63,8 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--checkpoint", default=None, help="real demo: an ICAE checkpoint instead of the shipped one")
     p.add_argument("--dtype", default="bf16", help="real demo: bf16 (fast on CPUs with bf16 support) or fp32")
     p.add_argument("--question", default=None, help="real demo: the question asked about the first passage")
+    p.add_argument("--allow_other_weights", action="store_true",
+                   help="real demo: run --checkpoint on a base model whose weights differ from those it was trained on")
     p.add_argument("--output_dir", default="outputs/demo")
     p.add_argument("--max_steps", type=int, default=200)
     p.add_argument("--train_passages", type=int, default=8,
