@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 from conftest import ARCHS, TEXTS, build_icae
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from hicae import ICAE, CheckpointError
-from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE
+from hicae import ICAE, CheckpointError, HicaeError, ICAEConfig
+from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, read_checkpoint_config
+from hicae.checkpoint_meta import check_adapter_config
 from hicae.tiny import tiny_model
 
 VARIED = dict(initializer_range=0.3)
@@ -181,3 +185,122 @@ def test_broken_checkpoints_are_errors(saved, qwen3_tokenizer, tmp_path):
     (path / CONFIG_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="invalid JSON"):
         _load(path, qwen3_tokenizer)
+
+
+# ---- broken or inconsistent files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file", [ADAPTER_FILE, EMBED_FILE])
+def test_non_finite_trained_weights_are_refused_naming_the_tensor(saved, qwen3_tokenizer, file):
+    _, path = saved
+    tensors = load_file(str(path / file))
+    name = sorted(tensors)[-1]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[3] = float("nan") if file == ADAPTER_FILE else float("inf")
+    save_file(tensors, str(path / file))
+    with pytest.raises(CheckpointError) as e:
+        _load(path, qwen3_tokenizer)
+    assert f"{file}: tensor {name} has non-finite values" in str(e.value)
+
+
+def _edit_config(path, **changes):
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    for key, value in changes.items():
+        target, _, field = key.rpartition("__")
+        where = meta[target] if target else meta
+        if value is _DROP:
+            del where[field]
+        else:
+            where[field] = value
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"icae__mem_size": "4"}, "field 'mem_size' must be int, got '4'"),
+    ({"icae__lora_target_modules": "q_proj"}, "field 'lora_target_modules' must be list[str]"),
+    ({"icae__lora_dropout": 2.0}, "lora_dropout must be in [0, 1)"),
+    ({"base_shape": _DROP}, "missing 'base_shape'"),
+    ({"icae": _DROP}, "missing 'icae'"),
+    ({"base_model": 3}, "'base_model' must be str"),
+    ({"has_base": "no"}, "'has_base' must be bool"),
+    ({"format_version": "1"}, "'format_version' must be int"),
+    ({"weights": {"base": 1}}, "'weights' must map"),
+    ({"hierarchy": {"levels": "3"}}, "HierarchyConfig field 'levels' must be int"),
+    ({"icae__colour": "red"}, "unknown ICAEConfig fields: ['colour']"),
+])
+def test_malformed_config_is_one_checkpoint_error(saved, qwen3_tokenizer, changes, message):
+    _, path = saved
+    _edit_config(path, **changes)
+    with pytest.raises(CheckpointError) as e:
+        _load(path, qwen3_tokenizer)
+    assert message in str(e.value) and CONFIG_FILE in str(e.value)
+
+
+def test_config_that_is_not_an_object_is_a_checkpoint_error(saved, qwen3_tokenizer):
+    _, path = saved
+    (path / CONFIG_FILE).write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="expected a JSON object, got list"):
+        _load(path, qwen3_tokenizer)
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("lora_alpha", 512, "lora_alpha: 512 vs 32"),
+    ("r", 8, "r: 8 vs 4"),
+    ("target_modules", ["q_proj"], 'target_modules: ["q_proj"] vs ["q_proj", "v_proj"]'),
+    ("use_rslora", True, "use_rslora: true vs false"),
+])
+def test_adapter_config_must_agree_with_hicae_config(saved, qwen3_tokenizer, key, value, shown):
+    _, path = saved
+    f = path / "adapter_config.json"
+    cfg = json.loads(f.read_text())
+    cfg["target_modules"] = list(reversed(cfg["target_modules"]))  # order does not matter
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    _load(path, qwen3_tokenizer)
+    cfg[key] = value
+    f.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        _load(path, qwen3_tokenizer)
+    assert "adapter_config.json disagrees with hicae_config.json" in str(e.value) and shown in str(e.value)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 10**4) | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                     max_leaves=6)
+_FIELDS = (["format_version", "icae", "base_model", "base_shape", "fingerprint", "has_base", "weights", "hierarchy"]
+           + [f"icae__{f}" for f in ICAEConfig().to_dict()] + ["base_shape__hidden_size", "weights__encoder"]
+           + [f"adapter:{f}" for f in ("r", "lora_alpha", "target_modules", "peft_type", "use_dora", "rank_pattern")])
+
+
+def test_any_malformed_config_is_a_user_error_never_a_traceback(qwen3_tokenizer, tmp_path_factory):
+    """Any field of hicae_config.json or adapter_config.json set to any JSON value: the checkpoint
+    loads or is one HicaeError."""
+    path = tmp_path_factory.mktemp("fuzz") / "ckpt"
+    build_icae(qwen3_tokenizer, "qwen3").model.save_pretrained(path)
+    good = (path / CONFIG_FILE).read_text()
+    good_adapter = (path / "adapter_config.json").read_text()
+    base = tiny_model("qwen3")
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.sampled_from(_FIELDS), _JSON)
+    def check(field, value):
+        (path / CONFIG_FILE).write_text(good)
+        (path / "adapter_config.json").write_text(good_adapter)
+        if field.startswith("adapter:"):
+            (path / "adapter_config.json").write_text(json.dumps({**json.loads(good_adapter), field[8:]: value}))
+        else:
+            _edit_config(path, **{field: value})
+        try:
+            read_checkpoint_config(path)
+            check_adapter_config(path, json.loads((path / CONFIG_FILE).read_text()))
+        except HicaeError:
+            return
+        # the file passed the checks: loading it must not fail with anything but a user error either
+        try:
+            ICAE.from_pretrained(path, base_model=copy.deepcopy(base), tokenizer=qwen3_tokenizer, allow_other_weights=True)
+        except HicaeError:
+            pass
+
+    check()

@@ -1,6 +1,7 @@
 """JSONL reading and the training collator."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -122,3 +123,49 @@ def test_collator_overlong_policy(tok):
         _collator(tok, model_max_length=10)([rec])
     b = _collator(tok, model_max_length=10, overlong="truncate")([rec])
     assert b["enc_seg_lens"].sum().item() == 10
+
+
+def test_limit_zero_is_refused(tmp_path):
+    f = write(tmp_path / "a.jsonl", [json.dumps({"text": "one"}), json.dumps({"text": "two"})])
+    for bad in (0, -1):
+        with pytest.raises(DataError, match="nothing to read"):
+            JsonlDataset(f, PRETRAIN_FIELDS, limit=bad)
+    assert len(JsonlDataset(f, PRETRAIN_FIELDS, limit=1)) == 1
+
+
+def test_file_rewritten_after_indexing_is_a_data_error(tmp_path):
+    lines = [json.dumps({"text": f"record number {i}"}) for i in range(4)]
+    f = write(tmp_path / "a.jsonl", lines)
+    ds = JsonlDataset(f, PRETRAIN_FIELDS)
+    assert ds[3]["text"] == "record number 3"
+    # rewritten with other content (another size): refused, naming the file, whatever the record
+    write(f, [json.dumps({"text": "new"})] + lines)
+    for i in (0, 3):
+        with pytest.raises(DataError, match="changed since it was indexed") as e:
+            ds[i]
+        assert str(f) in str(e.value)
+
+
+def test_record_bytes_changed_in_place_are_caught(tmp_path):
+    lines = [json.dumps({"text": f"record number {i}"}) for i in range(4)]
+    f = write(tmp_path / "a.jsonl", lines)
+    ds = JsonlDataset(f, PRETRAIN_FIELDS)
+    st = os.stat(f)
+    # same size and modification time (a coarse clock, a copy that keeps times): the bytes differ
+    write(f, lines[:2] + [json.dumps({"text": "record NUMBER 2"})] + lines[3:])
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_size == st.st_size
+    assert ds[1]["text"] == "record number 1"  # untouched records still read
+    with pytest.raises(DataError, match="line 3 has other bytes"):
+        ds[2]
+
+
+def test_file_replaced_by_rename_is_caught_by_an_open_handle(tmp_path):
+    lines = [json.dumps({"text": f"record number {i}"}) for i in range(4)]
+    f = write(tmp_path / "a.jsonl", lines)
+    ds = JsonlDataset(f, PRETRAIN_FIELDS)
+    ds[0]  # the handle is open on the old file now
+    new = write(tmp_path / "b.jsonl", [json.dumps({"text": "x"})] * 9)
+    os.replace(new, f)
+    with pytest.raises(DataError, match="changed since it was indexed"):
+        ds[1]

@@ -9,7 +9,7 @@ import torch
 from conftest import TEXTS
 from safetensors.torch import load_file, save_file
 
-from hicae import CheckpointError, Memory
+from hicae import CheckpointError, ICAEConfig, Memory
 from hicae.memory import FORMAT
 
 VARIED = dict(base_overrides=dict(initializer_range=0.3))
@@ -155,3 +155,107 @@ def test_failed_save_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError):
         Memory([torch.zeros(2, 4)], [1, 2], [1], "x", "f", 4, 2)
+
+
+# ---- non-finite slots and inconsistent files --------------------------------------------------------------
+
+
+def test_memory_file_with_nan_slots_is_refused_naming_the_tensor(qwen3_memory, tmp_path):
+    _, mem = qwen3_memory
+    tensors = load_file(str(_saved(mem, tmp_path)))
+    tensors["slots.2"][1, 5] = float("nan")
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, str(bad), metadata=mem.metadata())
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: slots\.2 \(text 2\) has non-finite values"):
+        Memory.load(bad)
+
+
+def test_compress_refuses_non_finite_slots(make_icae, tmp_path):
+    model = make_icae("qwen3")
+    lora_b = next(p for n, p in model.encoder.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora_b.fill_(float("nan"))  # a broken adapter (loading one is refused: tests/test_checkpoint.py)
+    with pytest.raises(CheckpointError, match=r"compress: slots\.0 \(text 0\) has non-finite values"):
+        model.compress(TEXTS[:2])
+
+
+def _saved(mem, tmp_path):
+    f = tmp_path / "good.safetensors"
+    mem.save(f)
+    return f
+
+
+def _with_meta(mem, tmp_path, tensors=None, **meta):
+    f = tmp_path / "edited.safetensors"
+    tensors = tensors if tensors is not None else load_file(str(_saved(mem, tmp_path)))
+    save_file(tensors, str(f), metadata={**mem.metadata(), **meta})
+    return f
+
+
+def test_segment_and_slot_counts_must_match_the_metadata(qwen3_memory, tmp_path):
+    _, mem = qwen3_memory
+    nseg, ntok = mem.num_segments, mem.num_tokens
+    assert nseg[0] >= 2
+    # metadata says 7 segments where the text's tokens make nseg[0]
+    f = _with_meta(mem, tmp_path, num_segments=json.dumps([7] + nseg[1:]))
+    with pytest.raises(CheckpointError, match=rf"text 0 has {ntok[0]} tokens, which make {nseg[0]} segments .* says 7"):
+        Memory.load(f)
+    # metadata consistent with itself (7 segments' worth of tokens), slots of the real count
+    f = _with_meta(mem, tmp_path, num_segments=json.dumps([7] + nseg[1:]), num_tokens=json.dumps([7 * 8] + ntok[1:]))
+    with pytest.raises(CheckpointError, match=rf"slots\.0 holds {4 * nseg[0]} slots, but the metadata's 7 segments of 4"):
+        Memory.load(f)
+    f = _with_meta(mem, tmp_path, num_segments=json.dumps(nseg[:-1]))
+    with pytest.raises(CheckpointError, match="4 num_tokens but 3 num_segments"):
+        Memory.load(f)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mem_size", "four", "'mem_size' is not valid JSON"),
+    ("mem_size", "4.5", "'mem_size' must be an integer >= 1"),
+    ("compression_rate", "0", "'compression_rate' must be an integer >= 1"),
+    ("levels", "true", "'levels' must be an integer >= 1"),
+    ("num_tokens", '{"a": 1}', "'num_tokens' must be a list of integers >= 1"),
+    ("num_segments", '[1, "2", 3, 4]', "'num_segments' must be a list of integers >= 1"),
+    ("extra", "[]", "'extra' must be a JSON object"),
+    ("blocks", "[]", "one of 'blocks' and 'tails' without the other"),
+])
+def test_malformed_memory_metadata_is_one_error(qwen3_memory, tmp_path, key, value, message):
+    _, mem = qwen3_memory
+    with pytest.raises(CheckpointError) as e:
+        Memory.load(_with_meta(mem, tmp_path, **{key: value}))
+    assert message in str(e.value) and "edited.safetensors" in str(e.value)
+
+
+def test_missing_metadata_and_bad_slot_tensors_are_errors(qwen3_memory, tmp_path):
+    _, mem = qwen3_memory
+    tensors = load_file(str(_saved(mem, tmp_path)))
+    meta = {k: v for k, v in mem.metadata().items() if k != "num_segments"}
+    f = tmp_path / "no_seg.safetensors"
+    save_file(tensors, str(f), metadata=meta)
+    with pytest.raises(CheckpointError, match="metadata has no 'num_segments'"):
+        Memory.load(f)
+    for bad, message in [
+        ({**tensors, "slots.1": tensors["slots.1"].to(torch.int32)}, r"slots\.1 must be a 2-D float tensor"),
+        ({**tensors, "slots.1": tensors["slots.1"].reshape(-1)}, r"slots\.1 must be a 2-D float tensor"),
+        ({**tensors, "slots.3": tensors["slots.3"][:, :32].contiguous()}, r"slots\.3 is 32 wide, slots\.0 is 64"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            Memory.load(_with_meta(mem, tmp_path, tensors=bad))
+
+
+def test_hierarchical_memory_slot_count_is_checked_against_blocks(make_icae, qwen3_tokenizer, tmp_path):
+    from conftest import TINY_ICAE
+    from hicae import HierarchicalICAE, HierarchyConfig
+    from hicae.tiny import tiny_model
+
+    model = HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, ICAEConfig(**TINY_ICAE),
+                             HierarchyConfig(levels=3, max_slots=16))
+    mem = model.compress([" ".join(["word"] * 60), "short text"])
+    f = _saved(mem, tmp_path)
+    back = Memory.load(f)  # a good hierarchical memory passes every check
+    assert back.blocks == mem.blocks and back.num_segments == mem.num_segments
+    blocks = [mem.blocks[0][:-1]] + mem.blocks[1:]  # one block fewer than the slots hold
+    with pytest.raises(CheckpointError, match=rf"slots\.0 holds {mem.num_slots[0]} slots, but the metadata's"):
+        Memory.load(_with_meta(mem, tmp_path, blocks=json.dumps(blocks)))
+    with pytest.raises(CheckpointError, match="'blocks' must hold"):
+        Memory.load(_with_meta(mem, tmp_path, blocks=json.dumps([[[1, 0]]] * 2)))

@@ -176,10 +176,13 @@ def test_placeholder_survives_tokenizer_rendering(qwen3_tokenizer):
 
 
 def test_tokenize_adds_no_special_tokens(qwen3_tokenizer):
-    texts = ["Hello world", "<|im_end|> is special", "x"]
+    texts = ["Hello world", "<|im_end|> is text here", "x"]
     out = tokenize(qwen3_tokenizer, texts)
-    assert out == [qwen3_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert out[0] == qwen3_tokenizer("Hello world")["input_ids"]  # Qwen adds no BOS anyway
+    assert out[0] == ids(qwen3_tokenizer, "Hello world") == qwen3_tokenizer("Hello world")["input_ids"]  # no BOS
+    assert out[2] == ids(qwen3_tokenizer, "x")
+    # a special token's string in user text is text (tests/test_user_text.py has the rest)
+    assert out[1] == ids(qwen3_tokenizer, "<|") + ids(qwen3_tokenizer, "im_end|> is text here")
+    assert qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>") not in out[1]
     assert tokenize(qwen3_tokenizer, []) == []
 
 

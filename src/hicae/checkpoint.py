@@ -1,19 +1,22 @@
 """Loading base models and saving / loading ICAE checkpoints (the only module here that does model I/O).
 
 A checkpoint holds only what is trained:
-- ``hicae_config.json``: the ICAEConfig, the base model's name and shape;
+- ``hicae_config.json``: the ICAEConfig, the base model's name (a local path made absolute) and
+  shape, and the weights fingerprints of the base model and of the trained encoder;
 - ``adapter_model.safetensors`` + ``adapter_config.json``: the LoRA adapter in peft's format;
 - ``icae_embeddings.safetensors``: memory and task embeddings;
 - ``base/`` (optional, ``save_base=True``): the base model itself, for bases that exist nowhere
   else (the demo's tiny random model).
-Loading is strict: a missing, unexpected or mis-shaped tensor, or a base model of another shape,
-is an error that names it.
+Loading is strict: a missing, unexpected, mis-shaped or non-finite tensor, a base model of another
+shape or other weights (see ``fingerprint``), or config files that disagree is an error that names
+it. ``allow_other_weights=True`` (``--allow_other_weights``) accepts other weights knowingly.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +25,23 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
 from .config import ICAEConfig, base_shape, shape_mismatches
 from .errors import CheckpointError
 from .fileio import staged_dir
+from .fingerprint import check_finite, encoder_fingerprint
 
-CONFIG_FILE = "hicae_config.json"
 EMBED_FILE = "icae_embeddings.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
 BASE_DIR = "base"
-FORMAT_VERSION = 1
+OVERRIDE = "pass --allow_other_weights (allow_other_weights=True) if you mean it"
+log = logging.getLogger("hicae")
+
+
+def absolute_source(name_or_path: str) -> str:
+    """A local path made absolute (a checkpoint must not name a folder relative to where it ran); a hub name as is."""
+    p = Path(name_or_path).expanduser()
+    return str(p.resolve()) if name_or_path and p.exists() else name_or_path
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
@@ -85,6 +96,9 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
             "hicae does not pass. Use a model transformers supports natively, or load it yourself and pass it to "
             "ICAE(base_model, tokenizer)"
         ) from None
+    # The name a checkpoint records: an absolute path (run elsewhere, 'tiny' would be another
+    # folder), the .gguf file itself rather than its folder; a hub name stays a name.
+    model.config._name_or_path = absolute_source(str(name_or_path))
     if device:
         model.to(device)
     return model.eval(), tok
@@ -97,9 +111,10 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
         meta = {
             "format_version": FORMAT_VERSION,
             "icae": model.icae_config.to_dict(),
-            "base_model": model.base_model_name,
+            "base_model": absolute_source(model.base_model_name) if not save_base else model.base_model_name,
             "base_shape": base_shape(model.base_config),
             "fingerprint": model.fingerprint,
+            "weights": {"base": model.base_weights, "encoder": model.encoder_weights()},
             "has_base": save_base,
         }
         if getattr(model, "hierarchy", None) is not None:
@@ -116,27 +131,16 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
             model.tokenizer.save_pretrained(str(tmp / BASE_DIR))
 
 
-def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    f = path / CONFIG_FILE
-    if not f.is_file():
-        raise CheckpointError(f"{path}: not a hicae checkpoint (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: invalid JSON: {e}") from e
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{f}: checkpoint format {meta['format_version']} is newer than this hicae reads")
-    return meta
-
-
 def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, config_overrides: dict | None = None,
-              hierarchy: Any = None, **load_kwargs: Any) -> Any:
+              hierarchy: Any = None, allow_other_weights: bool = False, **load_kwargs: Any) -> Any:
     """Load a checkpoint; the base model comes from ``base_model``, the checkpoint's ``base/``, or its saved name.
 
     A hierarchical checkpoint loads as ``HierarchicalICAE``. Passing ``hierarchy`` (a
     ``HierarchyConfig``) loads any checkpoint as one: a Phase-1 ICAE checkpoint is upgraded, its
     level embeddings starting as copies of its memory tokens.
+
+    A base model whose weights are not those the checkpoint was trained on is refused, unless
+    ``allow_other_weights``; the loaded model then also decodes memories of other weights.
     """
     from .config import HierarchyConfig
     from .hierarchy import HierarchicalICAE
@@ -144,6 +148,7 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
 
     path = Path(path)
     meta = read_checkpoint_config(path)
+    check_adapter_config(path, meta)
     if base_model is None:
         src = str(path / BASE_DIR) if meta.get("has_base") else meta["base_model"]
         if not src:
@@ -165,7 +170,17 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     model = ICAE(base_model, tokenizer, cfg) if hierarchy is None else HierarchicalICAE(base_model, tokenizer, cfg, hierarchy)
     if meta.get("has_base") or not model.base_model_name:
         model.base_model_name = meta["base_model"]  # keep the original name, not the temporary folder
-    load_trained_weights(model, path)
+    model.allow_other_weights = allow_other_weights
+    want = meta.get("weights", {}).get("base")
+    if want is None:
+        log.warning("hicae: warning: %s records no weights fingerprint (an older hicae); its base and encoder "
+                    "weights are not checked", path / CONFIG_FILE)
+    elif want != model.base_weights and not allow_other_weights:
+        raise CheckpointError(
+            f"{path}: checkpoint was trained on base weights {want} ({meta['base_model']!r}), but the base model "
+            f"given has weights {model.base_weights} ({model.base_model_name!r}); {OVERRIDE}"
+        )
+    load_trained_weights(model, path, allow_other_weights=allow_other_weights)
     return model
 
 
@@ -195,23 +210,38 @@ def _check_keys(file: Path, got: dict[str, torch.Tensor], expected: dict[str, to
         raise CheckpointError(f"{file}: does not fit this model: " + "; ".join(parts))
 
 
-def load_trained_weights(model: Any, path: str | Path) -> None:
-    """Strictly load the adapter and the embeddings of a checkpoint into ``model``."""
+def load_trained_weights(model: Any, path: str | Path, allow_other_weights: bool = False) -> None:
+    """Strictly load the adapter and the embeddings of a checkpoint into ``model``.
+
+    Every tensor must be there, of its shape and finite; and (when the checkpoint records one)
+    their fingerprint must be the encoder fingerprint of ``hicae_config.json``: files of different
+    checkpoints do not mix.
+    """
     path = Path(path)
+    meta = read_checkpoint_config(path)
     emb = _read_safetensors(path / EMBED_FILE)
-    expected = model.trained_embeddings()
-    upgrade = "level_embeddings" in expected and "level_embeddings" not in emb and "hierarchy" not in read_checkpoint_config(path)
+    expected_emb = model.trained_embeddings()
+    upgrade = "level_embeddings" in expected_emb and "level_embeddings" not in emb and "hierarchy" not in meta
     if upgrade:  # a Phase-1 ICAE checkpoint into a hierarchy: level tokens start as copies of level 1's
-        expected = {k: v for k, v in expected.items() if k != "level_embeddings"}
-    _check_keys(path / EMBED_FILE, emb, expected)
+        expected_emb = {k: v for k, v in expected_emb.items() if k != "level_embeddings"}
+    _check_keys(path / EMBED_FILE, emb, expected_emb)
+    adapter = _read_safetensors(path / ADAPTER_FILE)
+    _check_keys(path / ADAPTER_FILE, adapter, get_peft_model_state_dict(model.encoder))
+    check_finite(emb, str(path / EMBED_FILE))
+    check_finite(adapter, str(path / ADAPTER_FILE))
+    want = meta.get("weights", {}).get("encoder")
+    if want is not None and not allow_other_weights:
+        got = encoder_fingerprint({**adapter, **emb}, str(path))
+        if got != want:
+            raise CheckpointError(
+                f"{path}: its adapter and embeddings have weights fingerprint {got}, but {CONFIG_FILE} records "
+                f"{want}: the files come from different checkpoints or were changed; {OVERRIDE}"
+            )
     with torch.no_grad():
-        for name, param in expected.items():
+        for name, param in expected_emb.items():
             param.copy_(emb[name])
         if upgrade:
             model.level_embeddings.copy_(model.mem_embeddings.unsqueeze(0).expand_as(model.level_embeddings))
-    adapter = _read_safetensors(path / ADAPTER_FILE)
-    expected = get_peft_model_state_dict(model.encoder)
-    _check_keys(path / ADAPTER_FILE, adapter, expected)
     device = model.device
     res = set_peft_model_state_dict(model.encoder, {k: v.to(device) for k, v in adapter.items()})
     bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]

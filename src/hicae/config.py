@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from .errors import ConfigError
 
@@ -80,6 +82,10 @@ class ICAEConfig:
             raise ConfigError(f"compression_rate must be >= 1, got {self.compression_rate}")
         if self.lora_r < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules:
+            raise ConfigError("lora_target_modules is empty: the encoder adapter must wrap some modules")
         if self.position_layout not in POSITION_LAYOUTS:
             raise ConfigError(f"position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
         if self.segmentation not in SEGMENTATIONS:
@@ -130,11 +136,43 @@ class ICAEConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build a config dataclass from a dict, refusing unknown fields (a checkpoint from another version)."""
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (int, float, str, bool, list[...], X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:  # JSON true/false are not numbers here
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) else getattr(hint, "__name__", str(hint))
+
+
+def _from_dict(cls: type, d: Any) -> Any:
+    """Build a config dataclass from a dict (a saved config), refusing unknown fields (a checkpoint
+    from another version) and values of the wrong type, so a hand-edited file is a ConfigError."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__} must be a mapping of fields, got {type(d).__name__}")
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} fields: {unknown}")
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        if not _type_ok(value, hints[name]):
+            raise ConfigError(f"{cls.__name__} field {name!r} must be {_type_name(hints[name])}, got {value!r}")
     return cls(**d)
 
 

@@ -1,8 +1,10 @@
 """JSONL data for pretraining and instruction fine-tuning, and the collator that builds ICAE batches.
 
 Files are read lazily from disk: one validating pass records each record's byte offset (8 bytes a
-record), then records are read by seeking. So any file size works, the Trainer can shuffle and shard
-the usual way, and a malformed line is reported by file and line before training starts.
+record) and a CRC-32 of its bytes, then records are read by seeking. So any file size works, the
+Trainer can shuffle and shard the usual way, and a malformed line is reported by file and line
+before training starts. A file changed after it was indexed (its size or modification time, or a
+record's bytes) is a DataError, not a read at stale offsets.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import random
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,15 +80,19 @@ class JsonlDataset(Dataset):
     def __init__(self, path: str | os.PathLike, fields: tuple[str, ...], limit: int | None = None):
         self.path = Path(path)
         self.fields = fields
+        if limit is not None and limit < 1:
+            raise DataError(f"{self.path}: a limit of {limit} records leaves nothing to read (use at least 1)")
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file")
-        offsets, lines = [], []
+        offsets, lines, crcs = [], [], []
         pos = 0
         with open(self.path, "rb") as f:
+            self._stamp = self._file_stamp(os.fstat(f.fileno()))
             for i, raw in enumerate(f, 1):
                 if parse_line(raw, f"{self.path}:{i}", fields) is not None:
                     offsets.append(pos)
                     lines.append(i)
+                    crcs.append(zlib.crc32(raw))
                     if limit is not None and len(offsets) >= limit:
                         break
                 pos += len(raw)
@@ -93,8 +100,18 @@ class JsonlDataset(Dataset):
             raise DataError(f"{self.path}: no records (expected JSON lines with fields {list(fields)})")
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._lines = np.asarray(lines, dtype=np.int64)
+        self._crcs = np.asarray(crcs, dtype=np.uint32)
         self._fh = None
         self._pid = -1
+
+    @staticmethod
+    def _file_stamp(st: os.stat_result) -> tuple[int, int]:
+        return st.st_size, st.st_mtime_ns
+
+    def _changed(self, detail: str) -> DataError:
+        return DataError(f"{self.path}: the file changed since it was indexed at the start of this run ({detail}); "
+                         "records would be read at stale offsets: keep data files unchanged while training, "
+                         "or restart")
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -103,10 +120,18 @@ class JsonlDataset(Dataset):
         if self._fh is None or self._pid != os.getpid():  # one handle per DataLoader worker
             self._fh = open(self.path, "rb")
             self._pid = os.getpid()
+        # the path, not the handle: a file replaced by a rename leaves the open handle on the old one
+        stamp = self._file_stamp(os.stat(self.path))
+        if stamp != self._stamp:
+            raise self._changed(f"size {self._stamp[0]} -> {stamp[0]} bytes, modified at another time")
         self._fh.seek(int(self._offsets[i]))
         where = f"{self.path}:{int(self._lines[i])}"
-        rec = parse_line(self._fh.readline(), where, self.fields)
-        assert rec is not None
+        raw = self._fh.readline()
+        if zlib.crc32(raw) != int(self._crcs[i]):
+            raise self._changed(f"the record of line {int(self._lines[i])} has other bytes")
+        rec = parse_line(raw, where, self.fields)
+        if rec is None:  # cannot happen with matching bytes; kept as an error, not an assert
+            raise self._changed(f"line {int(self._lines[i])} is blank now")
         return {"index": i, "where": where, **rec}
 
     def __getstate__(self) -> dict[str, Any]:

@@ -180,7 +180,8 @@ class HierarchicalICAE(ICAE):
         levels = max((b[0] for bl in blocks for b in bl), default=1)
         cfg = self.icae_config
         return Memory(slots, [st.total_tokens for st in streams], nseg, self.base_model_name, self.fingerprint,
-                      cfg.mem_size, cfg.compression_rate, levels, {"segment_tokens": S}, blocks, tails)
+                      cfg.mem_size, cfg.compression_rate, levels, {"segment_tokens": S}, blocks, tails,
+                      base_weights=self.base_weights)
 
     def forward(self, contexts: list[list[int]], dec_ids: torch.Tensor, dec_labels: torch.Tensor, dec_mask: torch.Tensor,
                 task: torch.Tensor | None = None, max_slots: int | None = None, **_: Any) -> dict[str, torch.Tensor]:
@@ -198,7 +199,7 @@ class HierarchicalICAE(ICAE):
         """Compress texts of any length into at most ``max_slots`` slots each (default: the config's budget)."""
         ids = self.prepare_texts(texts)
         with self._eval_mode():
-            return self.compress_ids(ids, max_slots)
+            return self.finish_memory(self.compress_ids(ids, max_slots))
 
     def _streams_from(self, mem: Memory) -> list[_Stream]:
         self.check_memory(mem)
@@ -233,4 +234,4 @@ class HierarchicalICAE(ICAE):
             if not x:
                 raise DataError(f"text {i} to append is empty: there is nothing to compress")
         with self._eval_mode():
-            return self.append_ids(mem, ids, max_slots)
+            return self.finish_memory(self.append_ids(mem, ids, max_slots))

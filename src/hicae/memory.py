@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import save_file
 
 from .errors import CheckpointError
 from .fileio import atomic_path
+from .memory_checks import check_slots, parse_metadata
 
 FORMAT = "hicae-memory"
 FORMAT_VERSION = 1
@@ -41,6 +43,10 @@ class Memory:
     # trailing partial segment (whose provisional block is the last one), kept for ``append``.
     blocks: list[list[list[int]]] | None = None
     tails: list[list[int]] | None = None
+    # Weights fingerprints (see fingerprint.py) of the base model and of the trained encoder that
+    # made the slots; empty in memories of an older hicae (and from ``compress_ids``, internal).
+    base_weights: str = ""
+    encoder_weights: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.slots)
@@ -79,6 +85,8 @@ class Memory:
             dict(self.extra),
             None if self.blocks is None else [self.blocks[i] for i in idx],
             None if self.tails is None else [self.tails[i] for i in idx],
+            self.base_weights,
+            self.encoder_weights,
         )
 
     def __getitem__(self, i: int | slice | list[int]) -> "Memory":
@@ -106,7 +114,15 @@ class Memory:
             "num_segments": json.dumps(self.num_segments),
             "extra": json.dumps(self.extra),
             **({} if self.blocks is None else {"blocks": json.dumps(self.blocks), "tails": json.dumps(self.tails)}),
+            **{k: v for k, v in (("base_weights", self.base_weights), ("encoder_weights", self.encoder_weights)) if v},
         }
+
+    def check_finite(self, where: str) -> None:
+        """Refuse NaN or inf slots, naming the tensor: a decoder turns them into garbage (``!!!!``)."""
+        for i, s in enumerate(self.slots):
+            if not bool(torch.isfinite(s).all()):
+                raise CheckpointError(f"{where}: slots.{i} (text {i}) has non-finite values (NaN or inf); "
+                                      "the model's weights are broken or its dtype overflowed")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file atomically (no partial file is left on failure)."""
@@ -126,7 +142,8 @@ class Memory:
                     raise CheckpointError(f"{path}: not a hicae memory file (metadata format={meta.get('format')!r})")
                 if int(meta.get("format_version", -1)) > FORMAT_VERSION:
                     raise CheckpointError(f"{path}: memory format {meta['format_version']} is newer than this hicae reads")
-                n = len(json.loads(meta["num_tokens"]))
+                fields = parse_metadata(path, meta)
+                n = len(fields["num_tokens"])
                 keys = set(f.keys())
                 expected = {f"slots.{i}" for i in range(n)}
                 if keys != expected:
@@ -134,23 +151,17 @@ class Memory:
                         f"{path}: tensors {sorted(keys ^ expected)} are missing or unexpected for {n} texts"
                     )
                 slots = [f.get_tensor(f"slots.{i}") for i in range(n)]
-            mem = cls(
-                slots,
-                json.loads(meta["num_tokens"]),
-                json.loads(meta["num_segments"]),
-                meta["base_model"],
-                meta["fingerprint"],
-                int(meta["mem_size"]),
-                int(meta["compression_rate"]),
-                int(meta.get("levels", 1)),
-                json.loads(meta.get("extra", "{}")),
-                json.loads(meta["blocks"]) if "blocks" in meta else None,
-                json.loads(meta["tails"]) if "tails" in meta else None,
-            )
         except CheckpointError:
             raise
         except Exception as e:  # safetensors' header errors, bad JSON, missing keys
             raise CheckpointError(f"{path}: cannot read memory file: {e}") from e
+        check_slots(path, fields, slots)
+        mem = cls(slots, **fields)
+        mem.check_finite(str(path))
+        if not mem.base_weights:
+            logging.getLogger("hicae").warning(
+                "hicae: warning: %s records no weights fingerprint (an older hicae); the weights that made it "
+                "are not checked", path)
         problem = mem.hierarchy_problem()
         if problem:
             raise CheckpointError(f"{path}: not a valid hierarchical memory: {problem}")

@@ -19,13 +19,14 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .batching import DecoderBatch, EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .errors import CheckpointError, DataError
+from .fingerprint import base_fingerprint, encoder_fingerprint
 from .layout import (
     AE,
     FT,
@@ -97,6 +98,10 @@ class ICAE(nn.Module):
         self.task_embeddings = nn.Parameter(torch.randn(len(TASKS), D, generator=g).mul_(std).to(emb.device))  # [3, D]
         self.hidden_size = D
         self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config))
+        # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
+        # memories record it, and loading one on other weights is refused unless allowed.
+        self.base_weights = base_fingerprint(self.decoder)
+        self.allow_other_weights = False  # runtime (not saved): decode memories of other weights
         # Runtime speed settings (not saved): see speed.py, set_decoding and compile_encoder.
         self.decoding = DecodingOptions()
         self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
@@ -150,6 +155,14 @@ class ICAE(nn.Module):
     def trained_embeddings(self) -> dict[str, nn.Parameter]:
         """The learned embeddings a checkpoint stores beside the adapter."""
         return {"mem_embeddings": self.mem_embeddings, "task_embeddings": self.task_embeddings}
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """The trained encoder as a checkpoint stores it: the adapter (peft's names) and the learned embeddings."""
+        return {**get_peft_model_state_dict(self.encoder), **self.trained_embeddings()}
+
+    def encoder_weights(self) -> str:
+        """Fingerprint of the trained encoder now (it changes as training goes; a few ms)."""
+        return encoder_fingerprint(self.trained_tensors())
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
@@ -273,6 +286,7 @@ class ICAE(nn.Module):
         return fit_length(ids, limit, self.icae_config.overlong, where, option)
 
     def compress_ids(self, token_lists: list[list[int]]) -> Memory:
+        """Slots of tokenized texts (training and evaluation use it as is; ``compress`` adds the checks)."""
         cfg = self.icae_config
         rows = encoder_rows(token_lists, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
         batch = pad_encoder(rows, self.tokens.pad_id)
@@ -286,26 +300,49 @@ class ICAE(nn.Module):
             self.fingerprint,
             cfg.mem_size,
             cfg.compression_rate,
+            base_weights=self.base_weights,
         )
 
     def compress(self, texts: list[str] | str) -> Memory:
         """Compress texts (batched over all their segments) into memory slots."""
         ids = self.prepare_texts(texts)
         with self._eval_mode():
-            return self.compress_ids(ids)
+            return self.finish_memory(self.compress_ids(ids))
+
+    def finish_memory(self, mem: Memory) -> Memory:
+        """Record the encoder's weights fingerprint in a new memory, and refuse non-finite slots
+        (broken weights, or an fp16 overflow) rather than hand them to a decoder."""
+        mem.check_finite("compress")
+        mem.encoder_weights = self.encoder_weights()
+        return mem
 
     def check_memory(self, mem: Memory) -> None:
+        """Refuse a memory of another config or shape; and of other weights unless ``allow_other_weights``."""
         problems = []
         if mem.fingerprint != self.fingerprint:
             problems.append(f"config fingerprint {mem.fingerprint} != this model's {self.fingerprint}")
-        if mem.base_model != self.base_model_name:
-            problems.append(f"base model {mem.base_model!r} != this model's {self.base_model_name!r}")
         if mem.hidden_size != self.hidden_size:
             problems.append(f"slot width {mem.hidden_size} != hidden size {self.hidden_size}")
+        # Names are compared for an older memory (no weights fingerprint), else only reported.
+        if (problems or not mem.base_weights) and mem.base_model != self.base_model_name:
+            problems.append(f"base model {mem.base_model!r} != this model's {self.base_model_name!r}")
         if problems:
             raise CheckpointError(
                 "this memory was made by another model or config (mem_size, compression_rate, "
                 "LoRA or base shape differ): " + "; ".join(problems)
+            )
+        if self.allow_other_weights:
+            return
+        # The weights, not the name: one base is a different path on another machine.
+        if mem.base_weights and mem.base_weights != self.base_weights:
+            problems.append(f"base weights {mem.base_weights} ({mem.base_model!r}) != this model's "
+                            f"{self.base_weights} ({self.base_model_name!r})")
+        if mem.encoder_weights and mem.encoder_weights != (mine := self.encoder_weights()):
+            problems.append(f"encoder weights {mem.encoder_weights} != this model's {mine}")
+        if problems:
+            raise CheckpointError(
+                "this memory was made with other weights: " + "; ".join(problems)
+                + "; pass --allow_other_weights (allow_other_weights=True) if you mean it"
             )
 
     # ---- training forward ------------------------------------------------------------------------

@@ -3,10 +3,17 @@
 Qwen has no BOS token; its EOS is ``<|endoftext|>`` for base tokenizers and ``<|im_end|>`` for chat
 ones, and Qwen2.5 and Qwen3 chat templates differ (default system prompt; thinking tags). So we
 render the tokenizer's own template around a placeholder and split there.
+
+User text (training data, texts to compress, prompts) is tokenised as *text*: a string such as
+``<|endoftext|>``, ``<|im_end|>`` or ``<think>`` inside it becomes ordinary tokens, never the
+control id, so a text cannot end its reconstruction early or close its own chat turn. Only
+hicae's layout and the chat template's own text put special ids in a sequence.
 """
 
 from __future__ import annotations
 
+import json
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +22,12 @@ from .layout import FT, SLOT, DecoderExample, with_target
 
 # A string no template alters and no text contains; the memory slots go where it renders.
 PLACEHOLDER = "\u2063HICAE_MEMORY\u2063"
+# Marks where the user's content ends in a rendering, so that it can be tokenised as text.
+CONTENT_END = "\u2063HICAE_END\u2063"
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
+    """Ids of hicae's own text (a rendered chat template): its special-token strings are special ids."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -85,11 +95,14 @@ class SpecialTokens:
 
     # ---- chat layout -------------------------------------------------------------------------
 
-    def chat_pieces(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids before and after the memory in a chat turn whose user content is ``<memory><prompt>``.
+    def user_turn(self, content: str) -> tuple[list[int], list[int], list[int]]:
+        """Ids of a one-message conversation whose user content is ``content``, generation prompt
+        included (for Qwen3: the empty think block, thinking off), in three parts: the template's
+        text before the content, the content, and the template's text after it.
 
-        The sequence is ``before + [slots] + [FT] + after``; ``after`` holds the prompt and the
-        template's generation prompt (for Qwen3: the empty think block, thinking off).
+        The template is rendered with the content between two markers (so a template whose text
+        depends on the content still sees it); only the template's own text is tokenised with
+        special tokens, the content as text (``tokenize``).
         """
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
@@ -97,12 +110,27 @@ class SpecialTokens:
                 "the tokenizer has no chat template, so prompts cannot be formatted; "
                 "use a chat (Instruct) tokenizer or set tokenizer.chat_template"
             )
-        msgs = [{"role": "user", "content": PLACEHOLDER + prompt}]
+        msgs = [{"role": "user", "content": PLACEHOLDER + content + CONTENT_END}]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **self.chat_kwargs)
-        if text.count(PLACEHOLDER) != 1:
+        before, _, rest = text.partition(PLACEHOLDER)
+        middle, _, after = rest.partition(CONTENT_END)
+        if middle != content or PLACEHOLDER in after or CONTENT_END in after:
             raise ConfigError("the chat template does not render the user message verbatim; cannot place the memory")
-        before, after = text.split(PLACEHOLDER)
-        return _ids(tok, before), _ids(tok, after)
+        return _ids(tok, before), tokenize_one(tok, content), _ids(tok, after)
+
+    def chat_ids(self, content: str) -> list[int]:
+        """A user turn holding ``content`` (as text), ready for the assistant's answer."""
+        before, middle, after = self.user_turn(content)
+        return before + middle + after
+
+    def chat_pieces(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the memory in a chat turn whose user content is ``<memory><prompt>``.
+
+        The sequence is ``before + [slots] + [FT] + after``; ``after`` holds the prompt (as text)
+        and the template's generation prompt.
+        """
+        before, middle, after = self.user_turn(prompt)
+        return before, middle + after
 
     def answer_end(self) -> list[int]:
         return [self.chat_end_id] if self.chat_end_id is not None else [self.eos_id]
@@ -136,8 +164,59 @@ def cut_at_stop(rows: list[list[int]], stop_ids: list[int]) -> list[list[int]]:
     return [row[: next((i for i, t in enumerate(row) if t in stops), len(row))] for row in rows]
 
 
+def added_token_strings(tokenizer: Any) -> list[str]:
+    """Strings the tokenizer turns into added-token ids: special ones (``<|im_end|>``) and markup
+    that is not marked special (Qwen3's ``<think>``, ``<tool_call>``, the FIM tokens)."""
+    strings = {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+    strings |= set(getattr(tokenizer, "all_special_tokens", []))
+    return sorted(s for s in strings if s)
+
+
+_PLAIN: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _plain_backend(tokenizer: Any) -> Any:
+    """The tokenizer's fast backend without its added-tokens table (built once per tokenizer,
+    ~0.5 s for Qwen's vocabulary): every string is then plain BPE, exactly as the text reads."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    plain = _PLAIN.get(tokenizer)
+    if plain is None:
+        from tokenizers import Tokenizer
+
+        spec = json.loads(backend.to_str())
+        spec.update(added_tokens=[], truncation=None, padding=None)
+        plain = _PLAIN[tokenizer] = Tokenizer.from_str(json.dumps(spec))
+    return plain
+
+
 def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens (Qwen has no BOS)."""
+    """Token ids of each user text, without special tokens (Qwen has no BOS), special-token strings as text.
+
+    A text holding no added token's string is tokenised the usual way (same ids); one that holds
+    some goes through the backend without its added tokens, so ``"<|im_end|>"`` becomes the ids
+    of ``<|``, ``im``, ``_end``, ``|>``. A tokenizer without a fast backend splits special tokens
+    only (``split_special_tokens``).
+    """
     if not texts:
         return []
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    texts = list(texts)
+    markup = added_token_strings(tokenizer)
+    marked = [i for i, t in enumerate(texts) if any(m in t for m in markup)]
+    out = tokenizer(texts, add_special_tokens=False)["input_ids"] if len(marked) < len(texts) else [[]] * len(texts)
+    if marked:
+        sub = [texts[i] for i in marked]
+        plain = _plain_backend(tokenizer)
+        if plain is not None:
+            redo = [e.ids for e in plain.encode_batch(sub, add_special_tokens=False)]
+        else:
+            redo = tokenizer(sub, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        out = list(out)
+        for i, ids in zip(marked, redo):
+            out[i] = list(ids)
+    return out
+
+
+def tokenize_one(tokenizer: Any, text: str) -> list[int]:
+    return tokenize(tokenizer, [text])[0]

@@ -5,8 +5,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from hicae import Memory
+from hicae.assets import load_qwen3_tokenizer
+from hicae.tiny import tiny_model
 
 from .conftest import tiny_args
 
@@ -92,3 +96,42 @@ def test_demo_runs(tmp_path, run_cli):
     code, out, err = run_cli("demo", "--tiny", "--output_dir", str(tmp_path / "demo"), "--max_steps", "20")
     assert code == 0, err
     assert "reconstructed:" in out and (tmp_path / "demo" / "demo.mem.safetensors").exists()
+
+
+def test_other_weights_are_refused_unless_allowed(checkpoint, base_dir, tmp_path, run_cli, pretrain_file):
+    other_base = tmp_path / "other-base"  # the same shape and config as base_dir, other weights
+    tiny_model("qwen3", initializer_range=0.5, seed=1).save_pretrained(other_base)
+    load_qwen3_tokenizer().save_pretrained(other_base)
+    src = tmp_path / "t.txt"
+    src.write_text("Some text to compress.")
+    mem_file = tmp_path / "t.mem.safetensors"
+    args = ["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(mem_file), "--device", "cpu",
+            "--model_name_or_path", str(other_base)]
+    code, _, err = run_cli("compress", *args)
+    assert code == 1 and "base weights" in err and "--allow_other_weights" in err and "Traceback" not in err
+    assert not mem_file.exists()
+    assert run_cli("compress", *args, "--allow_other_weights")[0] == 0
+
+    # a memory of another run's checkpoint (same config and base, other trained weights)
+    other = tmp_path / "other"
+    assert run_cli("pretrain", *tiny_args(base_dir, other, pretrain_file, "--max_steps", "1", "--seed", "7"))[0] == 0
+    assert run_cli("compress", *args[:-2], "--checkpoint", str(other))[0] == 0
+    gen = ["generate", "--checkpoint", str(checkpoint), "--memory", str(mem_file), "--reconstruct", "--device", "cpu",
+           "--max_new_tokens", "2"]
+    code, _, err = run_cli(*gen)
+    assert code == 1 and "encoder weights" in err and "Traceback" not in err
+    assert run_cli(*gen, "--allow_other_weights")[0] == 0
+
+
+def test_broken_adapter_is_refused_and_writes_nothing(checkpoint, tmp_path, run_cli):
+    f = checkpoint / "adapter_model.safetensors"
+    tensors = load_file(str(f))
+    name = sorted(tensors)[0]
+    save_file({**tensors, name: torch.full_like(tensors[name], float("nan"))}, str(f))
+    src = tmp_path / "t.txt"
+    src.write_text("Some text to compress.")
+    out = tmp_path / "t.mem.safetensors"
+    code, _, err = run_cli("compress", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out),
+                           "--device", "cpu")
+    assert code == 1 and f"tensor {name} has non-finite values" in err and "Traceback" not in err
+    assert not out.exists()

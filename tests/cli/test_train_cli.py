@@ -85,6 +85,15 @@ def test_bad_data_fails_before_training_without_traceback(base_dir, tmp_path, ru
     assert not (out / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("flag", ["--max_train_samples", "--max_eval_samples"])
+def test_zero_samples_is_refused(base_dir, pretrain_file, tmp_path, run_cli, flag):
+    out = tmp_path / "run"
+    code, _, err = run_cli("pretrain", *tiny_args(base_dir, out, pretrain_file, "--max_steps", "1",
+                                                  "--validation_file", str(pretrain_file), flag, "0"))
+    assert code == 1 and f"{flag} 0: must be at least 1" in err and "Traceback" not in err
+    assert not (out / "adapter_model.safetensors").exists()
+
+
 def test_unknown_flag_and_missing_file_are_user_errors(base_dir, tmp_path, run_cli):
     code, _, err = run_cli("pretrain", "--model_name_or_path", str(base_dir), "--train_file", str(tmp_path / "no.jsonl"))
     assert code == 1 and "no such file" in err

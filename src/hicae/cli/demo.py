@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..corpus import demo_corpus, long_document
 from ..fileio import write_text_atomic
+from ..tokens import tokenize
 from .common import pick_device
 from .train import pretrain
 
@@ -42,7 +43,7 @@ def warm_up_base(model, tokenizer, texts: list[str], steps: int, seed: int, devi
     """Train ``model`` as a causal LM on ``texts`` for ``steps`` steps with transformers' Trainer; returns the first and last loss."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    data = [{"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]} for t in texts]
+    data = [{"input_ids": ids + [tokenizer.eos_token_id]} for ids in tokenize(tokenizer, texts)]
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hicae-base-"), max_steps=steps, learning_rate=1e-2,
                              per_device_train_batch_size=8, logging_steps=max(1, steps // 8), report_to=[],
                              save_strategy="no", seed=seed, disable_tqdm=True, use_cpu=device == "cpu")
@@ -62,6 +63,8 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--checkpoint", default=None, help="real demo: an ICAE checkpoint instead of the shipped one")
     p.add_argument("--dtype", default="bf16", help="real demo: bf16 (fast on CPUs with bf16 support) or fp32")
     p.add_argument("--question", default=None, help="real demo: the question asked about the first passage")
+    p.add_argument("--allow_other_weights", action="store_true",
+                   help="real demo: run --checkpoint on a base model whose weights differ from those it was trained on")
     p.add_argument("--output_dir", default="outputs/demo")
     p.add_argument("--max_steps", type=int, default=200)
     p.add_argument("--train_passages", type=int, default=8,

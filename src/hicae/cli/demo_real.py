@@ -36,10 +36,8 @@ def _timed(fn):
 def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) -> str:
     """The frozen base model answering with the whole text in its prompt (the uncompressed baseline)."""
     tok = model.tokenizer
-    msgs = [{"role": "user", "content": f"{text}\n\n{question}"}]
-    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True,
-                                  **model.tokens.chat_kwargs)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    ids = torch.tensor([model.tokens.chat_ids(f"{text}\n\n{question}")], device=model.device)  # [1, T]
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():
         out = model.decoder.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      eos_token_id=model.tokens.stop_ids, pad_token_id=model.tokens.pad_id)
@@ -59,7 +57,7 @@ def real_demo(args: Any) -> int:
     read_checkpoint_config(ckpt)  # a clear error before loading the base when it is no checkpoint
     base_path = args.model_name_or_path or str(qwen25_path())
     (base, tok), t_load = _timed(lambda: load_base(base_path, dtype=args.dtype, device=device))
-    model = load_icae(ckpt, base_model=base, tokenizer=tok).eval()
+    model = load_icae(ckpt, base_model=base, tokenizer=tok, allow_other_weights=args.allow_other_weights).eval()
     cfg = model.icae_config
     print(f"[demo] base {base_path} ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params, {args.dtype}); "
           f"ICAE checkpoint {ckpt}: k={cfg.mem_size} slots per segment of up to {cfg.segment_tokens} tokens "

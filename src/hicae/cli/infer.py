@@ -27,6 +27,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="KV cache of decoding: dynamic (default), static, or compiled (static + torch.compile; "
                         "CUDA graphs on a GPU; the first call compiles)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder for compression (the first call compiles)")
+    p.add_argument("--allow_other_weights", action="store_true",
+                   help="use a base model whose weights differ from the checkpoint's, and decode memories made "
+                        "by other weights (refused otherwise)")
 
 
 def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
@@ -35,7 +38,7 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
     if args.model_name_or_path:
         base, tok = load_base(args.model_name_or_path, dtype=args.dtype, device=device)
     model = load_icae(args.checkpoint, base_model=base, tokenizer=tok, config_overrides=overrides,
-                      dtype=args.dtype, device=device)
+                      allow_other_weights=args.allow_other_weights, dtype=args.dtype, device=device)
     model.set_decoding(args.decoding)
     if args.compile:
         model.compile_encoder()

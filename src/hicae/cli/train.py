@@ -41,6 +41,10 @@ class ModelArguments:
     )
     dtype: str = field(default="auto", metadata={"help": "Base model dtype: auto, bf16, fp16 or fp32."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2."})
+    allow_other_weights: bool = field(
+        default=False,
+        metadata={"help": "--restore_from on a base model with other weights than it was trained on (refused otherwise)."},
+    )
     hierarchical: bool = field(
         default=False,
         metadata={"help": "Train HierarchicalICAE (--levels, --group_size, --max_slots); a Phase-1 --restore_from is upgraded."},
@@ -159,6 +163,10 @@ def run(mode: str, argv: list[str]) -> int:
     _check_distributed(targs)
     if not dargs.train_file:
         raise ConfigError("--train_file is required")
+    for flag in ("max_train_samples", "max_eval_samples"):
+        n = getattr(dargs, flag)
+        if n is not None and n < 1:
+            raise ConfigError(f"--{flag} {n}: must be at least 1 (leave it out to use every record)")
     check_writable("--output_dir", targs.output_dir, folder=True)
     refuse_overwriting_inputs(
         [("--output_dir", targs.output_dir)],
@@ -179,7 +187,8 @@ def run(mode: str, argv: list[str]) -> int:
         if margs.model_name_or_path:
             base, tok = load_base(margs.model_name_or_path, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
         model = load_icae(margs.restore_from, base_model=base, tokenizer=tok, config_overrides=restored.to_dict(),
-                          hierarchy=hier, dtype=margs.dtype, attn_implementation=margs.attn_implementation)
+                          hierarchy=hier, allow_other_weights=margs.allow_other_weights, dtype=margs.dtype,
+                          attn_implementation=margs.attn_implementation)
     else:
         if mode == "finetune":
             print("hicae finetune: no --restore_from given; fine-tuning a fresh ICAE from the base model", file=sys.stderr)

@@ -39,14 +39,14 @@ def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None =
 
 
 def chat_prompt_ids(model: Any, content: str) -> list[int]:
-    """Token ids of one user turn holding ``content`` in the tokenizer's chat template, ready for the answer."""
-    tok = model.tokenizer
-    if not getattr(tok, "chat_template", None):
+    """Token ids of one user turn holding ``content`` in the tokenizer's chat template, ready for the answer.
+
+    ``content`` (a text and a question) is tokenised as text: special-token strings in it stay text.
+    """
+    if not getattr(model.tokenizer, "chat_template", None):
         raise ConfigError("the tokenizer has no chat template, so questions cannot be formatted; "
                           "use a chat (Instruct) tokenizer or set tokenizer.chat_template")
-    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True,
-                                   **model.tokens.chat_kwargs)
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return model.tokens.chat_ids(content)
 
 
 def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..tokens import tokenize_one
 from . import metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
 from .qa import fulltext_content
@@ -91,7 +92,7 @@ class Haystack:
         self.filler = [self._ids(" " + s) for s in FILLER]
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenize_one(self.tokenizer, text)
 
     def build(self, length: int, needles: list[tuple[float, str]]) -> list[int]:
         """``length`` tokens of filler with each ``(depth, sentence)`` needle inserted at a sentence boundary."""

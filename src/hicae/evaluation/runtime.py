@@ -121,6 +121,7 @@ def model_info(model: Any, max_slots: int | None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "base_model": model.base_model_name,
         "fingerprint": model.fingerprint,
+        "weights": {"base": model.base_weights, "encoder": model.encoder_weights()},  # which weights were scored
         "mem_size": cfg.mem_size,
         "compression_rate": cfg.compression_rate,
         "hierarchical": is_hierarchical(model),
