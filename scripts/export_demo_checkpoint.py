@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE
+from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
 from hicae.fileio import staged_dir
+from hicae.real_model import qwen25_path
 
 DEST = Path(__file__).resolve().parent.parent / "src" / "hicae" / "demo_checkpoint"
 BASE_NAME = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
@@ -39,14 +40,21 @@ def main() -> None:
     last = st["curve"][-1]
     final = st.get("final", {})
     meta = json.loads((src / CONFIG_FILE).read_text())
+    # Weights fingerprints of the real base and of this encoder (bf16 rounding: the bf16 copy
+    # written below has the same), so that `hicae demo` checks it runs on the weights it was trained on.
+    base, tok = load_base(str(qwen25_path()), dtype="bf16")
+    model = load_icae(src, base_model=base, tokenizer=tok)
+    meta["weights"] = {"base": model.base_weights, "encoder": model.encoder_weights()}
     meta["base_model"] = BASE_NAME
     adapter_cfg = json.loads((src / "adapter_config.json").read_text())
     adapter_cfg["base_model_name_or_path"] = BASE_NAME
     s = rep["settings"]
     k = s["mem_size"]
     summary = (f"{a.stage} (k={k}, texts of up to {k * int(a.stage.rstrip('x'))} tokens), AE + LM pretraining, "
-               f"{last['step']} steps of batch {s['batch']} on this project's CPU; held-out BLEU-4 at the end: "
-               f"en {last['en']['bleu']:.1f}, zh {last['zh']['bleu']:.1f} ({len(st['curve'])} curve points in docs/results.md)")
+               f"{last['step']} steps of batch {s['batch']} on this project's CPU; held-out AE BLEU-4 "
+               + (f"(64 texts a language): en {final['en']['ae']['bleu']:.1f}, zh {final['zh']['ae']['bleu']:.1f}"
+                  if final else f"(16 texts): en {last['en']['bleu']:.1f}, zh {last['zh']['bleu']:.1f}")
+               + " (docs/results.md)")
     info = {"summary": summary, "objectives": "AE + LM", "stage": a.stage, "steps": last["step"], "settings": s,
             "corpus": rep["corpus"], "base": "the real Qwen2.5-0.5B-Instruct of hicae.real_model "
             "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)",

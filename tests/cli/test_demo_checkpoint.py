@@ -66,7 +66,7 @@ def test_real_demo_code_path_on_the_demo_checkpoint(demo_dir, tmp_path, capsys):
     assert main(["demo", "--checkpoint", str(demo_dir / "icae"), "--model_name_or_path", str(demo_dir / "base"),
                  "--dtype", "fp32", "--output_dir", str(tmp_path / "real")]) == 0
     out = capsys.readouterr().out
-    assert out.count("BLEU-4 of the reconstruction") == 2 and out.count("reconstructed:") == 2
+    assert out.count("BLEU-4 of the reconstruction") == 3 and out.count("reconstructed:") == 3
     assert "from memory (" in out and "from the full text (" in out
     assert (tmp_path / "real" / "demo.mem.safetensors").is_file()
 

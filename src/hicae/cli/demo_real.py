@@ -16,15 +16,22 @@ import torch
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo_checkpoint"
 
-# Held out by construction: written for this demo.
+# The first held-out passage of each language in benchmarks/real_quality.py's split (seed 0; the
+# documents they come from were never trained on), cut to 60 tokens: a Python 3.11 HOWTO (urllib,
+# Debian python3.11-doc) and the Debian Reference (Chinese, via fortunes-zh's corpus). Then a
+# passage written for the demo, unlike anything in the training data (English prose).
 PASSAGES = [
+    "object that specifies the URL you want to fetch. Calling ``urlopen`` with this\nRequest object returns "
+    "a response object for the URL requested. This response is\na file-like object, which means you can for "
+    "example call ``.read()`` on the\nresponse::\n\n    import urllib.request\n\n",
+    "相关说明位于 “/usr/share/doc/unattended-upgrades/README” 中。\n\n    unattended-upgrades 软件包主要用于 "
+    "stable 系统的安全更新。如果自\n\xa0\xa0\xa0 动升级损坏 stable 系统的风险小于被入侵者利用已被安全更新修复的安\n",
     "The lighthouse keeper climbed the spiral stairs every evening at dusk. He wound the clockwork, "
     "trimmed the wick and polished the great lens until it shone. Ships passing the rocky cape at "
     "night steered by its steady white flash, once every ten seconds.",
-    "小镇的图书馆每周六上午开放。馆里有一位退休的老师，她会给孩子们讲故事，还教他们用毛笔写字。"
-    "下雨的时候，来的人反而更多，大家坐在窗边安静地看书。",
 ]
-QUESTION = "How often does the light flash?"
+LABELS = ["held-out, English docs", "held-out, Chinese docs", "out of domain: prose written for the demo"]
+QUESTION = "What does calling urlopen with the Request object return?"
 
 
 def _timed(fn):
@@ -72,8 +79,8 @@ def real_demo(args: Any) -> int:
         # each text's own length + 8 tokens, as `hicae eval --task ae` allows
         recon, t_rec = _timed(lambda: model.reconstruct(mem, max_new_tokens=max(mem.num_tokens) + 8))
     print(f"\n[demo] compressed {len(PASSAGES)} held-out passages in {t_comp:.2f} s; reconstructed in {t_rec:.1f} s")
-    for text, rec, n_tok, n_slots in zip(PASSAGES, recon, mem.num_tokens, mem.num_slots):
-        print(f"\n  {n_tok} tokens -> {n_slots} memory slots; BLEU-4 of the reconstruction {sentence_bleu(rec, text):.1f}")
+    for label, text, rec, n_tok, n_slots in zip(LABELS, PASSAGES, recon, mem.num_tokens, mem.num_slots):
+        print(f"\n  [{label}] {n_tok} tokens -> {n_slots} memory slots; BLEU-4 of the reconstruction {sentence_bleu(rec, text):.1f}")
         print(f"    original:      {text}")
         print(f"    reconstructed: {rec}")
 
