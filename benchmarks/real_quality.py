@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import fetch_corpus, load_documents, parse_fortunes, passages, split_documents  # noqa: E402
+from proxy import (_join_to_length, _jsonl, fetch_corpus, load_documents, parse_fortunes,  # noqa: E402
+                   passages, split_documents)
 
 ZH_FILES = ("chinese", "tang300", "song100")
 FORTUNE_DIR = "usr/share/games/fortunes"
@@ -103,12 +104,6 @@ def complete_checkpoints(out: Path) -> list[Path]:
 def trained_steps(out: Path) -> int:
     ck = complete_checkpoints(out)
     return json.loads((ck[-1] / "trainer_state.json").read_text())["global_step"] if ck else 0
-
-
-def write_jsonl(path: Path, texts: list[str]) -> None:
-    from hicae.fileio import write_text_atomic
-
-    write_text_atomic(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--dtype", "bf16",
                 *(["--use_cpu", "true"] if not torch.cuda.is_available() else ["--bf16", "true"])]
 
-    def curve_point(stage: str, ckpt: Path, step: int, recs: dict, **load_kw) -> dict:
+    def curve_point(ckpt: Path, step: int, recs: dict, **load_kw) -> dict:
         model = load_icae(ckpt, config_overrides={"overlong": "truncate"}, dtype="bf16", **load_kw)
         s = EvalSettings(batch_size=32, seed=a.seed, progress=False)
         pt = {"step": step}
@@ -213,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             done = nxt
             hist = json.loads((sdir / "loss_history.json").read_text()) if (sdir / "loss_history.json").exists() else {}
             t = time.time()
-            pt = curve_point(stage, sdir, done, recs, **load_kw)
+            pt = curve_point(sdir, done, recs, **load_kw)
             pt["train_loss"] = hist.get("loss", [[0, None]])[-1][1]
             pt["elapsed_train_seconds"] = rep["train_seconds"]
             curve[:] = [c for c in curve if c["step"] < done] + [pt]
@@ -235,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             random.Random(a.seed).shuffle(texts)
             n = ntok(texts[: 4 * z.max_train])
             texts = [t for t, m in zip(texts, n) if m >= T * 3 // 4]
-            write_jsonl(work / "data" / f"train-{stage}.jsonl", texts)
+            _jsonl(work / "data" / f"train-{stage}.jsonl", texts)
             curve_recs = {lang: held_out(lang, T, z.n_curve) for lang in ("en", "zh")}
             args = ["--model_name_or_path", base, "--train_file", str(work / "data" / f"train-{stage}.jsonl"),
                     "--fixed_mem_size", str(k), "--mean_compression_rate", str(r), "--model_max_length", str(T),
@@ -272,12 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             g, T = 4, k * 4
             W = T * g
             hier = HierarchyConfig(levels=2, group_size=g, max_slots=8 * k, max_text_tokens=W)
-            long_train = join_to_length([t for lang in ("en", "zh") for t in train[lang][: z.max_train]], ntok, int(W * 1.5))
-            write_jsonl(work / "data" / "train-16x.jsonl", long_train)
+            long_train = _join_to_length([t for lang in ("en", "zh") for t in train[lang][: z.max_train]], tok, int(W * 1.5), 10**9)
+            _jsonl(work / "data" / "train-16x.jsonl", long_train)
 
             def long_recs(lang: str, n: int) -> list[TextRecord]:
                 return [TextRecord(f"test-{lang}-long:{i}", x)
-                        for i, x in enumerate(join_to_length(test[lang][: 40 * n + 40], ntok, W + 8)[:n])]
+                        for i, x in enumerate(_join_to_length(test[lang][: 40 * n + 40], tok, W + 8, n))]
 
             args = ["--restore_from", str(work / "4x"), "--hierarchical", "--levels", "2", "--group_size", str(g),
                     "--max_slots", str(8 * k), "--max_text_tokens", str(2 * W), "--train_file",
@@ -308,18 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     save_report()
     log(f"done -> {report_path}, {out / 'real.md'}, {out / 'curve.png'}")
     return 0
-
-
-def join_to_length(texts: list[str], ntok, n_tokens: int) -> list[str]:
-    """Consecutive passages joined (blank line between) into texts of at least ``n_tokens`` tokens."""
-    out, cur, n = [], [], 0
-    for t, m in zip(texts, ntok(texts)):
-        cur.append(t)
-        n += m + 2
-        if n >= n_tokens:
-            out.append("\n\n".join(cur))
-            cur, n = [], 0
-    return out
 
 
 def plot_curve(report: dict, path: Path) -> None:
