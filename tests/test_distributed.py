@@ -8,6 +8,9 @@ token count (AE only: every example has the same layout). Then the runs differ o
 of floating-point sums (observed: < 1e-6 after three AdamW steps). With records of different
 lengths, DDP weights each process's tokens by 1/(its token count), a (small) difference from
 the single-process loss that is inherent to per-batch token means, not a hicae bug.
+
+FSDP (configs/accelerate/cpu_2proc_fsdp.yaml: per-layer FSDP2, src/hicae/fsdp.py) is held to the
+same comparison, and its checkpoints must be full tensors that load in one process.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from hicae.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc_fsdp.yaml"
+COMMON = ("--max_steps", "3", "--seed", "3", "--save_strategy", "no")
 WORDS = "alpha beta gamma delta river stone cloud green quick brown lazy fox dog".split()
 TOKENS = 12  # every record
 
@@ -50,9 +55,18 @@ def setup(tmp_path_factory, qwen3_tokenizer):
     return base, data
 
 
-def launch(*argv: str, launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def single(setup, tmp_path_factory):
+    """The one-process run on the global batch (4 records a step) that the two-process runs must equal."""
+    base, data = setup
+    out = tmp_path_factory.mktemp("single")
+    assert main(["pretrain", *tiny_args(base, out, data, *COMMON, "--per_device_train_batch_size", "4")]) == 0
+    return out
+
+
+def launch(*argv: str, launcher: list[str] | None = None, timeout: int = 300, config: Path = CONFIG) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = launcher or [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG)]
+    launcher = launcher or [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     return subprocess.run([*launcher, "-m", "hicae.cli.main", *argv], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
@@ -65,24 +79,49 @@ def history(d: Path) -> dict[str, list[float]]:
     return json.loads((d / "loss_history.json").read_text())
 
 
-def test_two_processes_equal_one_on_the_same_global_batch(setup, tmp_path):
-    base, data = setup
-    common = ("--max_steps", "3", "--seed", "3", "--save_strategy", "no")
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    # per_device_train_batch_size 2 on each of 2 processes, vs 4 in one process (tiny_args' 2 is overridden)
-    proc = launch("pretrain", *tiny_args(base, ddp, data, *common))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert main(["pretrain", *tiny_args(base, single, data, *common, "--per_device_train_batch_size", "4")]) == 0
-
-    a, b = trained(ddp), trained(single)
+def assert_same_run(two: Path, one: Path) -> None:
+    """Same final trained tensors (to float32 summation order) and the same logged losses."""
+    a, b = trained(two), trained(one)
     assert a.keys() == b.keys()
     for k in a:
+        assert a[k].shape == b[k].shape, k  # full tensors, not one process's shard
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), (k, (a[k] - b[k]).abs().max().item())
-    ha, hb = history(ddp), history(single)  # {"loss": [[step, value], ...], ...}
+    ha, hb = history(two), history(one)  # {"loss": [[step, value], ...], ...}
     assert [s for s, _ in ha["loss"]] == [s for s, _ in hb["loss"]] == [1, 2, 3]
     assert [v for _, v in ha["loss"]] == pytest.approx([v for _, v in hb["loss"]], rel=1e-5)  # the same global batches
     # per-objective logs are summed over the processes (AE only: ae_loss is the loss; rounded to 4 places)
     assert [v for _, v in ha["ae_loss"]] == pytest.approx([v for _, v in ha["loss"]], abs=1e-3)
+
+
+def test_two_processes_equal_one_on_the_same_global_batch(setup, single, tmp_path):
+    base, data = setup
+    # per_device_train_batch_size 2 on each of 2 processes, vs 4 in one process (tiny_args' 2 is overridden)
+    proc = launch("pretrain", *tiny_args(base, tmp_path / "ddp", data, *COMMON))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same_run(tmp_path / "ddp", single)
+
+
+def test_fsdp_two_processes_equal_one_and_save_full_checkpoints(setup, single, tmp_path):
+    """Per-layer FSDP2 with gradient checkpointing: the run equals the one-process run, and the
+    checkpoints it writes (final and intermediate) hold full tensors that load in one process."""
+    base, data = setup
+    out = tmp_path / "fsdp"
+    args = tiny_args(base, out, data, *COMMON, "--save_strategy", "steps", "--save_steps", "2",
+                     "--gradient_checkpointing", "true")
+    proc = launch("pretrain", *args, config=FSDP_CONFIG)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "hicae: per-layer FSDP2 over 2 processes (2 layer groups and a root group)" in proc.stderr
+    assert (out / "checkpoint-2" / "optimizer.bin").is_file()  # the FSDP optimizer state; no full base model
+    assert not list((out / "checkpoint-2").glob("pytorch_model_fsdp*"))
+    assert_same_run(out, single)
+    from hicae import ICAE
+
+    for d in (out, out / "checkpoint-2"):
+        model = ICAE.from_pretrained(str(d))  # strict: every tensor there, of its full shape
+        got = {**model.trained_tensors()}
+        want = trained(d)
+        assert all(torch.equal(got[k].cpu(), want[k]) for k in want)
+    assert model.compress("alpha beta gamma").slots[0].shape == (4, 64)
 
 
 def test_hierarchical_training_runs_under_ddp(tmp_path, setup):

@@ -52,11 +52,16 @@ _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V
 
 
 def twin_module(module: nn.Module) -> nn.Module:
-    """A second module tree that holds the *same* parameter and buffer tensors (zero copy).
+    """A second module tree that holds the *same* weights (zero copy).
 
-    Later in-place changes to ``module``'s structure (peft replacing ``q_proj`` by a LoRA wrapper)
-    do not reach the twin, while the weights stay one set of tensors.
+    Containers (layers, attention, MLP...) are copied, so later in-place changes to ``module``'s
+    structure (peft replacing ``q_proj`` by a LoRA wrapper) do not reach the twin; leaf modules
+    (Linear, norms, embeddings: the ones holding weights) are the very same objects in both trees.
+    Sharing leaves rather than only their tensors lets FSDP swap a leaf's sharded and gathered
+    weights once for both trees (see fsdp.py).
     """
+    if not module._modules:
+        return module
     twin = copy.copy(module)
     for k, v in list(vars(module).items()):
         if isinstance(v, (dict, OrderedDict, set)):  # _parameters, _buffers, _modules, hook dicts
@@ -167,11 +172,12 @@ class ICAE(nn.Module):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options: Any) -> None:
+        """``options``: transformers' further settings (the Trainer passes ``every_n_layers`` and ``offload``)."""
         # Non-reentrant checkpointing: the inputs (embeddings of a frozen table) need no grad.
         kw = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.encoder.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        self.encoder.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw, **options)
+        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw, **options)
 
     def gradient_checkpointing_disable(self) -> None:
         self.encoder.get_base_model().gradient_checkpointing_disable()

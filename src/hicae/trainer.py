@@ -11,6 +11,8 @@ from transformers import Trainer
 
 from .checkpoint import load_trained_weights
 from .fileio import write_text_atomic
+from .errors import ConfigError
+from .fsdp import enable_on_cpu, full_trained_parameters, is_sharded, shard_for_training
 from .model import TASKS
 
 HOST_KEYS = ("enc_seg_lens", "segments_per_example")  # batch entries the model reads on the host
@@ -30,6 +32,13 @@ class ICAETrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         # per split: per-task loss sums and token counts, 0-d tensors on the device between logs
         self._sums: dict[str, dict[str, Any]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        if self.is_fsdp_enabled and self.args.load_best_model_at_end:
+            raise ConfigError("--load_best_model_at_end is not supported under FSDP (the best checkpoint's "
+                              "weights cannot be loaded into a sharded model); load it after training")
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        self.is_fsdp_enabled = enable_on_cpu(self.accelerator)
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         # Segment lengths plan the encoder's chunks on the host: moving them to the GPU would make
@@ -80,6 +89,37 @@ class ICAETrainer(Trainer):
             local = self.accelerator.reduce(local, reduction="sum")
         return dict(zip(keys, local.tolist()))
 
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        if self.is_fsdp_enabled and not is_sharded(self.model):
+            # An accelerate FSDP config: hicae's own per-layer sharding (fsdp.py), before the
+            # Trainer prepares the model (accelerate leaves a sharded model as it is). A resumed
+            # run's weights are loaded first, into the full tensors.
+            if resume_from_checkpoint is not None:
+                load_trained_weights(self.model, resume_from_checkpoint)
+            shard_for_training(self.model, self.accelerator)
+        return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        # FSDP: every process gathers the trained tensors (a collective), the main one writes them.
+        # (The Trainer's own FSDP save would gather, or write, the whole frozen base model.)
+        with full_trained_parameters(self.model):
+            if self.args.should_save:
+                self._save(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.is_fsdp_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # The Trainer's FSDP branch also saves the whole model (frozen base included); hicae's
+        # checkpoint already holds what is trained, so only the optimizer and scheduler are saved.
+        from accelerate.utils import save_fsdp_optimizer
+        from transformers.trainer import SCHEDULER_NAME
+
+        save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -88,6 +128,8 @@ class ICAETrainer(Trainer):
         write_text_atomic(os.path.join(output_dir, "training_args.json"), self.args.to_json_string())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:  # loaded before sharding (_prepare_for_training)
+            return
         load_trained_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
