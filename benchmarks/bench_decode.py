@@ -19,25 +19,18 @@ Greedy outputs must equal the dynamic mode's (fp32; in bf16 a near-tie may flip:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from harness import TEXT_VOCAB, main_single, release, sync
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:  # run from a checkout without installing
-    import hicae  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from bench_prefix import build
+from hicae.speed import DECODING_MODES
 
-from bench_compress import TEXT_VOCAB, _sync, add_model_args, environment, load_tokenizer, release, resolve_model_defaults  # noqa: E402
-from bench_prefix import build  # noqa: E402
-
-from hicae.speed import DECODING_MODES  # noqa: E402
+TITLE = "decoding"
 
 
 def measure_bandwidth(device: str, nbytes: int = 2**30) -> float:
@@ -48,10 +41,10 @@ def measure_bandwidth(device: str, nbytes: int = 2**30) -> float:
         y.copy_(x)
     ts = []
     for _ in range(10):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         y.copy_(x)
-        _sync(device)
+        sync(device)
         ts.append(time.perf_counter() - t)
     del x, y
     return 2 * nbytes / statistics.median(ts)
@@ -97,16 +90,16 @@ def bench_decode(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
         t = time.perf_counter()
         gen(N)  # warm-up; compiles in "compiled" mode (reported apart)
         gen(1)
-        _sync(args.device)
+        sync(args.device)
         first_s = time.perf_counter() - t
         t1, tn = [], []
         out = None
         for _ in range(args.repeats):
             for n, acc in ((1, t1), (N, tn)):
-                _sync(args.device)
+                sync(args.device)
                 t = time.perf_counter()
                 o = gen(n)
-                _sync(args.device)
+                sync(args.device)
                 acc.append(time.perf_counter() - t)
                 if n == N:
                     out = o
@@ -132,7 +125,8 @@ def bench_decode(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     return res
 
 
-def markdown(r: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], args: argparse.Namespace | None = None) -> str:
+    r = result["results"][0] if "results" in result else result
     floor = r.get("floor_ms_per_token")
     head = (f"Decoding from one memory of {r['slots']:,} slots ({r['shape']}, {r['dtype']}, {r['device']}; batch {r['batch']}; "
             f"{r['new_tokens']} new tokens; context {r['context']:,} positions; static cache bucket {r['bucket']})"
@@ -169,25 +163,22 @@ def resolve_decode_defaults(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown decoding modes {sorted(bad)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_args(ap)
+def add_args(ap: argparse.ArgumentParser) -> None:
     add_decode_args(ap)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    resolve_model_defaults(args)
+
+
+def resolve(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     resolve_decode_defaults(args)
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
-    tokenizer, kind = load_tokenizer(args.tokenizer)
-    env = environment(args, kind)
-    r = bench_decode(args, tokenizer)
-    print(markdown(r))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "results": [r]}, indent=2) + "\n")
-    return 0
+
+
+def run(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    return {"results": [bench_decode(args, tokenizer)]}
+
+
+def problem(result: dict[str, Any]) -> str | None:
+    return None  # the table reports whether the modes' tokens agree (bf16 near-ties may flip)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_single(sys.modules[__name__]))

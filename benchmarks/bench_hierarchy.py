@@ -6,7 +6,7 @@
 (``--max-slots``, default 16 blocks' worth: 256 slots for the tiny shape's k=16) and once without
 one. A random tiny Qwen3 on the CPU by default (hidden 64, 2 layers; k=16, r=4, LoRA r=4; L=4
 levels, g=2); ``--shape qwen2.5-0.5b --device cuda --dtype bf16`` for a real shape on a GPU (the
-shape builder is ``bench_compress.build_base``). Measures per length and budget:
+shape builder is ``harness.build_base``). Measures per length and budget:
 
 * wall time (median of the runs) and tokens/s, time per token; the ratio of the largest to the
   smallest per-token time and the log-log slope of time vs tokens check that time is linear;
@@ -37,7 +37,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -47,29 +46,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from harness import TEXT_VOCAB, PeakMemory, build_icae, main_single, release, sync, trim_heap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_compress, next to this file
-try:  # run from a checkout without installing
-    import hicae  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import hicae.hierarchy as hier_mod
+from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig
 
-import hicae.hierarchy as hier_mod  # noqa: E402
-from bench_compress import (  # noqa: E402
-    DTYPES,
-    TEXT_VOCAB,
-    PeakMemory,
-    _load_note,
-    add_model_args,
-    build_base,
-    environment,
-    icae_config,
-    load_tokenizer,
-    release,
-    resolve_model_defaults,
-    trim_heap,
-)
-from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig  # noqa: E402
+TITLE = "hierarchical compression at scale"
 
 DEFAULT_LENGTHS = "1k,4k,16k,64k,256k,1M"
 MiB = 2**20
@@ -97,20 +79,8 @@ def fmt_tokens(n: int) -> str:
 
 
 def build_hicae(args: argparse.Namespace, tokenizer: Any) -> HierarchicalICAE:
-    base = build_base(args.shape, args.device, DTYPES[args.dtype], args.seed)
-    cfg = icae_config(args, compress_batch_tokens=args.compress_batch_tokens)
     hcfg = HierarchyConfig(levels=args.levels, group_size=args.group_size, max_text_tokens=max(1 << 21, max(args.lengths)))
-    torch.manual_seed(args.seed + 1)  # LoRA init
-    model = HierarchicalICAE(base, tokenizer, cfg, hcfg)
-    with torch.no_grad():  # as bench_compress: a non-zero lora_B, so the adapter is really applied
-        for name, p in model.encoder.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.02)
-    return model.eval()
-
-
-# --------------------------------------------------------------------------------------------
-# memory
+    return build_icae(args, tokenizer, cls=HierarchicalICAE, hierarchy=hcfg).eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,11 +163,6 @@ class Breakdown:
 
 # --------------------------------------------------------------------------------------------
 # one point
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def blocks_ok(blocks: list[list[int]], num_segments: int) -> bool:
@@ -311,9 +276,9 @@ def budget_label(max_slots: int | None) -> str:
     return "none" if max_slots is None else str(max_slots)
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any], args: argparse.Namespace | None = None) -> str:
     cfg = report["config"]
-    cuda = report["env"]["device"].startswith("cuda")
+    cuda = report["config"]["device"].startswith("cuda")
     mem_col = "peak GPU mem above start MiB" if cuda else "peak RSS above start MiB"
     lines = [
         f"{cfg['shape']} ({cfg['dtype']}, {cfg['device']}), k={cfg['mem_size']}, r={cfg['compression_rate']}, "
@@ -358,31 +323,6 @@ def markdown(report: dict[str, Any]) -> str:
             + "."
         )
     return "\n".join(lines)
-
-
-def append_md(path: str, report: dict[str, Any], table: str) -> None:
-    env = report["env"]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    new = not p.exists() or p.stat().st_size == 0
-    with p.open("a") as f:
-        if new:
-            f.write(
-                "# hicae hierarchical compression at scale\n\n"
-                "Appended by `benchmarks/bench_hierarchy.py --append-md` (see benchmarks/README.md): "
-                "`HierarchicalICAE.compress_ids` on one text of random token ids, from 1k to 1M tokens, "
-                "with a slot budget and without one. Random weights.\n"
-            )
-        end = env.get("loadavg_1min_at_end")
-        f.write(
-            f"\n## {env['date']}: {env['device_name']}\n\n"
-            f"`{env['command']}`\n\n"
-            f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
-            f"Python {env['python']}; random weights, random token ids; tokenizer: {env['tokenizer']}"
-            f"{_load_note(env)}{'' if end is None else f', {end:.2f} at the end'}; "
-            f"{env['seconds']:.0f} s in all.\n\n"
-            f"{table}\n"
-        )
 
 
 def plot(path: str, report: dict[str, Any]) -> None:
@@ -438,13 +378,11 @@ def plot(path: str, report: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"text lengths in tokens, comma-separated; k=1024, M=1024^2 (default {DEFAULT_LENGTHS})")
     ap.add_argument("--max-slots", "--max_slots", dest="max_slots", type=int, default=None,
                     help="slot budget of the budgeted runs (default 16*k: 256 for the tiny shape)")
     ap.add_argument("--skip-unbudgeted", action="store_true", help="only the runs with a budget")
-    add_model_args(ap)
     ap.add_argument("--levels", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=2)
     ap.add_argument("--compress-batch-tokens", type=int, default=ICAEConfig.compress_batch_tokens,
@@ -454,12 +392,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="repeat a point only while its runs would stay under this many seconds (default %(default)s)")
     ap.add_argument("--warmup-tokens", type=int, default=None,
                     help="untimed warm-up text per budget (default: two streaming rounds and a bit, at most the longest length)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on the CPU; see the docstring)")
-    ap.add_argument("--append-md", "--append_md", dest="append_md", default=None, help="append the table to this markdown file")
     ap.add_argument("--plot", default=None, help="write a PNG: log-log time vs tokens, peak memory vs tokens")
-    args = ap.parse_args(argv)
 
-    resolve_model_defaults(args)
+
+def resolve(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     args.max_slots = args.max_slots or 16 * args.mem_size
     try:
         args.lengths = sorted({parse_length(s) for s in args.lengths.split(",") if s.strip()})
@@ -467,22 +403,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--lengths: {e}")
     if not args.lengths:
         ap.error("--lengths is empty")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error("--device cuda but torch sees no GPU")
-    if args.threads is None and args.device == "cpu":
-        args.threads = 1
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tokenizer, tok_kind = load_tokenizer(args.tokenizer)
-    env = environment(args, tok_kind)
-    print(f"# {env['device_name']}, {env['torch_threads']} threads, load {env['loadavg_1min_at_start']:.2f} | torch {env['torch']} "
-          f"| {args.shape} {args.dtype} | lengths {[fmt_tokens(n) for n in args.lengths]}", flush=True)
-    t_all = time.perf_counter()
+def run(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    print(f"lengths {[fmt_tokens(n) for n in args.lengths]}", flush=True)
     model = build_hicae(args, tokenizer)
     cfg = model.icae_config
     budgets: list[int | None] = [args.max_slots] + ([] if args.skip_unbudgeted else [None])
@@ -517,9 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         del ids
-    env["seconds"] = time.perf_counter() - t_all
-    env["loadavg_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    env["model_params"] = sum(p.numel() for p in model.parameters())
+    model_params = sum(p.numel() for p in model.parameters())
 
     large_from = 16 * 1024 if max(args.lengths) >= 64 * 1024 else min(args.lengths)
     lin = {}
@@ -528,12 +450,13 @@ def main(argv: list[str] | None = None) -> int:
         lin[budget_label(b)] = linearity(pts, large_from)
         if args.device == "cpu":
             lin[budget_label(b)]["cpu_time"] = linearity(pts, large_from, "cpu_seconds")
-    report = {
-        "env": env,
+    del model
+    release(args.device)
+    return {
         "config": {
-            "shape": args.shape, "dtype": args.dtype, "device": args.device,
+            "shape": args.shape, "dtype": args.dtype, "device": args.device, "model_params": model_params,
             "mem_size": cfg.mem_size, "compression_rate": cfg.compression_rate, "lora_r": cfg.lora_r,
-            "levels": model.hierarchy.levels, "group_size": model.hierarchy.group_size,
+            "levels": args.levels, "group_size": args.group_size,
             "compress_batch_tokens": cfg.compress_batch_tokens, "segments_per_round": per_round,
             "max_slots": args.max_slots, "budgets": [budget_label(b) for b in budgets],
             "warmup_tokens": warm, "repeats": args.repeats, "repeat_budget_s": args.repeat_budget_s,
@@ -541,24 +464,17 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "linearity": lin,
     }
-    table = markdown(report)
-    print()
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    if args.append_md:
-        append_md(args.append_md, report, table)
+
+
+def after(args: argparse.Namespace, env: dict[str, Any], report: dict[str, Any]) -> None:
     if args.plot:
-        plot(args.plot, report)
-    del model
-    release(args.device)
-    bad = [r for r in results if not (r["within_budget"] and r["blocks_tile_text"] and r["slots_per_block_ok"])]
-    if bad:
-        print(f"error: {len(bad)} point(s) over budget or with blocks that do not tile the text", file=sys.stderr)
-        return 1
-    return 0
+        plot(args.plot, {"env": env, **report})
+
+
+def problem(report: dict[str, Any]) -> str | None:
+    bad = [r for r in report["results"] if not (r["within_budget"] and r["blocks_tile_text"] and r["slots_per_block_ok"])]
+    return f"{len(bad)} point(s) over budget or with blocks that do not tile the text" if bad else None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_single(sys.modules[__name__]))

@@ -27,31 +27,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from harness import ICAE, build_icae, main_single, timed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_compress, next to this file
-try:  # run from a checkout without installing
-    import hicae  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from bench_compress import (  # noqa: E402
-    DTYPES,
-    _load_note,
-    _sync,
-    add_model_args,
-    build_base,
-    environment,
-    icae_config,
-    load_tokenizer,
-    resolve_model_defaults,
-)
-
-from hicae import ICAE  # noqa: E402
+TITLE = "prefix cache (compress once, ask many)"
 
 TOPICS = ["the river", "the second paragraph", "its author", "the numbers in the table", "the conclusion",
           "the dates mentioned", "who signed it and why", "the main argument, in one sentence", "the title"]
@@ -63,24 +44,8 @@ def questions(n: int) -> list[str]:
 
 
 def build(args: argparse.Namespace, tokenizer: Any) -> ICAE:
-    base = build_base(args.shape, args.device, DTYPES[args.dtype], args.seed)
-    tokens = args.slots * args.compression_rate
-    cfg = icae_config(args, model_max_length=max(5120, tokens))
-    torch.manual_seed(args.seed + 1)
-    return ICAE(base, tokenizer, cfg).eval()
-
-
-def timed(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> tuple[float, Any]:
-    for _ in range(warmup):
-        fn()
-    times, out = [], None
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000, out
+    """A random ICAE (peft's zero lora_B) that takes a memory of ``args.slots`` slots."""
+    return build_icae(args, tokenizer, random_lora_b=False, max_length=args.slots * args.compression_rate).eval()
 
 
 def bench(args: argparse.Namespace, tokenizer: Any) -> list[dict[str, Any]]:
@@ -119,7 +84,8 @@ def bench(args: argparse.Namespace, tokenizer: Any) -> list[dict[str, Any]]:
     return results
 
 
-def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def markdown(result: dict[str, Any] | list[dict[str, Any]], args: argparse.Namespace) -> str:
+    results = result["results"] if isinstance(result, dict) else result
     r0 = results[0]
     head = (f"{args.shape}, {args.dtype}, {args.device}; one memory of {r0['slots']:,} slots (k={args.mem_size}, "
             f"r={args.compression_rate}: {r0['slots'] * args.compression_rate:,} text tokens); cached prefix "
@@ -137,54 +103,29 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return head + table
 
 
-def append_md(path: str, env: dict[str, Any], text: str) -> None:
-    with Path(path).open("a") as f:
-        f.write(
-            f"\n## {env['date']}: prefix cache (compress once, ask many), {env['device_name']}\n\n"
-            f"`{env['command']}`\n\n"
-            f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, Python {env['python']}; "
-            f"random weights, random token ids; tokenizer: {env['tokenizer']}{_load_note(env)}.\n\n{text}\n"
-        )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_args(ap)
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--slots", type=int, default=2048, help="slots of the memory (a multiple of k)")
     ap.add_argument("--questions", default="1,10,100", help="comma-separated question counts")
     ap.add_argument("--new-tokens", type=int, default=4)
     ap.add_argument("--loop-max", type=int, default=100, help="time one-call-per-question only up to this many questions")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
-    ap.add_argument("--append-md", default=None)
-    args = ap.parse_args(argv)
-    resolve_model_defaults(args)
-    args.questions = [int(x) for x in args.questions.split(",")]
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.device == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
-    tokenizer, kind = load_tokenizer(args.tokenizer)
+def resolve(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    if isinstance(args.questions, str):
+        args.questions = [int(x) for x in args.questions.split(",")]
+
+
+def run(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     if not getattr(tokenizer, "chat_template", None):
         raise SystemExit("questions need a chat template: the Qwen3 tokenizer (see benchmarks/README.md)")
-    env = environment(args, kind)
-    print(f"# {env['device_name']}, {env['torch_threads']} threads | torch {env['torch']} | {args.shape} {args.dtype}", flush=True)
-    t0 = time.perf_counter()
-    results = bench(args, tokenizer)
-    env["seconds"] = time.perf_counter() - t0
-    text = markdown(results, args)
-    print()
-    print(text)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "results": results}, indent=2) + "\n")
-    if args.append_md:
-        append_md(args.append_md, env, text)
-    return 0 if all(r["same_answers"] for r in results) else 1
+    return {"results": bench(args, tokenizer)}
+
+
+def problem(result: dict[str, Any]) -> str | None:
+    return None if all(r["same_answers"] for r in result["results"]) else "answers with and without the cache differ"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_single(sys.modules[__name__]))

@@ -19,35 +19,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
-from pathlib import Path
+from typing import Any
 
 import torch
+from harness import build_icae, device_name, encoder_flops, main_single, measure_roofline, time_fns
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_compress as bc  # noqa: E402
+from bench_compress import make_texts
+from hicae.layout import encoder_rows
+
+TITLE = "compression roofline gap"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    bc.add_model_args(ap)
+def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--segments", type=int, default=32)
     ap.add_argument("--texts", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    args = ap.parse_args(argv)
-    bc.resolve_model_defaults(args)
+
+
+def resolve(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     args.ragged, args.train_tokens = False, 0
-    args.compress_batch_tokens = bc.ICAEConfig.compress_batch_tokens
-    cuda = args.device.startswith("cuda")
-    tokenizer, _ = bc.load_tokenizer(args.tokenizer)
-    roof = bc.measure_roofline(args.device) if cuda else None
-    model = bc.build_icae(args, tokenizer).eval()
-    texts = bc.make_texts(args)
-    seg_lens = bc.encoder_rows(texts, args.mem_size, args.compression_rate).text_lengths
-    flops = bc.encoder_flops(model, seg_lens)
+
+
+def run(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    roof = measure_roofline(args.device) if args.device.startswith("cuda") else None
+    model = build_icae(args, tokenizer).eval()
+    texts = make_texts(args)
+    seg_lens = encoder_rows(texts, args.mem_size, args.compression_rate).text_lengths
+    flops = encoder_flops(model, seg_lens)
     lora = [m for n, m in model.encoder.named_modules() if n.endswith(("lora_A", "lora_B"))]
 
     @contextlib.contextmanager
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         "tf32": run(tf32),
     }
     with torch.no_grad():
-        times, outs = bc.time_fns(list(variants.values()), args.device, args.warmup, args.repeats)
+        times, outs = time_fns(list(variants.values()), args.device, args.warmup, args.repeats)
     ref = outs[0].slots
     scale = max(s.float().abs().max().item() for s in ref)
-    res = {"shape": args.shape, "dtype": args.dtype, "device": bc.device_name(args.device), "encoder_tflop": flops / 1e12,
+    res = {"shape": args.shape, "dtype": args.dtype, "device": device_name(args.device), "encoder_tflop": flops / 1e12,
            "roofline_bf16_tflops": roof, "text_tokens": sum(map(len, texts)), "variants": {}}
     for (name, _), t, o in zip(variants.items(), times, outs):
         ms = statistics.median(t)
@@ -95,10 +96,20 @@ def main(argv: list[str] | None = None) -> int:
                                  "tokens_per_s": res["text_tokens"] / ms * 1e3, "rel_diff_vs_default": diff}
         print(f"{name:18s} {ms:8.1f} ms  {flops / ms / 1e9:8.1f} TFLOP/s" + (f"  {flops / ms / 1e9 / roof:.0%} of roofline" if roof else "")
               + f"  rel diff {diff:.1e}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return res
+
+
+def markdown(res: dict[str, Any], args: argparse.Namespace | None = None) -> str:
+    rows = ["| variant | ms | TFLOP/s | share of roofline | tokens/s | rel diff vs default |", "|---|---|---|---|---|---|"]
+    for name, v in res["variants"].items():
+        share = f"{v['share_of_roofline']:.0%}" if v["share_of_roofline"] else "-"
+        rows.append(f"| {name} | {v['ms']:.1f} | {v['tflops']:.2f} | {share} | {v['tokens_per_s']:,.0f} | {v['rel_diff_vs_default']:.1e} |")
+    return "\n".join(rows)
+
+
+def problem(res: dict[str, Any]) -> str | None:
+    return None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_single(sys.modules[__name__]))

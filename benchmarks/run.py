@@ -12,7 +12,13 @@ Sections (``--sections``, default all):
   (bench_decode.py); with ``--bandwidth`` (GPU) against the weight + KV read floor.
 * ``train``: one training step (one AE example of ``--train-tokens`` tokens, gradient
   checkpointing): time, peak memory and model FLOPs utilisation, the shared-weights decoder vs two
-  model copies (bench_compress.py).
+  model copies (bench_train.py).
+* ``hierarchy`` and ``gap`` (not in the default set): bench_hierarchy.py and
+  probe_compress_gap.py with their own defaults on the model chosen here (run them on their own
+  for their other flags).
+
+Each section is a module with the same interface (see ``harness.main_single``), so every file
+also runs on its own; model flags, model building, timing, memory and reports live in harness.py.
 
 Writes ``results.json`` and ``results.md`` into ``--out-dir`` after every section (a later
 failure keeps the earlier numbers); ``--append-md docs/benchmarks.md`` appends the markdown with
@@ -35,25 +41,26 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:  # run from a checkout without installing
-    import hicae  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import harness as hb  # noqa: E402  (puts src/ on the path when hicae is not installed)
 
 import bench_compress as bc  # noqa: E402
 import bench_decode as bd  # noqa: E402
 import bench_prefix as bp  # noqa: E402
-
+import bench_hierarchy  # noqa: E402
+import bench_train as bt  # noqa: E402
+import probe_compress_gap  # noqa: E402
 from hicae.config import ICAEConfig  # noqa: E402
 from hicae.fileio import write_text_atomic  # noqa: E402
 
 SECTIONS = ("compress", "prefix", "decode", "train")
+OWN_DEFAULTS = {"hierarchy": bench_hierarchy, "gap": probe_compress_gap}  # sections run with their module's defaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    bc.add_model_args(ap)
-    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    hb.add_model_args(ap)
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all), or also {','.join(OWN_DEFAULTS)}")
     ap.add_argument("--out-dir", required=True, help="results.json and results.md go here")
     ap.add_argument("--append-md", default=None, help="also append the markdown to this file")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -73,13 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)
-    bc.resolve_model_defaults(args)
+    hb.resolve_model_defaults(args)
     bd.resolve_decode_defaults(args)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no GPU")
     args.sections = [s for s in args.sections.split(",") if s]
-    bad = set(args.sections) - set(SECTIONS)
+    bad = set(args.sections) - set(SECTIONS) - set(OWN_DEFAULTS)
     if bad:
         ap.error(f"unknown sections {sorted(bad)}")
     args.warmup = args.warmup if args.warmup is not None else (2 if cuda else 1)
@@ -87,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.train_tokens = args.train_tokens or (5120 if cuda else 512)
     args.ragged = False
     args.loop_max = 100
+    args.loop_empty_cache = False
     return args
 
 
@@ -132,8 +140,8 @@ def summary_rows(res: dict[str, Any]) -> list[str]:
     if t:
         s, two = t["shared"], t["two_copies"]
         what = "peak GPU memory" if t["device"].startswith("cuda") else "peak RSS (CPU stand-in)"
-        rows.append(f"| training step ({t['train_tokens']:,} tokens), {what}, GiB | {bc.gib(s['peak_bytes'])} "
-                    f"| two copies {bc.gib(two['peak_bytes'])} | **{t['peak_ratio_two_copies_over_shared']:.2f}x** |")
+        rows.append(f"| training step ({t['train_tokens']:,} tokens), {what}, GiB | {hb.gib(s['peak_bytes'])} "
+                    f"| two copies {hb.gib(two['peak_bytes'])} | **{t['peak_ratio_two_copies_over_shared']:.2f}x** |")
         mfu = f"; MFU {s['mfu']:.0%}" if "mfu" in s else ""
         rows.append(f"| training step time, ms | {s['step_ms']:,.0f}{mfu} | two copies {two['step_ms']:,.0f} "
                     f"| {two['step_ms'] / s['step_ms']:.2f}x |")
@@ -145,7 +153,7 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("roofline_bf16_tflops"):
         parts.append(f"bf16 matmul roofline measured in this run: {res['roofline_bf16_tflops']:.0f} TFLOP/s.")
     if "compress" in res:
-        parts.append(bc.markdown([res["compress"]]))
+        parts.append(bc.compress_markdown([res["compress"]]))
     if "prefix" in res:
         parts.append(bp.markdown(res["prefix"], res["_prefix_args"]))
     if "decode" in res:
@@ -159,7 +167,8 @@ def markdown(res: dict[str, Any]) -> str:
                      f"activations over {s['encoder_tokens']:,} encoder and {s['decoder_tokens']:,} decoder positions; "
                      "frozen weights need no weight gradients; checkpointing's recomputation not counted) / step time / "
                      f"measured roofline = {s['mfu']:.0%} (two copies: {t['two_copies']['mfu']:.0%}).")
-        parts.append(bc.markdown([t]) + extra)
+        parts.append(bt.train_markdown([t]) + extra)
+    parts += [res[f"_{s}_md"] for s in OWN_DEFAULTS if f"_{s}_md" in res]
     if res.get("errors"):
         parts.append("Failed sections:\n\n" + "\n".join(f"- {k}: `{v.splitlines()[-1]}`" for k, v in res["errors"].items()))
     return "\n\n".join(parts) + "\n"
@@ -171,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, kind = bc.load_tokenizer(args.tokenizer)
-    env = bc.environment(args, kind)
+    tokenizer, kind = hb.load_tokenizer(args.tokenizer)
+    env = hb.environment(args, kind)
     print(f"# {env['device_name']} | torch {env['torch']} | transformers {env['transformers']} | {args.shape} {args.dtype}", flush=True)
     res: dict[str, Any] = {"env": env, "errors": {}}
     cuda = args.device.startswith("cuda")
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(out / "results.md", markdown(res))
 
     if args.roofline and cuda:
-        res["roofline_bf16_tflops"] = bc.measure_roofline(args.device)
+        res["roofline_bf16_tflops"] = hb.measure_roofline(args.device)
         print(f"roofline {res['roofline_bf16_tflops']:.0f} TFLOP/s", flush=True)
     for section in args.sections:
         t = time.perf_counter()
@@ -201,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
                 res["prefix"] = bp.bench(a, tokenizer)
             elif section == "decode":
                 res["decode"] = bd.bench_decode(args, tokenizer)
+            elif section in OWN_DEFAULTS:
+                mod = OWN_DEFAULTS[section]
+                a = hb.parse_single(mod, ["--shape", args.shape, "--device", args.device, "--dtype", args.dtype,
+                                          "--seed", str(args.seed), "--tokenizer", args.tokenizer])
+                res[section] = mod.run(a, tokenizer)
+                res[f"_{section}_md"] = mod.markdown(res[section], a)
             elif section == "train":
-                r = bc.bench_train(args, tokenizer)
+                r = bt.bench_train(args, tokenizer)
                 for run in (r["shared"], r["two_copies"]):
                     run["model_tflops"] = run["model_flop"] / run["step_ms"] / 1e9
                     if res.get("roofline_bf16_tflops"):
@@ -211,17 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # keep going: the other sections' numbers are still worth having
             res["errors"][section] = traceback.format_exc()
             print(f"section {section} FAILED:\n{res['errors'][section]}", file=sys.stderr, flush=True)
-        bc.release(args.device)
+        hb.release(args.device)
         print(f"== {section}: {time.perf_counter() - t:.1f} s", flush=True)
         save()
     text = markdown(res)
     print(text)
     if args.append_md:
-        with Path(args.append_md).open("a") as f:
-            f.write(f"\n## {env['date']}: benchmarks/run.py, {args.shape} {args.dtype}, {env['device_name']}\n\n"
-                    f"`{env['command']}`\n\ntorch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
-                    f"Python {env['python']}; random weights, random token ids; tokenizer: {env['tokenizer']}"
-                    f"{bc._load_note(env)}; {env['seconds']:.0f} s in all.\n\n{text}")
+        hb.append_md(args.append_md, env, text, f"benchmarks/run.py, {args.shape} {args.dtype}")
     checks = [res.get("compress", {}).get("slots_match", True),
               all(p["same_answers"] for p in res.get("prefix", [])),
               not args.dtype == "fp32" or all(m["same_tokens_as_first_mode"] for m in res.get("decode", {}).get("modes", {}).values())]
