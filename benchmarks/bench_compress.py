@@ -27,8 +27,8 @@ import time
 from typing import Any
 
 import torch
-from harness import (TEXT_VOCAB, ICAE, ICAEConfig, build_icae, encoder_flops, main_single, measure_roofline, release,
-                     sync, time_fns)
+from harness import (TEXT_VOCAB, ICAE, ICAEConfig, build_icae, encoder_flops, main_single, measure_roofline,
+                     model_fields, release, sync, time_fns)
 
 import bench_train
 from hicae.layout import encoder_rows, segment_lengths
@@ -129,12 +129,7 @@ def bench_compress(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     head_flops = 2.0 * c.vocab_size * c.hidden_size * (n_tokens + len(seg_lens) * args.mem_size)  # the loop's full logits
     res = {
         "kind": "compress",
-        "shape": args.shape,
-        "dtype": args.dtype,
-        "device": args.device,
-        "mem_size": args.mem_size,
-        "compression_rate": args.compression_rate,
-        "lora_r": args.lora_r,
+        **model_fields(args),
         "compress_batch_tokens": args.compress_batch_tokens,
         "texts": args.texts,
         "segments": len(seg_lens),

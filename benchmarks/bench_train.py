@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 import torch
-from harness import TEXT_VOCAB, ICAE, PeakMemory, build_icae, gib, layer_flops_per_token, main_single, release, sync
+from harness import (TEXT_VOCAB, ICAE, PeakMemory, build_icae, gib, layer_flops_per_token, main_single, model_fields,
+                     release, sync)
 
 from hicae.batching import pad_decoder, pad_encoder
 from hicae.layout import encoder_rows
@@ -123,12 +124,7 @@ def bench_train(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     s, t = runs["shared"], runs["two_copies"]
     return {
         "kind": "train",
-        "shape": args.shape,
-        "dtype": args.dtype,
-        "device": args.device,
-        "mem_size": args.mem_size,
-        "compression_rate": args.compression_rate,
-        "lora_r": args.lora_r,
+        **model_fields(args),
         "train_tokens": args.train_tokens,
         "gradient_checkpointing": True,
         **runs,

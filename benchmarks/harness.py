@@ -120,6 +120,11 @@ def load_tokenizer(spec: str) -> tuple[Any, str]:
         return StubTokenizer(), "stub"
 
 
+def model_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The model settings a result records."""
+    return {k: getattr(args, k) for k in ("shape", "dtype", "device", "mem_size", "compression_rate", "lora_r")}
+
+
 def icae_config(args: argparse.Namespace, **overrides: Any) -> ICAEConfig:
     """The ICAE settings of ``add_model_args``' flags (k, r, LoRA rank), plus per-benchmark ``overrides``."""
     return ICAEConfig(mem_size=args.mem_size, compression_rate=args.compression_rate, lora_r=args.lora_r, **overrides)

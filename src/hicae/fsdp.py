@@ -16,7 +16,6 @@ import contextlib
 import sys
 from typing import Any, Iterator
 
-import torch
 from torch import nn
 
 
