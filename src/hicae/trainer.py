@@ -150,7 +150,10 @@ class ICAETrainer(Trainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         try:
-            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None and self._cpu_ddp():
+                self._load_optimizer_and_scheduler_on_cpu(checkpoint)
+            else:
+                super()._load_optimizer_and_scheduler(checkpoint)
         except (ValueError, KeyError) as e:  # load_state_dict: the saved state is of other parameters
             raise CheckpointError(f"{checkpoint}/optimizer.pt does not fit this model's trained parameters ({e}); "
                                   "it comes from another run") from e
@@ -165,6 +168,18 @@ class ICAETrainer(Trainer):
                             f"{checkpoint}/optimizer.pt does not fit this model's trained parameters: its {name!r} "
                             f"has shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}; it comes from "
                             "another run")
+
+    def _cpu_ddp(self) -> bool:
+        return (self.args.world_size > 1 and self.args.device.type == "cpu"
+                and not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
+
+    def _load_optimizer_and_scheduler_on_cpu(self, checkpoint: str) -> None:
+        """DDP on CPUs (gloo): transformers maps the saved state to ``args.device``, which is then
+        ``cpu:N``, a location ``torch.load`` cannot restore to; map it to ``cpu``."""
+        files = [os.path.join(checkpoint, n) for n in ("optimizer.pt", "scheduler.pt")]
+        if all(os.path.isfile(f) for f in files):  # else a partial resume (--allow_partial_resume), as transformers
+            for f, target in zip(files, (self.optimizer, self.lr_scheduler)):
+                target.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trained_weights(self.accelerator.unwrap_model(model or self.model), resume_from_checkpoint)

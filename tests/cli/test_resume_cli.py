@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from hicae.run_folder import STAGING
+from test_distributed import launch, setup  # noqa: F401  (the DDP tests' launcher and equal-length records)
 
 from .conftest import PASSAGES, tiny_args
 
@@ -178,3 +179,23 @@ def test_best_checkpoint_and_rotation_name_final_folders(runs, base_dir, tmp_pat
     assert best == str(out / f"checkpoint-{state['best_global_step']}")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted({"checkpoint-6", os.path.basename(best)})
     assert not (out / STAGING).exists()
+
+
+@pytest.mark.slow  # two 2-process launches, ~1 min on 2 cores
+def test_ddp_checkpoints_are_complete_and_resume_true_reproduces_the_run(setup, tmp_path):
+    """Under DDP every process writes its RNG state into the staged checkpoint before it is renamed."""
+    base, data = setup
+    args = ("--max_steps", "4", "--save_steps", "2", "--seed", "3")
+    full, part = tmp_path / "full", tmp_path / "part"
+    proc = launch("pretrain", *tiny_args(base, full, data, *args))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for s in (2, 4):
+        assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "trainer_state.json"} <= {
+            p.name for p in (full / f"checkpoint-{s}").iterdir()}
+    # as if killed after step 2's save: resume the newest complete checkpoint under DDP
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoint-4")
+    (part / "adapter_model.safetensors").unlink()
+    proc = launch("pretrain", *tiny_args(base, part, data, *args, "--resume_from_checkpoint", "true"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same_weights(trained(full), trained(part))

@@ -49,8 +49,8 @@ def describe(e: BaseException) -> str | None:
     """The one-line message of an expected failure, or None for anything else (a bug)."""
     if isinstance(e, HicaeError):
         return str(e)
-    damaged = _refused_file(e)  # torch reports a truncated file as EINVAL, a RuntimeError or EOFError
-    if damaged is not None and isinstance(e, (OSError, RuntimeError, EOFError)):
+    damaged = _refused_file(e)  # torch reports a truncated file as EINVAL, EOFError or a PytorchStreamReader error
+    if damaged is not None and (isinstance(e, (OSError, EOFError)) or str(e).startswith("PytorchStreamReader")):
         why = io_failure(e) or str(e).strip().splitlines()[0]
         return f"{damaged}: cannot read it (truncated or damaged?): {why}"
     why = io_failure(e)
