@@ -12,10 +12,9 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hicae.run_folder import STAGING
-from test_distributed import launch, setup  # noqa: F401  (the DDP tests' launcher and equal-length records)
+from test_distributed import launch, setup, trained  # noqa: F401  (the DDP tests' launcher and equal-length records)
 
 from .conftest import PASSAGES, tiny_args
 
@@ -35,10 +34,6 @@ ICAETrainer._save_rng_state = _save_rng_state
 from hicae.cli.main import main
 main(sys.argv[1:])
 """
-
-
-def trained(d):
-    return {**load_file(d / "adapter_model.safetensors"), **load_file(d / "icae_embeddings.safetensors")}
 
 
 def assert_same_weights(a, b):
