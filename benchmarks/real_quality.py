@@ -89,15 +89,11 @@ def corpus(cache: Path, seed: int, test_fraction: float) -> tuple[dict, dict, di
 
 def complete_checkpoints(out: Path) -> list[Path]:
     """``checkpoint-N`` folders holding everything a resume needs, oldest first; incomplete ones are named and skipped."""
-    need = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "hicae_config.json", "icae_embeddings.safetensors",
-            "adapter_model.safetensors")
-    good = []
-    for d in sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1):
-        missing = [f for f in need if not (d / f).is_file()]
-        if missing:
-            print(f"[real] skipping incomplete {d} (missing {', '.join(missing)})", flush=True)
-        else:
-            good.append(d)
+    from hicae.run_folder import complete_checkpoints as complete
+
+    good, bad = complete(out)
+    for d, why in bad:
+        print(f"[real] skipping incomplete {d} ({why})", flush=True)
     return good
 
 
@@ -203,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.time()
             resume = complete_checkpoints(sdir)
             pretrain([*args, "--output_dir", str(sdir), *common(nxt, batch),
-                      *(["--resume_from_checkpoint", str(resume[-1])] if resume else [])])
+                      # no complete checkpoint: what an interrupted first chunk left is removed
+                      *(["--resume_from_checkpoint", str(resume[-1])] if resume else ["--overwrite_output_dir", "true"])])
             rep["train_seconds"] = rep.get("train_seconds", 0.0) + time.time() - t
             done = nxt
             hist = json.loads((sdir / "loss_history.json").read_text()) if (sdir / "loss_history.json").exists() else {}

@@ -44,6 +44,9 @@ def test_dataset_reads_records_lazily_and_skips_blank_lines(tmp_path):
         ('{"text": "   "}', PRETRAIN_FIELDS, "field 'text' is empty"),
         ('{"input": "a", "prompt": "b"}', FINETUNE_FIELDS, "missing field 'answer'"),
         (b'{"text": "caf\xe9"}\n', PRETRAIN_FIELDS, "invalid UTF-8"),
+        # valid JSON, but a lone surrogate is no character: a tokenizer would fail on it mid-training
+        ('{"text": "abc \\ud800 def"}', PRETRAIN_FIELDS, r"field 'text' is not valid Unicode: a lone surrogate '\\ud800'"),
+        ('{"input": "a", "prompt": "b", "answer": "\\udfff"}', FINETUNE_FIELDS, "field 'answer' is not valid Unicode"),
     ],
 )
 def test_bad_line_names_file_and_line(tmp_path, line, fields, message):
@@ -52,6 +55,26 @@ def test_bad_line_names_file_and_line(tmp_path, line, fields, message):
     with pytest.raises(DataError, match=message) as e:
         JsonlDataset(f, fields)
     assert f"{f}:3" in str(e.value)
+
+
+def test_utf8_byte_order_mark_is_skipped(tmp_path):
+    recs = [{"text": "first é"}, {"text": "second"}]
+    plain = write(tmp_path / "plain.jsonl", [json.dumps(r, ensure_ascii=False) for r in recs])
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as Windows tools write UTF-8
+    ds = JsonlDataset(bom, PRETRAIN_FIELDS)
+    assert [ds[i]["text"] for i in range(len(ds))] == [r["text"] for r in recs]
+    assert [r for _, r in iter_jsonl(bom, PRETRAIN_FIELDS)] == recs
+    # LongBench is told from PwC by the first record: a BOM must not hide its fields
+    from hicae.evaluation.records import read_qa
+
+    lb = tmp_path / "lb.jsonl"
+    lb.write_bytes(b"\xef\xbb\xbf" + (json.dumps({"context": "c", "input": "q", "answers": ["a"]}) + "\n").encode())
+    assert read_qa(lb)[0].answers == ["a"]
+    # an invalid byte after the mark is still named at its offset in the line
+    bad = write(tmp_path / "bad.jsonl", [b"\xef\xbb\xbf" + b'{"text": "\xff"}\n'])
+    with pytest.raises(DataError, match=f"{bad}:1: invalid UTF-8 \\(byte 0xff at offset 13\\)"):
+        JsonlDataset(bad, PRETRAIN_FIELDS)
 
 
 def test_missing_and_empty_files(tmp_path):

@@ -56,7 +56,7 @@ def test_stages_curve_resume_and_report(tiny_base, tmp_path):
     shutil.copytree(newest, broken)
     (broken / "optimizer.pt").unlink()
     log = run(out, tiny_base, "--stages", "4x", "--steps_4x", "6")
-    assert f"skipping incomplete {broken} (missing optimizer.pt)" in log
+    assert f"skipping incomplete {broken} (optimizer.pt: missing" in log
     assert f"4x: 4 of 6 steps done, resuming from {newest}" in log
     rep = json.loads((out / "real.json").read_text())
     assert [c["step"] for c in rep["stages"]["4x"]["curve"]] == [2, 4, 6] and rep["stages"]["4x"]["final_step"] == 6

@@ -26,14 +26,14 @@ def test_recipe_parses_against_the_cli(path):
     assert recipe["hardware"] and recipe["expected_time"] and recipe["description"]
     # --use_cpu: this machine has no GPU, and TrainingArguments checks bf16 against the hardware
     argv = expand_config(["--config", str(path), "--train_file", "data.jsonl", "--use_cpu", "true"], mode)
-    margs, dargs, cfg, hier, targs = parse_dataclasses(build_parser(mode), argv)
+    margs, dargs, cfg, hier, rargs, targs = parse_dataclasses(build_parser(mode), argv)
     assert margs.model_name_or_path.startswith("Qwen/")
     assert dargs.train_file == "data.jsonl"
     assert targs.bf16 and not targs.fp16  # the ICAE authors: bf16, never fp16
     aliases = {"fixed_mem_size": "mem_size", "mean_compression_rate": "compression_rate"}  # the seed's flag names
     for key, value in recipe["args"].items():  # every flag arrived where it belongs
         key = aliases.get(key, key)
-        got = next(getattr(d, key) for d in (margs, dargs, cfg, hier, targs) if hasattr(d, key))
+        got = next(getattr(d, key) for d in (margs, dargs, cfg, hier, rargs, targs) if hasattr(d, key))
         got = got.value if hasattr(got, "value") else got
         assert got == value or str(got) == str(value), (key, got, value)
     if margs.hierarchical:

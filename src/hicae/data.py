@@ -4,11 +4,14 @@ Files are read lazily from disk: one validating pass records each record's byte 
 record) and a CRC-32 of its bytes, then records are read by seeking. So any file size works, the
 Trainer can shuffle and shard the usual way, and a malformed line is reported by file and line
 before training starts. A file changed after it was indexed (its size or modification time, or a
-record's bytes) is a DataError, not a read at stale offsets.
+record's bytes) is a DataError, not a read at stale offsets. A UTF-8 byte-order mark (Windows
+tools write one) is skipped; text that is not valid Unicode (a lone surrogate escape such as
+``"\\ud800"``) is refused by the validating pass, naming file and line.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -35,10 +38,22 @@ TASK_INDEX = {"ae": 0, "lm": 1, "ft": 2}
 
 
 def decode_utf8(raw: bytes, where: str) -> str:
+    """UTF-8 text; a leading byte-order mark is dropped (read as ``utf-8-sig``)."""
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        return raw.decode("utf-8")
+        return raw[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{where}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        at = bom + e.start
+        raise DataError(f"{where}: invalid UTF-8 (byte 0x{raw[at]:02x} at offset {at})") from None
+
+
+def check_unicode(text: str, where: str, name: str) -> None:
+    """Refuse a lone surrogate: valid in JSON (``"\\ud800"``), but no character, so no tokenizer takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: field {name!r} is not valid Unicode: a lone surrogate "
+                        f"{text[e.start]!r} at character {e.start} (half of a UTF-16 pair escaped in JSON)") from None
 
 
 def parse_line(raw: bytes, where: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
@@ -57,6 +72,7 @@ def parse_line(raw: bytes, where: str, fields: tuple[str, ...]) -> dict[str, Any
             raise DataError(f"{where}: missing field {f!r} (each record needs {list(fields)})")
         if not isinstance(rec[f], str):
             raise DataError(f"{where}: field {f!r} must be a string, got {type(rec[f]).__name__}")
+        check_unicode(rec[f], where, f)
     if not rec[fields[0]].strip():
         raise DataError(f"{where}: field {fields[0]!r} is empty: there is nothing to compress")
     return rec

@@ -1,19 +1,25 @@
-"""A thin ``transformers.Trainer`` subclass: ICAE's loss, per-objective logs, and trained-only checkpoints."""
+"""A thin ``transformers.Trainer`` subclass: ICAE's loss, per-objective logs, and trained-only checkpoints
+that are complete or absent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
 
 from .checkpoint import load_trained_weights
+from .errors import CheckpointError
 from .fileio import write_text_atomic
 from .errors import ConfigError
 from .fsdp import enable_on_cpu, full_trained_parameters, is_sharded, shard_for_training
 from .model import TASKS
+from .run_folder import STAGING, TRAINER_STATE, TRAINING_ARGS, commit_checkpoint, resolve_resume, rng_file, rotate
 
 HOST_KEYS = ("enc_seg_lens", "segments_per_example")  # batch entries the model reads on the host
 
@@ -22,11 +28,16 @@ class ICAETrainer(Trainer):
     """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` beside the total loss.
 
     Checkpoints hold only what is trained (adapter, memory and task embeddings, config), written
-    by ``ICAE.save_pretrained``; resuming loads them strictly.
+    by ``ICAE.save_pretrained``, beside the Trainer's optimizer, scheduler, RNG and trainer state.
+    Each is written into ``.hicae-saving/`` and renamed into place once whole, so a ``checkpoint-N``
+    folder is complete or absent. ``train(resume_from_checkpoint=True)`` resumes from the newest
+    complete one; a checkpoint lacking the optimizer, scheduler or RNG state is refused unless
+    ``allow_partial_resume``. Resuming loads the weights strictly.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, allow_partial_resume: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.allow_partial_resume = allow_partial_resume
         # Our loss is a mean over the batch's labelled tokens; let the Trainer scale it for
         # gradient accumulation (we take no num_items_in_batch).
         self.model_accepts_loss_kwargs = False
@@ -125,7 +136,90 @@ class ICAETrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
         # The training arguments as JSON, not a pickle.
-        write_text_atomic(os.path.join(output_dir, "training_args.json"), self.args.to_json_string())
+        write_text_atomic(os.path.join(output_dir, TRAINING_ARGS), self.args.to_json_string())
+
+    # ---- complete-or-absent checkpoints -------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        # while a checkpoint is saved, the Trainer writes it under the staging folder
+        return os.path.join(run_dir, STAGING) if getattr(self, "_staging", False) else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's save, into ``<run>/.hicae-saving/checkpoint-N``, then renamed to ``<run>/checkpoint-N``.
+
+        Every process writes its part (its RNG state; under FSDP its shards) before the rename,
+        hence the barriers. Rotation (``--save_total_limit``) runs after the rename and keeps the
+        checkpoint just saved and the best one.
+        """
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staging = run_dir / STAGING
+        if self.args.should_save and (staging / name).exists():
+            shutil.rmtree(staging / name)  # left by a save that was cut off
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        staged, final = staging / name, run_dir / name
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best).parent == staging:  # the Trainer named the staged path
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        if self.args.should_save:
+            if best != self.state.best_model_checkpoint:
+                self.state.save_to_json(str(staged / TRAINER_STATE))
+            commit_checkpoint(staged, final)
+            with contextlib.suppress(OSError):
+                staging.rmdir()  # when empty: nothing of an unfinished save remains
+            rotate(run_dir, self.args.save_total_limit, keep=[final, self.state.best_model_checkpoint])
+        self.accelerator.wait_for_everyone()
+
+    # ---- resuming -----------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """``Trainer.train``; ``resume_from_checkpoint`` also takes ``"true"``, and is checked (see ``resolve_resume``)."""
+        resume = resolve_resume(resume_from_checkpoint, self.args.output_dir, self.allow_partial_resume,
+                                rng=rng_file(self.args.world_size, self.args.process_index),
+                                scaler=getattr(self.accelerator, "scaler", None) is not None)
+        if resume is not None and self.is_world_process_zero():
+            resume.report()
+        return super().train(resume_from_checkpoint=None if resume is None else str(resume.path), **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        try:
+            if checkpoint is not None and self._cpu_ddp():
+                self._load_optimizer_and_scheduler_on_cpu(checkpoint)
+            else:
+                super()._load_optimizer_and_scheduler(checkpoint)
+        except (ValueError, KeyError) as e:  # load_state_dict: the saved state is of other parameters
+            raise CheckpointError(f"{checkpoint}/optimizer.pt does not fit this model's trained parameters ({e}); "
+                                  "it comes from another run") from e
+        if checkpoint is None:
+            return
+        # torch checks only the number of parameters; a moment of another shape would fail at the next step
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for name, v in self.optimizer.state.get(p, {}).items():
+                    if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape:
+                        raise CheckpointError(
+                            f"{checkpoint}/optimizer.pt does not fit this model's trained parameters: its {name!r} "
+                            f"has shape {tuple(v.shape)} for a parameter of shape {tuple(p.shape)}; it comes from "
+                            "another run")
+
+    def _cpu_ddp(self) -> bool:
+        return (self.args.world_size > 1 and self.args.device.type == "cpu"
+                and not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
+
+    def _load_optimizer_and_scheduler_on_cpu(self, checkpoint: str) -> None:
+        """DDP on CPUs (gloo): transformers maps the saved state to ``args.device``, which is then
+        ``cpu:N``, a location ``torch.load`` cannot restore to; map it to ``cpu``."""
+        files = [os.path.join(checkpoint, n) for n in ("optimizer.pt", "scheduler.pt")]
+        if all(os.path.isfile(f) for f in files):  # else a partial resume (--allow_partial_resume), as transformers
+            for f, target in zip(files, (self.optimizer, self.lr_scheduler)):
+                target.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if self.is_fsdp_enabled:  # loaded before sharding (_prepare_for_training)

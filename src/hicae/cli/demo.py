@@ -133,7 +133,7 @@ def demo(argv: list[str]) -> int:
         "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine", "--warmup_steps", "10",
         "--logging_steps", "10", "--eval_strategy", "steps", "--eval_steps", str(max(1, args.max_steps // 3)),
         "--save_strategy", "no", "--seed", str(args.seed), "--report_to", "none", "--disable_tqdm", "true",
-        "--use_cpu", str(device == "cpu").lower(),
+        "--use_cpu", str(device == "cpu").lower(), "--overwrite_output_dir", "true",  # a re-run of the demo starts over
     ])
 
     from ..checkpoint import load_icae
@@ -190,7 +190,7 @@ def hierarchical_demo(args, out: Path, ckpt: Path, train: list[str], heldout: li
         "--model_max_length", "128", "--lm_ratio", "0.3", "--max_steps", str(args.hier_steps),
         "--per_device_train_batch_size", "4", "--learning_rate", str(args.learning_rate / 2), "--logging_steps", "10",
         "--save_strategy", "no", "--seed", str(args.seed), "--report_to", "none", "--disable_tqdm", "true",
-        "--use_cpu", str(device == "cpu").lower(),
+        "--use_cpu", str(device == "cpu").lower(), "--overwrite_output_dir", "true",  # a re-run of the demo starts over
     ])
     model = load_icae(hckpt, device=device)
     long_text = long_document()

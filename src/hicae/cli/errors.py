@@ -2,9 +2,9 @@
 
 Every command runs through ``run_command``. What is mapped is about the user's input, files or
 machine, never a bug in hicae: a ``HicaeError``; an OS error (a file that cannot be read or
-written, a full disk, also when safetensors reports it); a file torch's safe loader refuses; a
-``ValueError`` that transformers raises about generation settings. Anything else keeps its
-traceback, so that bugs stay visible.
+written, a full disk, also when safetensors reports it); a file torch's safe loader refuses or
+cannot read (a truncated ``optimizer.pt``); a ``ValueError`` that transformers raises about
+generation settings. Anything else keeps its traceback, so that bugs stay visible.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def describe(e: BaseException) -> str | None:
     """The one-line message of an expected failure, or None for anything else (a bug)."""
     if isinstance(e, HicaeError):
         return str(e)
+    damaged = _refused_file(e)  # torch reports a truncated file as EINVAL, EOFError or a PytorchStreamReader error
+    if damaged is not None and (isinstance(e, (OSError, EOFError)) or str(e).startswith("PytorchStreamReader")):
+        why = io_failure(e) or str(e).strip().splitlines()[0]
+        return f"{damaged}: cannot read it (truncated or damaged?): {why}"
     why = io_failure(e)
     if why is not None:
         name = getattr(e, "filename", None)

@@ -5,6 +5,10 @@ line override it. Flags: the seed's quick-start flags (``--model_name_or_path --
 --validation_file --fixed_mem_size --lora_r``), ICAE's method settings (``ICAEConfig``), and every
 ``TrainingArguments`` flag (learning rate, steps, epochs, batch size, accumulation, bf16, gradient
 checkpointing, logging/eval/save steps, ``--resume_from_checkpoint``...).
+
+A run never mixes with another: an ``--output_dir`` holding a previous run is refused unless the
+run resumes it (``--resume_from_checkpoint true``: its newest complete checkpoint) or
+``--overwrite_output_dir`` removes it first (see ``hicae.run_folder``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..errors import ConfigError
 from ..hierarchy import HierarchicalICAE
 from ..model import ICAE
 from ..plots import save_loss_curve
+from ..run_folder import clear_previous_run, inside, previous_run, resolve_resume, rng_file
 from ..trainer import ICAETrainer
 from .common import parse_dataclasses
 from .outputs import check_writable, refuse_overwriting_inputs
@@ -60,8 +65,22 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation records."})
 
 
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an --output_dir that holds a previous run: its checkpoints, final model and "
+                          "logs are removed first (refused otherwise, unless --resume_from_checkpoint)."},
+    )
+    allow_partial_resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint that lacks optimizer.pt, scheduler.pt or the RNG state (refused "
+                          "otherwise): they start afresh, so the run differs from an uninterrupted one."},
+    )
+
+
 def build_parser(mode: str) -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, ICAEConfig, HierarchyConfig, TrainingArguments),
+    parser = HfArgumentParser((ModelArguments, DataArguments, ICAEConfig, HierarchyConfig, RunArguments, TrainingArguments),
                               prog=f"hicae {mode}")
     # Pretraining corpora hold documents longer than any window: read their head. Fine-tuning
     # refuses over-long inputs, since cutting one could remove what the answer needs.
@@ -154,10 +173,36 @@ def _check_distributed(targs: TrainingArguments) -> None:
         )
 
 
+def _start_clean(targs: TrainingArguments, rargs: RunArguments, resume: Path | None, inputs) -> None:
+    """Refuse an --output_dir holding a previous run unless this run resumes it; --overwrite_output_dir clears it."""
+    out = targs.output_dir
+    if resume is not None and inside(resume, out):
+        if rargs.overwrite_output_dir:
+            raise ConfigError(f"--overwrite_output_dir would delete --resume_from_checkpoint {resume}: give one of them")
+        return  # continuing the run that is there
+    old = previous_run(out)
+    if not old:
+        return
+    shown = ", ".join(old[:4]) + (f" and {len(old) - 4} more" if len(old) > 4 else "")
+    if not rargs.overwrite_output_dir:
+        raise ConfigError(f"--output_dir {out} holds a previous run ({shown}): pass --resume_from_checkpoint true to "
+                          f"continue it, --overwrite_output_dir to delete it and start over, or choose another "
+                          f"--output_dir")
+    for opt, p in [*inputs, ("--resume_from_checkpoint", resume)]:
+        hit = next((n for n in old if p is not None and inside(p, Path(out) / n)), None)
+        if hit is not None:
+            raise ConfigError(f"{opt} {p} lies in {Path(out) / hit}, which --overwrite_output_dir would delete; "
+                              f"move it or choose another --output_dir")
+    with targs.main_process_first(local=False, desc="clearing --output_dir"):
+        if targs.should_save:
+            clear_previous_run(out, old)
+            print(f"hicae: --overwrite_output_dir: removed the previous run from {out} ({shown})", file=sys.stderr)
+
+
 def run(mode: str, argv: list[str]) -> int:
     argv = expand_config(argv, mode)
     parser = build_parser(mode)
-    margs, dargs, cfg, hier, targs = parse_dataclasses(parser, argv)
+    margs, dargs, cfg, hier, rargs, targs = parse_dataclasses(parser, argv)
     hier = hier if margs.hierarchical else None
     targs.report_to = _report_to(targs.report_to)
     _check_distributed(targs)
@@ -174,6 +219,12 @@ def run(mode: str, argv: list[str]) -> int:
          ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from),
          ("--resume_from_checkpoint", targs.resume_from_checkpoint)],
     )
+    # checked now, before a model loads; the trainer resolves it again and says what it skipped
+    resume = resolve_resume(targs.resume_from_checkpoint, targs.output_dir, rargs.allow_partial_resume,
+                            rng=rng_file(targs.world_size, targs.process_index))
+    _start_clean(targs, rargs, resume.path if resume else None,
+                 [("--train_file", dargs.train_file), ("--validation_file", dargs.validation_file),
+                  ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from)])
     fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
     train = JsonlDataset(dargs.train_file, fields, limit=dargs.max_train_samples)
     evals = JsonlDataset(dargs.validation_file, fields, limit=dargs.max_eval_samples) if dargs.validation_file else None
@@ -199,7 +250,8 @@ def run(mode: str, argv: list[str]) -> int:
 
     collator = Collator(model.tokenizer, model.tokens, model.icae_config, mode, dargs.lm_ratio, seed=targs.seed,
                         hierarchy=getattr(model, "hierarchy", None))
-    trainer = ICAETrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals, data_collator=collator)
+    trainer = ICAETrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals, data_collator=collator,
+                          allow_partial_resume=rargs.allow_partial_resume)
     result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     trainer.save_model(targs.output_dir)
     metrics = dict(result.metrics)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..data import PRETRAIN_FIELDS, iter_jsonl, parse_line
+from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl, parse_line
 from ..errors import ConfigError, DataError
 
 QA_FORMATS = ("auto", "pwc", "longbench")
@@ -44,8 +44,8 @@ def read_texts(path: str | os.PathLike, limit: int | None = None) -> list[TextRe
 def _detect(raw: bytes) -> str:
     """The format of a record: LongBench when it has 'context' and 'answers', else PwC."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = json.loads(decode_utf8(raw, ""))
+    except (DataError, json.JSONDecodeError):
         obj = None  # parse_line will name the problem with file:line
     return "longbench" if isinstance(obj, dict) and "context" in obj and "answers" in obj else "pwc"
 
