@@ -28,7 +28,8 @@ def save_tiny_checkpoint(path: Path, hierarchical: bool = False) -> Path:
     base = tiny_model("qwen2", initializer_range=0.5)
     cfg = ICAEConfig(**TINY_ICAE, model_max_length=64)
     tok = load_qwen3_tokenizer()
-    model = HierarchicalICAE(base, tok, cfg, HierarchyConfig(levels=3)) if hierarchical else ICAE(base, tok, cfg)
+    hier = HierarchyConfig(levels=3, max_text_tokens=200)
+    model = HierarchicalICAE(base, tok, cfg, hier) if hierarchical else ICAE(base, tok, cfg)
     perturb_trainable(model)
     model.save_pretrained(str(path), save_base=True)
     return path
@@ -93,3 +94,24 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+API_KEY = "test-key"
+# The shared server's limits: small, so that each is cheap to hit.
+LIMITS = ["--max_queue", "4", "--batch_window_ms", "150", "--max_prompts", "4", "--max_text_chars", "2000",
+          "--max_body_bytes", "20000", "--max_new_tokens", "64"]
+
+
+@pytest.fixture(scope="session")
+def served(tiny_hier_checkpoint, tmp_path_factory):
+    """One server for the session (a hierarchical tiny checkpoint, bearer token from HICAE_API_KEY)."""
+    server = Server(tiny_hier_checkpoint, tmp_path_factory.mktemp("served") / "store", *LIMITS,
+                    env={"HICAE_API_KEY": API_KEY})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(served):
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
+        yield client

@@ -21,7 +21,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from transformers import AsyncTextIteratorStreamer
 
 from ..cli.errors import describe
@@ -74,6 +76,36 @@ def _validation_message(e: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts) + (f" (and {len(errs) - 3} more)" if len(errs) > 3 else "")
 
 
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with a JSON 413: at once by its Content-Length, or
+    while it is read (a chunked body). Starlette's own limit answers in plain text."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    def _error(self) -> TooLarge:
+        return TooLarge(f"request body over --max_body_bytes {self.limit}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            response = error_response(413, "too_large", str(self._error()))
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if seen > self.limit:
+                raise self._error()
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def _sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -89,8 +121,9 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
         finally:
             engine.stop()
 
-    app = FastAPI(title="hicae serve", version="1", lifespan=lifespan, max_body_size=cfg.max_body_bytes,
+    app = FastAPI(title="hicae serve", version="1", lifespan=lifespan,
                   description="Compressed contexts (ICAE memories): compress once, ask many times.")
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
     bearer = HTTPBearer(auto_error=False)
 
     async def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -119,10 +152,10 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if isinstance(e.__cause__, TooLarge):  # a chunked body over the limit, seen while FastAPI parsed it
+            return error_response(413, "too_large", str(e.__cause__))
         message = str(e.detail)
-        if e.status_code == 413:
-            message = f"request body over --max_body_bytes {cfg.max_body_bytes}"
-        elif e.status_code == 404:
+        if e.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
         return error_response(e.status_code, "http_error", message, getattr(e, "headers", None))
 

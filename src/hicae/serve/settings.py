@@ -44,6 +44,10 @@ class ServeConfig:
                 if v is not None and not v.strip():
                     raise ConfigError("--api_key is empty; give a token or leave it out")
                 continue
+            if f.name == "request_timeout":
+                if not v > 0:
+                    raise ConfigError(f"--request_timeout must be > 0, got {v}")
+                continue
             low = 0 if f.name in ("batch_window_ms", "prefix_cache_bytes") else 1
             if not v >= low:
                 raise ConfigError(f"--{f.name} must be >= {low}, got {v}")
