@@ -36,11 +36,6 @@ def save_tiny_checkpoint(path: Path, hierarchical: bool = False) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("serve-ck") / "ck")
-
-
-@pytest.fixture(scope="session")
 def tiny_hier_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("serve-hck") / "ck", hierarchical=True)
 
@@ -57,13 +52,18 @@ class Server:
     def __init__(self, checkpoint: Path, store: Path, *extra: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.store = store
         self.log = Path(str(store) + f".{self.port}.log")
-        cmd = [sys.executable, "-m", "hicae.cli.main", "serve", "--checkpoint", str(checkpoint), "--store", str(store),
-               "--port", str(self.port), "--device", "cpu", "--log_level", "warning", *extra]
-        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {}),
+        self.cmd = [sys.executable, "-m", "hicae.cli.main", "serve", "--checkpoint", str(checkpoint), "--store",
+                    str(store), "--port", str(self.port), "--device", "cpu", "--log_level", "warning", *extra]
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {}),
                     "PYTHONPATH": os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        self.start()
+
+    def start(self) -> None:
+        """Start (again: after ``kill9``, on the same port and store)."""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self._wait_up()
 
     def _wait_up(self, timeout: float = 120.0) -> None:

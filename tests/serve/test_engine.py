@@ -108,6 +108,19 @@ def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
         assert "decoder_calls" not in engine.stats.snapshot()
     finally:
         engine.stop()
+    # a deadline that passes mid-decoding stops it between two tokens
+    engine = _engine(model, tmp_path / "slow", request_timeout=0.3, max_new_tokens=4000)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+        args = {"memory_id": mid, "task": "continue", "prompts": None, "max_new_tokens": 4000, "rows": 1,
+                "sampling": {"do_sample": True, "seed": 0, "top_k": 50000}}  # sampling: no early stop on EOS
+        job = engine.submit(engine.job("decode", args))
+        started = time.monotonic()
+        out = job.future.result(60)["outputs"][0]
+        assert out["tokens"] < 4000 and time.monotonic() - started < 10
+    finally:
+        engine.stop()
     with pytest.raises(DataError, match="3 prompts for 2 memories"):
         Engine.rows_of([0, 1], "answer", ["a", "b", "c"])
     with pytest.raises(DataError, match="takes no prompts"):

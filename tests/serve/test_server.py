@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -197,7 +198,7 @@ def test_bad_input_is_a_clear_4xx(served, api, memory, qwen3_tokenizer):
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}]}), 400, "one user message")
     _error(api.get("/v1/nothing"), 404, "no route")
     # wrong files in the store: not a memory at all, and a memory of another model (config)
-    store = served.log.parent / "store"
+    store = served.store
     junk, other = "e" * 32, "f" * 32
     (store / f"{junk}{SUFFIX}").write_bytes(b"\x00" * 64)
     build_icae(qwen3_tokenizer, "qwen2", mem_size=2).model.compress(TEXT).save(store / f"{other}{SUFFIX}")
@@ -216,3 +217,35 @@ def test_chunked_body_over_the_limit_is_413(api):
 
     _error(api.post("/v1/memories", content=chunks(), headers={"content-type": "application/json"}), 413,
            "--max_body_bytes 20000")
+
+
+def test_kill9_then_restart_serves_the_store(served, api, memory):
+    """Last in this file: it restarts the shared server (same port and store)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    ask = {"prompts": ["What is it about?", "Who?"], "max_new_tokens": 6}
+    before = api.post(f"/v1/memories/{memory}/generate", json=ask).json()
+    info = api.get(f"/v1/memories/{memory}").json()
+    acknowledged = set(api.get("/v1/memories").json()["data"])
+
+    def compress_late() -> None:  # in flight when the server dies: it may or may not have finished
+        try:
+            httpx.post(served.url + "/v1/memories", json={"texts": ["word " * 40] * 8}, headers=auth, timeout=60)
+        except httpx.TransportError:
+            pass
+
+    late = threading.Thread(target=compress_late, daemon=True)
+    late.start()
+    time.sleep(0.05)
+    served.kill9()
+    late.join()
+    (served.store / f".{'9' * 32}{SUFFIX}.abc.tmp").write_bytes(b"half a file")  # what a kill mid-write leaves
+    served.start()
+    listed = set(httpx.get(served.url + "/v1/memories", headers=auth).json()["data"])
+    assert acknowledged <= listed and len(listed - acknowledged) <= 1
+    for mid in listed - {"e" * 32, "f" * 32}:  # every file but the planted wrong ones is whole: it loads
+        assert httpx.get(f"{served.url}/v1/memories/{mid}", headers=auth).status_code == 200
+    assert httpx.get(f"{served.url}/v1/memories/{memory}", headers=auth).json() == info
+    after = httpx.post(f"{served.url}/v1/memories/{memory}/generate", json=ask, headers=auth, timeout=60).json()
+    assert after == before
+    assert not list(served.store.glob(".*.tmp"))
+    assert "Traceback" not in served.output()
