@@ -61,3 +61,15 @@ def test_handoff_broadcasts_prompts_and_refuses_bad_input(make_icae):
         decoder_input_embeddings(model, mem, task="summarise")
     with pytest.raises(DataError, match="takes no prompts"):
         decoder_input_embeddings(model, mem, ["x"], task="reconstruct")
+
+
+def test_vllm_example_imports_without_vllm():
+    """examples/vllm_decode.py cannot run here (no GPU, no vLLM); it must at least load, vLLM imported lazily."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "vllm_decode.py"
+    spec = importlib.util.spec_from_file_location("vllm_decode", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main) and callable(module.hicae_inputs)

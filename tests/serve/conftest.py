@@ -49,7 +49,9 @@ def free_port() -> int:
 class Server:
     """``hicae serve`` in a subprocess (the real entry point, uvicorn, a loopback port)."""
 
-    def __init__(self, checkpoint: Path, store: Path, *extra: str, env: dict[str, str] | None = None):
+    def __init__(self, checkpoint: Path, store: Path, *extra: str, env: dict[str, str] | None = None,
+                 start_timeout: float = 120.0):
+        self.start_timeout = start_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.store = store
@@ -66,7 +68,8 @@ class Server:
             self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self._wait_up()
 
-    def _wait_up(self, timeout: float = 120.0) -> None:
+    def _wait_up(self) -> None:
+        timeout = self.start_timeout
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -162,3 +162,22 @@ def model_id(model, text, max_slots):
     from hicae.serve.store import memory_id
 
     return memory_id(model, op="compress", texts=[text], max_slots=max_slots)
+
+
+def test_serve_cli_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    from hicae.cli.main import main
+
+    base = ["serve", "--checkpoint", str(tmp_path / "none"), "--store", str(tmp_path / "store"), "--device", "cpu"]
+    for extra, needle in ((["--max_queue", "0"], "--max_queue must be >= 1"),
+                          (["--request_timeout", "0"], "--request_timeout must be > 0"),
+                          (["--api_key", " "], "--api_key is empty"),
+                          (["--port", "70000"], "--port must be in 0..65535")):
+        assert main(base + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hicae serve: error:") and needle in err and "\n" not in err
+    held = MemoryStore(tmp_path / "store")  # a running server's lock
+    try:
+        assert main(base) == 1
+        assert "another hicae serve is using this store" in capsys.readouterr().err
+    finally:
+        held.close()

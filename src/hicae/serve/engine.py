@@ -244,6 +244,7 @@ class Engine:
                 e, p = self.rows_of(mem, task, job.args["prompts"])
             except DataError as err:
                 job.future.set_exception(err)
+                self._end_stream(job)
                 continue
             spans.append((job, len(entries), len(e)))
             entries += e
