@@ -181,3 +181,17 @@ def test_serve_cli_refuses_bad_settings_in_one_line(tmp_path, capsys):
         assert "another hicae serve is using this store" in capsys.readouterr().err
     finally:
         held.close()
+
+
+def test_every_failure_maps_to_a_status_and_one_line():
+    from hicae.errors import ConfigError, OutputError
+    from hicae.serve.errors import TooLarge, Unauthorized, classify
+
+    cases = [(NotFound("n"), 404), (QueueFull("q"), 429), (Timeout("t"), 504), (TooLarge("l"), 413),
+             (Unauthorized("u"), 401), (CheckpointError("c"), 409), (DataError("d"), 400), (ConfigError("g"), 400),
+             (OutputError("o"), 500)]
+    for e, status in cases:
+        assert classify(e) == (status, classify(e)[1], str(e))
+    assert classify(RuntimeError("secret detail")) == (500, "internal_error",
+                                                       "internal error (the server log has the details)")
+    assert classify(OSError(28, "No space left on device"))[0::2] == (500, "No space left on device")
