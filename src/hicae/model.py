@@ -483,20 +483,27 @@ class ICAE(nn.Module):
     def _broadcast(self, mem: Memory, prompts: list[str] | str | None) -> tuple[Memory, list[str]]:
         if prompts is None:
             return mem, []
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if len(prompts) == 1:  # one question for every memory
-            prompts = list(prompts) * len(mem)
-        if len(mem) == 1 and len(prompts) > 1:  # many questions about one memory (rows share its slots)
-            mem = mem[[0] * len(prompts)]
-        if len(prompts) != len(mem):
-            raise DataError(f"{len(prompts)} prompts for {len(mem)} memories: give one prompt per memory, or one memory")
-        return mem, list(prompts)
+        rows, prompts = broadcast_rows(len(mem), prompts)
+        return (mem if rows == list(range(len(mem))) else mem[rows]), prompts
+
+    def decoder_examples(self, mem: Memory, task: str = "ft",
+                         prompts: list[str] | str | None = None) -> tuple[Memory, list[DecoderExample]]:
+        """The decoder layouts ``generate`` (``ft``), ``reconstruct`` (``ae``) and ``continue_text``
+        (``lm``) decode from, one per row, and the memory rows they read (``ft`` broadcasts prompts
+        over ``mem`` as ``generate`` does)."""
+        if task == "ft":
+            mem, prompts = self._broadcast(mem, prompts if prompts is not None else [])
+            return mem, [self.tokens.ft_example(n, p, None) for n, p in zip(mem.num_slots, prompts)]
+        if task not in ("ae", "lm"):
+            raise DataError(f"unknown task {task!r} (choose from {list(TASKS)})")
+        if prompts:
+            raise DataError(f"task {task!r} takes no prompts")
+        tid = AE if task == "ae" else LM
+        return mem, [with_target([SLOT] * n + [tid], []) for n in mem.num_slots]
 
     def generate_ids(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, *,
                      prefix_cache: Any = None, **gen_kwargs: Any) -> list[list[int]]:
-        mem, prompts = self._broadcast(mem, prompts)
-        exs = [self.tokens.ft_example(n, p, None) for n, p in zip(mem.num_slots, prompts)]
+        mem, exs = self.decoder_examples(mem, "ft", prompts)
         return self._generate(mem, exs, max_new_tokens, prefix_lens=chat_prefix_lengths(exs),
                               prefix_cache=prefix_cache, **gen_kwargs)
 
@@ -510,7 +517,7 @@ class ICAE(nn.Module):
 
     def reconstruct_ids(self, mem: Memory, max_new_tokens: int | None = None, *, prefix_cache: Any = None,
                         **gen_kwargs: Any) -> list[list[int]]:
-        exs = [with_target([SLOT] * n + [AE], []) for n in mem.num_slots]
+        _, exs = self.decoder_examples(mem, "ae")
         limit = max_new_tokens or max(mem.num_tokens) + 8
         return self._generate(mem, exs, limit, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache, **gen_kwargs)
 
@@ -520,7 +527,7 @@ class ICAE(nn.Module):
 
     def continue_ids(self, mem: Memory, max_new_tokens: int = 64, *, prefix_cache: Any = None,
                      **gen_kwargs: Any) -> list[list[int]]:
-        exs = [with_target([SLOT] * n + [LM], []) for n in mem.num_slots]
+        _, exs = self.decoder_examples(mem, "lm")
         return self._generate(mem, exs, max_new_tokens, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache,
                               **gen_kwargs)
 
@@ -538,6 +545,22 @@ class ICAE(nn.Module):
 
     def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
         return lm_example(num_slots, continuation, self.icae_config.leave_tokens_for_lm)
+
+
+def broadcast_rows(n: int, prompts: list[str] | str) -> tuple[list[int], list[str]]:
+    """The memory entry and the prompt of each row of a ``generate`` call on ``n`` entries: one
+    prompt for every entry, many prompts about one entry (rows share its slots), or one per entry."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise DataError("no prompts: give one prompt per memory, or one prompt for all")
+    if len(prompts) == 1:  # one question for every memory
+        return list(range(n)), list(prompts) * n
+    if n == 1:  # many questions about one memory
+        return [0] * len(prompts), list(prompts)
+    if len(prompts) != n:
+        raise DataError(f"{len(prompts)} prompts for {n} memories: give one prompt per memory, or one memory")
+    return list(range(n)), list(prompts)
 
 
 def _ce(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

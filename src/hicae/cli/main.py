@@ -12,6 +12,7 @@ COMMANDS = {
     "compress": ("hicae.cli.infer", "compress", "compress texts into a memory file"),
     "generate": ("hicae.cli.infer", "generate", "answer prompts, reconstruct or continue from a memory file"),
     "eval": ("hicae.cli.eval", "evaluate", "evaluate a checkpoint: ae | ppl | qa | passkey | needle (JSON, markdown, plots)"),
+    "serve": ("hicae.cli.serve", "serve", "HTTP service: compress once, ask many (OpenAI-style chat endpoint; needs hicae[serve])"),
     "demo": ("hicae.cli.demo", "demo", "offline demo: the real Qwen2.5-0.5B compresses held-out text (--tiny: train a tiny model)"),
 }
 

@@ -1,0 +1,39 @@
+"""The hand-off to another decoding engine: the exact input embeddings ``generate`` feeds the decoder.
+
+The decoder is the frozen base model (no adapter); everything hicae adds lives in its *input
+embeddings*: the chat template's text, the memory slots, the task embedding and the prompt. An
+engine that accepts prompt embeddings (vLLM >= 0.11 with ``enable_prompt_embeds=True``, see
+examples/vllm_decode.py) can therefore decode a hicae memory with the plain base model's weights:
+hand it these tensors and stop on ``model.tokens.stop_ids``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DataError
+from .memory import Memory
+
+TASKS = {"answer": "ft", "reconstruct": "ae", "continue": "lm"}
+
+
+def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None = None,
+                             task: str = "answer") -> list[torch.Tensor]:
+    """One ``[T_i, D]`` tensor per decoded row, in the model's dtype and on its device.
+
+    ``task``: ``answer`` (chat prefix, slots, ``[FT]``, prompt and the template's generation
+    prompt; prompts broadcast over ``mem`` as in ``model.generate``), ``reconstruct``
+    (``[slots] [AE]``) or ``continue`` (``[slots] [LM]``). Row ``i`` is what ``generate`` feeds
+    the decoder for that row, without the left padding a batch adds (tests/test_handoff.py checks
+    it against the embeddings the transformers ``generate`` call receives).
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    model.check_memory(mem)
+    mem, examples = model.decoder_examples(mem, TASKS[task], prompts)
+    out = []
+    with torch.no_grad():
+        for slots, ex in zip(mem.slots, examples):
+            ids = torch.tensor([ex.ids], dtype=torch.long, device=model.device)  # [1, T]
+            out.append(model._decoder_embeds(ids, slots.to(model.device))[0])  # [T, D]
+    return out

@@ -1,0 +1,294 @@
+"""The model worker: one thread runs every model call, fed by a bounded queue, with a micro-batcher.
+
+torch does not make concurrent forward passes of one model safe, so HTTP handlers never touch the
+model: they put a ``Job`` on the queue (refused with ``QueueFull``, i.e. 429, when ``max_queue``
+jobs are waiting) and await its future. The worker takes the oldest job; a greedy decoding job
+also takes every queued job with the same *group* (same memory, task, ``max_new_tokens``), waiting
+up to ``batch_window_ms`` for more, and decodes all their rows in one ``generate`` call through
+the memory's prefix cache (hot.py). Rows of one call are left-padded and masked, so each answer is
+the one-request-at-a-time answer (tests/serve/test_engine.py checks it exactly, fp32). Sampled and
+streamed jobs run alone (their randomness / their streamer belong to one request).
+
+A job past its deadline, or whose client went away, is dropped before it runs and stops decoding
+between two tokens (a ``StoppingCriteria``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ..errors import DataError, HicaeError
+from ..model import broadcast_rows
+from .hot import HotMemories
+from .settings import ServeConfig
+from .stats import Stats
+from .store import MemoryStore, memory_id
+
+log = logging.getLogger("hicae.serve")
+TASKS = {"answer": "ft", "reconstruct": "ae", "continue": "lm"}
+
+
+class QueueFull(HicaeError):
+    """The bounded queue is full (429)."""
+
+
+class Timeout(HicaeError):
+    """A request ran past ``request_timeout`` (504)."""
+
+
+@dataclass
+class Job:
+    kind: str  # "compress" | "append" | "decode"
+    args: dict[str, Any]
+    deadline: float  # time.monotonic() after which the job is dropped / stopped
+    group: tuple | None = None  # decode jobs of one group may share a decoder call
+    streamer: Any = None  # decode: a transformers streamer (the job then runs alone)
+    cancelled: bool = False  # the client went away or timed out
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+class _Abandoned(StoppingCriteria):
+    """Stop decoding once every job of the call is cancelled or past its deadline."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        now = time.monotonic()
+        stop = all(j.cancelled or now > j.deadline for j in self.jobs)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Engine:
+    def __init__(self, model: Any, store: MemoryStore, cfg: ServeConfig):
+        self.model, self.store, self.cfg = model, store, cfg
+        self.hot = HotMemories(model, store, cfg.prefix_cache_bytes)
+        self.stats = Stats()
+        self.hierarchical = hasattr(model, "append")
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="hicae-model", daemon=True)
+
+    # ---- lifecycle and submission (any thread) ---------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            for job in self._jobs:
+                job.cancelled = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, job: Job) -> Job:
+        with self._cond:
+            if len(self._jobs) >= self.cfg.max_queue:
+                self.stats.add("rejected_queue_full")
+                raise QueueFull(f"the server is busy: {len(self._jobs)} requests are waiting (--max_queue "
+                                f"{self.cfg.max_queue}); retry later")
+            self._jobs.append(job)
+            self.stats.high("queue_depth_max", len(self._jobs))
+            self._cond.notify_all()
+        return job
+
+    def job(self, kind: str, args: dict[str, Any], group: tuple | None = None, streamer: Any = None) -> Job:
+        return Job(kind, args, time.monotonic() + self.cfg.request_timeout, group, streamer)
+
+    async def wait(self, job: Job) -> Any:
+        """The job's result, awaited in the event loop; past the deadline: ``Timeout`` and the job is stopped."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)),
+                                          timeout=max(0.0, job.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise Timeout(f"the request took longer than --request_timeout {self.cfg.request_timeout:g} s") from None
+        finally:
+            if not job.future.done():
+                job.cancelled = True  # timed out or the client went away: stop its work
+
+    def memory_id_of(self, op: str, **what: Any) -> str:
+        return memory_id(self.model, op=op, **what)
+
+    # ---- the worker thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            live = []
+            for job in batch:
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                if job.cancelled or time.monotonic() > job.deadline:
+                    job.future.set_exception(Timeout("the request waited longer than --request_timeout "
+                                                     f"{self.cfg.request_timeout:g} s"))
+                    self._end_stream(job)
+                else:
+                    live.append(job)
+            if not live:
+                continue
+            try:
+                self._execute(live)
+            except Exception as e:  # noqa: BLE001 - every failure goes back to its request
+                if not isinstance(e, HicaeError):
+                    log.exception("hicae serve: %s job failed", live[0].kind)
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                    self._end_stream(job)
+            finally:
+                self.hot.trim()
+
+    @staticmethod
+    def _end_stream(job: Job) -> None:
+        if job.streamer is not None:
+            job.streamer.end()  # wakes the reader; the job's future holds the outcome
+
+    def _take(self) -> list[Job] | None:
+        """The next job and, for a groupable one, queued jobs of its group (waiting up to the window)."""
+        with self._cond:
+            while not self._jobs and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            first = self._jobs.popleft()
+            batch, rows = [first], first.args.get("rows", 1)
+            if first.group is None:
+                return batch
+            end = time.monotonic() + self.cfg.batch_window_ms / 1000
+            while rows < self.cfg.max_batch_rows:
+                for job in list(self._jobs):
+                    n = job.args.get("rows", 1)
+                    if job.group == first.group and rows + n <= self.cfg.max_batch_rows:
+                        self._jobs.remove(job)
+                        batch.append(job)
+                        rows += n
+                left = end - time.monotonic()
+                if left <= 0 or self._stopping:
+                    break
+                self._cond.wait(left)
+            return batch
+
+    def _execute(self, jobs: list[Job]) -> None:
+        kind = jobs[0].kind
+        if kind == "decode":
+            self._decode(jobs)
+        elif kind in ("compress", "append"):
+            (job,) = jobs
+            job.future.set_result(self._compress(job.args))
+        else:  # pragma: no cover - jobs are built by app.py
+            raise ValueError(f"unknown job kind {kind!r}")
+
+    # ---- compression -----------------------------------------------------------------------------
+
+    def _compress(self, args: dict[str, Any]) -> dict[str, Any]:
+        mid = args["id"]
+        if self.store.exists(mid):  # an identical request finished while this one waited
+            return {"id": mid, "created": False}
+        model = self.model
+        kw = {"max_slots": args["max_slots"]} if self.hierarchical else {}
+        if args.get("parent"):
+            mem = model.append(self.hot.get(args["parent"]).mem, args["texts"], **kw)
+        else:
+            mem = model.compress(args["texts"], **kw)
+        mem.extra.update(created=_now(), **({"parent": args["parent"]} if args.get("parent") else {}))
+        self.store.save(mid, mem)
+        self.stats.add("compressions")
+        self.stats.add("compressed_tokens", sum(mem.num_tokens))
+        return {"id": mid, "created": True}
+
+    # ---- decoding ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def rows_of(mem: Any, task: str, prompts: list[str] | None) -> tuple[list[int], list[str] | None]:
+        """Memory entries and prompts of one request's rows (prompts broadcast as ``model.generate`` does)."""
+        if task != "answer":
+            if prompts:
+                raise DataError(f"task {task!r} takes no prompts")
+            return list(range(len(mem))), None
+        if not prompts:
+            raise DataError("task 'answer' needs a prompt (\"prompt\" or \"prompts\")")
+        return broadcast_rows(len(mem), prompts)
+
+    def _decode(self, jobs: list[Job]) -> None:
+        args = jobs[0].args
+        hot = self.hot.get(args["memory_id"])
+        mem, task, model = hot.mem, args["task"], self.model
+        entries: list[int] = []
+        prompts: list[str] = []
+        spans = []
+        for job in jobs:
+            try:
+                e, p = self.rows_of(mem, task, job.args["prompts"])
+            except DataError as err:
+                job.future.set_exception(err)
+                self._end_stream(job)
+                continue
+            spans.append((job, len(entries), len(e)))
+            entries += e
+            prompts += p or []
+        if not spans:
+            return
+        rows = mem[entries]
+        limit = args["max_new_tokens"]
+        if limit is None:  # reconstruct: the text's length and a little more, within the server's cap
+            limit = min(max(rows.num_tokens) + 8, self.cfg.max_new_tokens) if task == "reconstruct" else 128
+        gen = dict(args["sampling"])
+        seed = gen.pop("seed", None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        live = [j for j, _, _ in spans]
+        gen["stopping_criteria"] = StoppingCriteriaList([_Abandoned(live)])
+        if live[0].streamer is not None:
+            gen["streamer"] = live[0].streamer
+        cache = hot.cache if hot.cache is not None else False
+        before = hot.cache.prefix_tokens if hot.cache is not None else 0
+        if task == "answer":
+            ids = model.generate_ids(rows, prompts, limit, prefix_cache=cache, **gen)
+        elif task == "reconstruct":
+            ids = model.reconstruct_ids(rows, limit, prefix_cache=cache, **gen)
+        else:
+            ids = model.continue_ids(rows, limit, prefix_cache=cache, **gen)
+        if hot.cache is not None:
+            self.stats.add("prefix_cache_hits" if hot.cache.prefix_tokens == before else "prefix_cache_misses",
+                           len(live))
+        _, examples = model.decoder_examples(rows, TASKS[task], prompts if task == "answer" else None)
+        self.stats.add("decoder_calls")
+        self.stats.add("decoded_rows", len(ids))
+        self.stats.add("generated_tokens", sum(len(x) for x in ids))
+        self.stats.high("batch_requests_max", len(live))
+        if len(live) > 1:
+            self.stats.add("batched_requests", len(live))
+        texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        for job, start, n in spans:
+            outputs = [{
+                "index": i,
+                "prompt": prompts[start + i] if task == "answer" else None,
+                "text": texts[start + i],
+                "tokens": len(ids[start + i]),
+                "prompt_tokens": len(examples[start + i].ids),
+                "finish_reason": "length" if len(ids[start + i]) >= limit else "stop",
+            } for i in range(n)]
+            job.future.set_result({"memory_id": args["memory_id"], "task": task, "outputs": outputs})

@@ -1,0 +1,101 @@
+"""Request bodies of the HTTP API (pydantic: FastAPI validates them and documents them in /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not silently ignored
+
+
+class _Texts(_Strict):
+    text: str | None = Field(None, description="One text.")
+    texts: list[str] | None = Field(None, min_length=1, description="Several texts: one memory file, one entry each.")
+    max_slots: int | None = Field(None, ge=1, description="Hierarchical checkpoints: memory budget per text, in slots.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "_Texts":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('give either "text" or "texts"')
+        return self
+
+    @property
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class CompressRequest(_Texts):
+    """Compress text(s) into a stored memory."""
+
+
+class AppendRequest(_Texts):
+    """Append text to a hierarchical memory (one text per entry, or one text for a one-text memory)."""
+
+
+class Sampling(_Strict):
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Default: 128; reconstruct: the text's length + 8 (both within the server's cap).")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, description="Seed of the sampler (sampled requests run alone).")
+
+    def sampling(self) -> dict[str, Any]:
+        if not self.do_sample:
+            return {}
+        opts = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed}
+        return {"do_sample": True, **{k: v for k, v in opts.items() if v is not None}}
+
+
+class GenerateRequest(Sampling):
+    """Decode from a stored memory."""
+
+    prompt: str | None = None
+    prompts: list[str] | None = Field(None, min_length=1)
+    task: Literal["answer", "reconstruct", "continue"] = "answer"
+    stream: bool = Field(False, description="Server-sent events: one event per piece of text, then a final one.")
+
+    @model_validator(mode="after")
+    def _prompts(self) -> "GenerateRequest":
+        if self.prompt is not None and self.prompts is not None:
+            raise ValueError('give "prompt" or "prompts", not both')
+        return self
+
+    @property
+    def all_prompts(self) -> list[str] | None:
+        return [self.prompt] if self.prompt is not None else self.prompts
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"message content part of type {part.get('type')!r}: only text parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat-completions body; ``memory_id`` (an extension) names the memory the question is about."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send options hicae has no use for
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    memory_id: str = Field(description="The memory to answer from (OpenAI client: extra_body={'memory_id': ...}).")
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, description="0 or absent: greedy.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1, le=1, description="One choice per request.")
+    stream: bool = False

@@ -1,0 +1,197 @@
+"""The model worker in-process: micro-batched answers equal one-at-a-time answers, the LRU's byte
+bound, the bounded queue, deadlines, and the store's ids and atomic files."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hicae.errors import CheckpointError, DataError
+from hicae.serve.engine import Engine, QueueFull, Timeout
+from hicae.serve.settings import ServeConfig
+from hicae.serve.store import MemoryStore, NotFound, check_id
+
+from conftest import TEXTS, build_icae
+
+PROMPTS = ["Which animal jumps?", "Where?", "What is near the river bank, and what does the fox do there?"]
+
+
+@pytest.fixture(scope="module")
+def model(qwen3_tokenizer):
+    return build_icae(qwen3_tokenizer, "qwen2").model
+
+
+def _engine(model, tmp_path, **cfg) -> Engine:
+    return Engine(model, MemoryStore(tmp_path / "store"), ServeConfig(**cfg))
+
+
+def _compress(engine: Engine, texts: list[str]) -> str:
+    mid = engine.memory_id_of("compress", texts=texts, max_slots=None)
+    job = engine.submit(engine.job("compress", {"id": mid, "texts": texts, "max_slots": None, "parent": None}))
+    assert job.future.result(60)["created"]
+    return mid
+
+
+def _decode(engine: Engine, mid: str, prompts, task="answer", max_new_tokens=6):
+    args = {"memory_id": mid, "task": task, "prompts": prompts, "max_new_tokens": max_new_tokens, "sampling": {},
+            "rows": 1}
+    return engine.submit(engine.job("decode", args, group=(mid, task, max_new_tokens)))
+
+
+def test_micro_batch_equals_one_at_a_time(model, tmp_path):
+    engine = _engine(model, tmp_path, batch_window_ms=300)
+    engine.start()
+    try:
+        one, two = _compress(engine, [TEXTS[0]]), _compress(engine, TEXTS[1:3])
+        jobs = [_decode(engine, one, [p]) for p in PROMPTS] + [_decode(engine, one, PROMPTS[:2])]
+        jobs += [_decode(engine, two, ["Summarise."]), _decode(engine, one, None, task="reconstruct")]
+        results = [j.future.result(120) for j in jobs]
+        stats = engine.stats.snapshot()
+        # the four answer requests on memory `one` shared one decoder call; the others had their own
+        assert stats["batch_requests_max"] == 4 and stats["decoder_calls"] == 3
+        mem_one, mem_two = engine.hot.get(one).mem, engine.hot.get(two).mem
+    finally:
+        engine.stop()
+    # the reference: the plain model, one request at a time, no prefix cache
+    tok = model.tokenizer
+    want = [model.generate_ids(mem_one, [p], 6, prefix_cache=False) for p in PROMPTS]
+    want.append(model.generate_ids(mem_one, PROMPTS[:2], 6, prefix_cache=False))
+    want.append(model.generate_ids(mem_two, ["Summarise."], 6, prefix_cache=False))
+    want.append(model.reconstruct_ids(mem_one, 6, prefix_cache=False))
+    for res, ids in zip(results, want):
+        assert [o["text"] for o in res["outputs"]] == tok.batch_decode(ids, skip_special_tokens=True)
+        assert [o["tokens"] for o in res["outputs"]] == [len(x) for x in ids]
+    assert len(results[3]["outputs"]) == 2 and len(results[4]["outputs"]) == 2  # 2 prompts; 2 texts
+
+
+def test_prefix_lru_is_bounded_in_bytes(model, tmp_path):
+    engine = _engine(model, tmp_path, prefix_cache_bytes=1)  # smaller than any memory: nothing stays
+    engine.start()
+    try:
+        a = _compress(engine, [TEXTS[0]])
+        _decode(engine, a, ["Q?"]).future.result(60)
+        assert engine.hot.nbytes <= 1 and len(engine.hot) == 0 and engine.hot.evictions >= 1
+    finally:
+        engine.stop()
+    engine = _engine(model, tmp_path / "b")
+    engine.start()
+    try:
+        a, b = _compress(engine, [TEXTS[0]]), _compress(engine, [TEXTS[3]])
+        _decode(engine, a, ["Q?"]).future.result(60)
+        size_a = engine.hot.nbytes
+        _decode(engine, a, ["Another question?"]).future.result(60)  # the prefix is reused: a hit
+        s = engine.stats.snapshot()
+        assert (s["prefix_cache_misses"], s["prefix_cache_hits"]) == (1, 1)
+        _decode(engine, b, ["Q?"]).future.result(60)
+        both = engine.hot.nbytes
+        assert both > size_a > 0
+        engine.hot.budget = both - 1  # one byte short of both: the least recently used (a) goes
+        engine.hot.trim()
+        assert engine.hot.nbytes <= engine.hot.budget and list(engine.hot._items) == [b]
+    finally:
+        engine.stop()
+
+
+def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
+    engine = _engine(model, tmp_path, max_queue=2, request_timeout=0.05)
+    mid = engine.memory_id_of("compress", texts=[TEXTS[0]], max_slots=None)
+    queued = [_decode(engine, mid, ["Q?"]), _decode(engine, mid, ["Q?"])]
+    with pytest.raises(QueueFull, match="max_queue 2"):
+        _decode(engine, mid, ["Q?"])
+    time.sleep(0.1)  # past the deadline before the worker starts: dropped, not run
+    engine.start()
+    try:
+        for job in queued:
+            with pytest.raises(Timeout):
+                job.future.result(30)
+        assert "decoder_calls" not in engine.stats.snapshot()
+    finally:
+        engine.stop()
+    # a deadline that passes mid-decoding stops it between two tokens
+    engine = _engine(model, tmp_path / "slow", request_timeout=0.3, max_new_tokens=4000)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+        args = {"memory_id": mid, "task": "continue", "prompts": None, "max_new_tokens": 4000, "rows": 1,
+                "sampling": {"do_sample": True, "seed": 0, "top_k": 50000}}  # sampling: no early stop on EOS
+        job = engine.submit(engine.job("decode", args))
+        started = time.monotonic()
+        out = job.future.result(60)["outputs"][0]
+        assert out["tokens"] < 4000 and time.monotonic() - started < 10
+    finally:
+        engine.stop()
+    with pytest.raises(DataError, match="3 prompts for 2 memories"):
+        Engine.rows_of([0, 1], "answer", ["a", "b", "c"])
+    with pytest.raises(DataError, match="takes no prompts"):
+        Engine.rows_of([0], "reconstruct", ["a"])
+
+
+def test_store_ids_atomic_files_and_lock(model, tmp_path):
+    root = tmp_path / "store"
+    store = MemoryStore(root)
+    with pytest.raises(Exception, match="another hicae serve"):
+        MemoryStore(root)
+    for bad in ("../../etc/passwd", "A" * 32, "0" * 31, "0" * 32 + "/x", ".lock"):
+        with pytest.raises(DataError, match="invalid memory id"):
+            store.path(bad)
+    assert check_id("0" * 32) == "0" * 32
+    mem = model.compress(TEXTS[0])
+    store.save("a" * 32, mem)
+    (root / ("b" * 32 + ".mem.safetensors")).write_bytes(b"not a memory")
+    (root / f".{'c' * 32}.mem.safetensors.x1.tmp").write_bytes(b"half")  # what kill -9 mid-write leaves
+    store.close()
+    store = MemoryStore(root)  # a restart removes the half-written file, keeps the complete ones
+    assert store.ids() == ["a" * 32, "b" * 32] and not list(root.glob(".*.tmp"))
+    assert store.load("a" * 32).num_tokens == mem.num_tokens
+    with pytest.raises(CheckpointError, match=f"memory {'b' * 32}: cannot read") as e:
+        store.load("b" * 32)
+    assert str(root) not in str(e.value)  # clients see ids, not server paths
+    with pytest.raises(NotFound):
+        store.load("d" * 32)
+    store.delete("a" * 32)
+    with pytest.raises(NotFound):
+        store.delete("a" * 32)
+    # the same texts on the same model: the same id; other texts or another budget: another
+    ids = {model_id(model, t, m) for t, m in [("x", None), ("x", None), ("y", None), ("x", 8)]}
+    assert len(ids) == 3
+    store.close()
+
+
+def model_id(model, text, max_slots):
+    from hicae.serve.store import memory_id
+
+    return memory_id(model, op="compress", texts=[text], max_slots=max_slots)
+
+
+def test_serve_cli_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    from hicae.cli.main import main
+
+    base = ["serve", "--checkpoint", str(tmp_path / "none"), "--store", str(tmp_path / "store"), "--device", "cpu"]
+    for extra, needle in ((["--max_queue", "0"], "--max_queue must be >= 1"),
+                          (["--request_timeout", "0"], "--request_timeout must be > 0"),
+                          (["--api_key", " "], "--api_key is empty"),
+                          (["--port", "70000"], "--port must be in 0..65535")):
+        assert main(base + extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hicae serve: error:") and needle in err and "\n" not in err
+    held = MemoryStore(tmp_path / "store")  # a running server's lock
+    try:
+        assert main(base) == 1
+        assert "another hicae serve is using this store" in capsys.readouterr().err
+    finally:
+        held.close()
+
+
+def test_every_failure_maps_to_a_status_and_one_line():
+    from hicae.errors import ConfigError, OutputError
+    from hicae.serve.errors import TooLarge, Unauthorized, classify
+
+    cases = [(NotFound("n"), 404), (QueueFull("q"), 429), (Timeout("t"), 504), (TooLarge("l"), 413),
+             (Unauthorized("u"), 401), (CheckpointError("c"), 409), (DataError("d"), 400), (ConfigError("g"), 400),
+             (OutputError("o"), 500)]
+    for e, status in cases:
+        assert classify(e) == (status, classify(e)[1], str(e))
+    assert classify(RuntimeError("secret detail")) == (500, "internal_error",
+                                                       "internal error (the server log has the details)")
+    assert classify(OSError(28, "No space left on device"))[0::2] == (500, "No space left on device")
