@@ -106,25 +106,8 @@ class ICAE(nn.Module):
         self.decoding = DecodingOptions()
         self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
 
-    # ---- construction and I/O live in checkpoint.py; thin aliases here -------------------------
-
-    @classmethod
-    def from_base(cls, name_or_path: str, config: ICAEConfig | None = None, **kwargs: Any) -> "ICAE":
-        from .checkpoint import load_base
-
-        base, tok = load_base(name_or_path, **kwargs)
-        return cls(base, tok, config)
-
-    @classmethod
-    def from_pretrained(cls, path: str, base_model: nn.Module | None = None, tokenizer: Any = None, **kwargs: Any) -> "ICAE":
-        from .checkpoint import load_icae
-
-        return load_icae(path, base_model=base_model, tokenizer=tokenizer, **kwargs)
-
-    def save_pretrained(self, path: str, save_base: bool = False) -> None:
-        from .checkpoint import save_icae
-
-        save_icae(self, path, save_base=save_base)
+    # ---- I/O: ``from_base``, ``from_pretrained`` and ``save_pretrained`` are bound onto this class by
+    # ``hicae.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
 
     # ---- speed options (speed.py) --------------------------------------------------------------
 
