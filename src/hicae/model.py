@@ -39,6 +39,7 @@ from .layout import (
     encoder_position_ids,
     encoder_rows,
     lm_example,
+    lm_prefix,
     with_target,
 )
 from .memory import Memory
@@ -497,7 +498,7 @@ class ICAE(nn.Module):
 
     def continue_ids(self, mem: Memory, max_new_tokens: int = 64, *, prefix_cache: Any = None,
                      **gen_kwargs: Any) -> list[list[int]]:
-        exs = [with_target([SLOT] * n + [LM], []) for n in mem.num_slots]
+        exs = [with_target(lm_prefix(n, self.icae_config.add_special_token_for_lm), []) for n in mem.num_slots]
         return self._generate(mem, exs, max_new_tokens, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache,
                               **gen_kwargs)
 
@@ -514,7 +515,8 @@ class ICAE(nn.Module):
         return ae_example(num_slots, text_ids, self.tokens.eos_id)
 
     def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
-        return lm_example(num_slots, continuation, self.icae_config.leave_tokens_for_lm)
+        cfg = self.icae_config
+        return lm_example(num_slots, continuation, cfg.leave_tokens_for_lm, cfg.add_special_token_for_lm)
 
 
 def _ce(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
