@@ -82,7 +82,7 @@ class ICAEConfig:
         metadata={"help": "LM objective: where a text is cut into compressed head and continuation. 'second_half': "
                           "uniformly in its second half, the continuation longer than min_tokens_for_lm, else the "
                           "text is an AE example; 'uniform' (the reference ICAE v2): anywhere, and a continuation "
-                          "of min_tokens_for_lm tokens or fewer makes an AE example of the head (docs/training.md)."},
+                          "of min_tokens_for_lm tokens or fewer makes an AE example of the head (docs/migration.md)."},
     )
 
     def __post_init__(self) -> None:
