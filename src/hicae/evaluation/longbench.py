@@ -29,10 +29,10 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from collections import Counter
 from typing import Callable, Sequence
 
 from ..errors import ConfigError, DataError
+from .metrics import bag_f1
 
 DATASET_METRIC = {
     "narrativeqa": "qa_f1", "qasper": "qa_f1", "multifieldqa_en": "qa_f1", "multifieldqa_zh": "qa_f1_zh",
@@ -98,26 +98,18 @@ def jieba_words(text: str) -> list[str]:
     return list(_jieba().cut(text, cut_all=False))
 
 
-def token_f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
-    common = sum((Counter(prediction) & Counter(reference)).values())
-    if common == 0:
-        return 0.0
-    p, r = common / len(prediction), common / len(reference)
-    return 2 * p * r / (p + r)
-
-
 # ---- the metrics -------------------------------------------------------------------------------------
 
 
 def qa_f1(prediction: str, reference: str) -> float:
-    return token_f1(normalize_answer(prediction).split(), normalize_answer(reference).split())
+    return bag_f1(normalize_answer(prediction).split(), normalize_answer(reference).split())
 
 
 def qa_f1_zh(prediction: str, reference: str) -> float:
     def words(text: str) -> list[str]:
         return [w for w in (normalize_zh_answer(t) for t in jieba_words(text)) if w]
 
-    return token_f1(words(prediction), words(reference))
+    return bag_f1(words(prediction), words(reference))
 
 
 def rouge(prediction: str, reference: str) -> float:
