@@ -205,3 +205,24 @@ def test_lm_without_task_token_as_the_reference_default(tok):
     cont = row[n:]
     assert row[:n] == [SLOT] * n and LM not in row and cont == ids[len(ids) - len(cont):]
     assert labels == [IGNORE] * (n + 2) + cont[2:]
+
+
+def test_lm_cut_uniform_in_the_hierarchy_falls_back_to_ae_within_the_head(tok):
+    from hicae import HierarchyConfig
+
+    config = ICAEConfig(mem_size=4, compression_rate=2, lora_r=4, min_tokens_for_lm=4, lm_cut="uniform")
+    col = Collator(tok, SpecialTokens.from_tokenizer(tok), config, "pretrain", 1.0, seed=1,
+                   hierarchy=HierarchyConfig(levels=2, group_size=2))
+    ids = list(range(100, 140))  # L = 40
+    seen = set()
+    for index in range(100):
+        rng = random.Random(1 * 1_000_003 + index)
+        rng.random()
+        s = rng.randint(1, len(ids))  # the head is ids[:s]
+        task, ctx, tgt = col.split_hierarchical(ids, index)
+        if len(ids) - s > 4:
+            assert (task, ctx, tgt) == ("lm", ids[:s], ids[s:])
+        else:  # AE on a window inside the head
+            assert task == "ae" and ctx == tgt and ctx[0] >= 100 and ctx[-1] < 100 + s
+        seen.add(task)
+    assert seen == {"lm", "ae"}
