@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -192,3 +193,59 @@ def test_file_replaced_by_rename_is_caught_by_an_open_handle(tmp_path):
     os.replace(new, f)
     with pytest.raises(DataError, match="changed since it was indexed"):
         ds[1]
+
+
+def test_lm_cut_uniform_is_the_reference_rule(tok):
+    """``lm_cut='uniform'``: ICAE v2's text_extraction + pretrain_tokenize_function for a text within the window."""
+    min_lm = 4
+    col = _collator(tok, lm_ratio=1.0, min_tokens_for_lm=min_lm, lm_cut="uniform")
+    ids = list(range(100, 130))  # L = 30 token ids
+    L, kinds = len(ids), set()
+    for index in range(200):
+        # the reference, written out with the collator's per-record generator:
+        rng = random.Random(1 * 1_000_003 + index)
+        assert rng.random() < 1.0  # lm_ratio = 1: the LM branch
+        r = rng.randint(0, L - 1)
+        a, b = ids[: r + 1], ids[r + 1 :]
+        want = ("lm", a, b) if len(b) > min_lm else ("ae", a, a)  # too short a continuation: AE on the head
+        assert col.split(ids, index) == want
+        kinds.add((want[0], len(a) < L / 2))
+    # both objectives, and LM heads shorter than half the text (never drawn by 'second_half')
+    assert kinds == {("lm", True), ("lm", False), ("ae", False)}
+    default = _collator(tok, lm_ratio=1.0, min_tokens_for_lm=min_lm)
+    for index in range(50):  # 'second_half': the head holds at least half, no AE on a head
+        task, head, cont = default.split(ids, index)
+        assert task == "lm" and L / 2 <= len(head) <= L - min_lm - 1 and head + cont == ids
+
+
+def test_lm_without_task_token_as_the_reference_default(tok):
+    col = _collator(tok, lm_ratio=1.0, min_tokens_for_lm=4, leave_tokens_for_lm=2, add_special_token_for_lm=False)
+    text = " ".join(f"word{i}" for i in range(40))
+    ids = tok(text, add_special_tokens=False).input_ids
+    b = col([{"index": 7, "text": text}])
+    n = int(b["segments_per_example"][0]) * 4
+    row, labels = b["dec_ids"][0].tolist(), b["dec_labels"][0].tolist()
+    cont = row[n:]
+    assert row[:n] == [SLOT] * n and LM not in row and cont == ids[len(ids) - len(cont):]
+    assert labels == [IGNORE] * (n + 2) + cont[2:]
+
+
+def test_lm_cut_uniform_in_the_hierarchy_falls_back_to_ae_within_the_head(tok):
+    from hicae import HierarchyConfig
+
+    config = ICAEConfig(mem_size=4, compression_rate=2, lora_r=4, min_tokens_for_lm=4, lm_cut="uniform")
+    col = Collator(tok, SpecialTokens.from_tokenizer(tok), config, "pretrain", 1.0, seed=1,
+                   hierarchy=HierarchyConfig(levels=2, group_size=2))
+    ids = list(range(100, 140))  # L = 40
+    seen = set()
+    for index in range(100):
+        rng = random.Random(1 * 1_000_003 + index)
+        rng.random()
+        s = rng.randint(1, len(ids))  # the head is ids[:s]
+        task, ctx, tgt = col.split_hierarchical(ids, index)
+        if len(ids) - s > 4:
+            assert (task, ctx, tgt) == ("lm", ids[:s], ids[s:])
+        else:  # AE on a window inside the head
+            assert task == "ae" and ctx == tgt and ctx[0] >= 100 and ctx[-1] < 100 + s
+        seen.add(task)
+    assert seen == {"lm", "ae"}

@@ -171,3 +171,22 @@ def test_all_rows_stopping_ends_generation_early(make_icae, arch):
         handle.remove()
     assert [len(r) for r in out] == [1, 1]
     assert Always.calls == 2  # generate stopped as soon as every row had emitted EOS
+
+
+def test_continue_without_lm_token_reads_the_slots_alone(make_icae):
+    """``add_special_token_for_lm=False`` (the reference's default): continuing decodes from ``[slots]``."""
+    model = make_icae("qwen3", add_special_token_for_lm=False, **VARIED)
+    mem = model.compress(TEXTS[:2])
+    got = model.continue_ids(mem, max_new_tokens=NEW)
+    emb = model.decoder.get_input_embeddings()
+    with torch.no_grad():
+        for i in range(len(mem)):
+            x, want = mem.slots[i].to(model.dtype).unsqueeze(0), []  # [1, n, D]: slots only, no task embedding
+            for _ in range(NEW):  # greedy by hand, no cache
+                t = int(model.decoder(inputs_embeds=x).logits[0, -1].argmax())
+                if t in model.tokens.stop_ids:
+                    break
+                want.append(t)
+                x = torch.cat([x, emb(torch.tensor([[t]]))], dim=1)
+            assert got[i] == want
+    assert make_icae("qwen3", **VARIED).continue_ids(mem, max_new_tokens=NEW) != got  # [LM] changes the layout

@@ -26,10 +26,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
-from .config import ICAEConfig, base_shape, shape_mismatches
+from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
 from .errors import CheckpointError
 from .fileio import staged_dir
 from .fingerprint import check_finite, encoder_fingerprint
+from .hierarchy import HierarchicalICAE
+from .model import ICAE
 
 EMBED_FILE = "icae_embeddings.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -56,6 +58,34 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
         raise CheckpointError(f"unknown dtype {dtype!r} (bf16, fp16, fp32, auto)") from None
 
 
+def _source(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """Where transformers reads a base model from: ``(folder or hub name, from_pretrained kwargs)``."""
+    src, kw = name_or_path, {}
+    if str(name_or_path).endswith(".gguf"):
+        gguf = Path(name_or_path)
+        if not gguf.is_file():
+            raise CheckpointError(f"cannot load base model {name_or_path!r}: no such GGUF file")
+        if importlib.util.find_spec("gguf") is None:
+            raise CheckpointError(f"{name_or_path}: reading a GGUF file needs the gguf package "
+                                  "(pip install 'hicae[gguf]')")
+        src, kw = str(gguf.resolve().parent), {"gguf_file": gguf.name}
+    # Explicitly False: left unset, transformers asks on a terminal whether to run a model's own
+    # code, and one "y" would run it.
+    kw["trust_remote_code"] = False
+    return src, kw
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer of a base model (hub name, local folder or ``.gguf`` file)."""
+    from transformers import AutoTokenizer
+
+    src, kw = _source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load the tokenizer of {name_or_path!r}: {e}") from e
+
+
 def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | None = None,
               attn_implementation: str | None = "sdpa") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer by hub name, local folder, or a ``.gguf`` file.
@@ -66,19 +96,9 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src, kw = name_or_path, {}
-    if str(name_or_path).endswith(".gguf"):
-        gguf = Path(name_or_path)
-        if not gguf.is_file():
-            raise CheckpointError(f"cannot load base model {name_or_path!r}: no such GGUF file")
-        if importlib.util.find_spec("gguf") is None:
-            raise CheckpointError(f"{name_or_path}: reading a GGUF file needs the gguf package "
-                                  "(pip install 'hicae[gguf]')")
-        src, kw = str(gguf.resolve().parent), {"gguf_file": gguf.name}
+    src, kw = _source(name_or_path)
+    if "gguf_file" in kw:
         dtype = torch.bfloat16 if dtype in (None, "auto") else dtype
-    # Explicitly False: left unset, transformers asks on a terminal whether to run a model's own
-    # code, and one "y" would run it.
-    kw["trust_remote_code"] = False
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
         kw["dtype"] = _dtype(dtype)
@@ -142,10 +162,6 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     A base model whose weights are not those the checkpoint was trained on is refused, unless
     ``allow_other_weights``; the loaded model then also decodes memories of other weights.
     """
-    from .config import HierarchyConfig
-    from .hierarchy import HierarchicalICAE
-    from .model import ICAE
-
     path = Path(path)
     meta = read_checkpoint_config(path)
     check_adapter_config(path, meta)
@@ -156,7 +172,7 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
         base_model, loaded_tok = load_base(src, **load_kwargs)
         tokenizer = tokenizer or loaded_tok
     elif tokenizer is None:
-        raise CheckpointError("pass the tokenizer together with base_model")
+        tokenizer = _base_tokenizer(path, meta, base_model)
     mism = shape_mismatches(meta["base_shape"], base_shape(base_model.config))
     if mism:
         raise CheckpointError(
@@ -182,6 +198,25 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
         )
     load_trained_weights(model, path, allow_other_weights=allow_other_weights)
     return model
+
+
+def _base_tokenizer(path: Path, meta: dict[str, Any], base_model: Any) -> Any:
+    """The tokenizer of a checkpoint given only its base model (peft's habit): from where the base came.
+
+    Checkpoints do not carry tokenizer files (Qwen's are ~11 MB, more than a typical adapter):
+    hicae trains with the base model's own tokenizer, so the base's saved name (or the checkpoint's
+    ``base/``, or the name the given model was loaded from) gives the same files back.
+    """
+    sources = [str(path / BASE_DIR)] if meta.get("has_base") else []
+    sources += [meta.get("base_model") or "", str(getattr(base_model.config, "_name_or_path", "") or "")]
+    tried = []
+    for src in dict.fromkeys(s for s in sources if s):  # in order, without repeats
+        try:
+            return load_tokenizer(src)
+        except CheckpointError as e:
+            tried.append(f"{src!r} ({str(e).splitlines()[0][-120:]})")
+    raise CheckpointError(f"{path}: no tokenizer given and none could be loaded from the base model's name: "
+                          f"tried {'; '.join(tried) or 'nothing (no name recorded)'}; pass tokenizer=")
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -247,3 +282,28 @@ def load_trained_weights(model: Any, path: str | Path, allow_other_weights: bool
     bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
     if bad:
         raise CheckpointError(f"{path / ADAPTER_FILE}: peft did not load {bad[:3]}")
+
+
+# ---- the classes' I/O entry points ---------------------------------------------------------------
+# Bound here, not defined in model.py: the model modules import no I/O (no import cycle), and the
+# package imports this module, so ``ICAE.from_pretrained`` & co. exist whenever ``hicae`` does.
+
+def _from_base(cls: type, name_or_path: str, config: ICAEConfig | None = None, **kwargs: Any) -> Any:
+    """A new ICAE (untrained adapter) on a base model loaded by ``load_base`` (hub name, folder or .gguf)."""
+    base, tok = load_base(name_or_path, **kwargs)
+    return cls(base, tok, config)
+
+
+def _from_pretrained(cls: type, path: str | Path, base_model: Any = None, tokenizer: Any = None, **kwargs: Any) -> Any:
+    """Load a checkpoint (see ``load_icae``); a hierarchical one loads as ``HierarchicalICAE``."""
+    return load_icae(path, base_model=base_model, tokenizer=tokenizer, **kwargs)
+
+
+def _save_pretrained(self: Any, path: str | Path, save_base: bool = False) -> None:
+    """Write a checkpoint (see ``save_icae``)."""
+    save_icae(self, path, save_base=save_base)
+
+
+ICAE.from_base = classmethod(_from_base)  # type: ignore[attr-defined]
+ICAE.from_pretrained = classmethod(_from_pretrained)  # type: ignore[attr-defined]
+ICAE.save_pretrained = _save_pretrained  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from .errors import ConfigError
 POSITION_LAYOUTS = ("contiguous", "spread")
 SEGMENTATIONS = ("even", "fixed")
 OVERLONG_POLICIES = ("error", "truncate")
+LM_CUTS = ("second_half", "uniform")
 
 
 @dataclass
@@ -71,6 +72,18 @@ class ICAEConfig:
     min_tokens_for_lm: int = field(
         default=64, metadata={"help": "LM objective: used only when the continuation would exceed N tokens."}
     )
+    add_special_token_for_lm: bool = field(
+        default=True,
+        metadata={"help": "LM objective (and continuing from memory): the [LM] task embedding follows the slots. "
+                          "False: the continuation follows the slots directly (the reference ICAE v2's default)."},
+    )
+    lm_cut: str = field(
+        default="second_half",
+        metadata={"help": "LM objective: where a text is cut into compressed head and continuation. 'second_half': "
+                          "uniformly in its second half, the continuation longer than min_tokens_for_lm, else the "
+                          "text is an AE example; 'uniform' (the reference ICAE v2): anywhere, and a continuation "
+                          "of min_tokens_for_lm tokens or fewer makes an AE example of the head (docs/migration.md)."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +103,8 @@ class ICAEConfig:
             raise ConfigError(f"position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
         if self.segmentation not in SEGMENTATIONS:
             raise ConfigError(f"segmentation must be one of {SEGMENTATIONS}, got {self.segmentation!r}")
+        if self.lm_cut not in LM_CUTS:
+            raise ConfigError(f"lm_cut must be one of {LM_CUTS}, got {self.lm_cut!r}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:

@@ -161,10 +161,10 @@ class Collator:
     """Records -> an ICAE training batch (encoder rows over all examples' segments; padded decoder).
 
     ``mode='pretrain'``: each text becomes an AE example, or with probability ``lm_ratio`` (when the
-    text is long enough) an LM example: the text is cut at a random point ``s`` in
-    ``[ceil(L/2), L - min_tokens_for_lm - 1]``; the head is compressed and the tail (more than
-    ``min_tokens_for_lm`` tokens) is the continuation. The choice is seeded by the record index,
-    so it is reproducible and survives resumption.
+    text is long enough) an LM example: the text is cut at a random point ``s`` (``lm_cut``, see
+    ``lm_split``); the head is compressed and the tail (more than ``min_tokens_for_lm`` tokens) is
+    the continuation. The choice is seeded by the record index, so it is reproducible and survives
+    resumption.
     ``mode='finetune'``: ``input`` is compressed; the decoder reads the chat-formatted
     ``[slots] [FT] prompt`` and learns ``answer <end-of-turn>``.
     """
@@ -188,15 +188,35 @@ class Collator:
             self.hierarchy.max_text_tokens, "--max_text_tokens")
         return fit_length(ids, limit, self.config.overlong, where, option)
 
+    def lm_split(self, ids: list[int], rng: random.Random, cap: int) -> tuple[str, list[int], list[int]] | None:
+        """A text drawn for LM: ``("lm", head, continuation[:cap])``, ``("ae", head, head)`` or None (AE on the text).
+
+        ``second_half`` (default): ``s`` uniform in ``[ceil(L/2), L - min_tokens_for_lm - 1]``, so the
+        memory always holds at least half the text and the continuation more than
+        ``min_tokens_for_lm`` tokens; a text too short for that is None. ``uniform`` (the reference):
+        ``s`` uniform in ``[1, L]``; a continuation of ``min_tokens_for_lm`` tokens or fewer makes an AE
+        example of the head.
+        """
+        cfg, L = self.config, len(ids)
+        if cfg.lm_cut == "uniform":
+            s = rng.randint(1, L)
+            if L - s > cfg.min_tokens_for_lm:
+                return "lm", ids[:s], ids[s : s + cap]
+            return "ae", ids[:s], ids[:s]
+        lo, hi = math.ceil(L / 2), L - cfg.min_tokens_for_lm - 1
+        if hi < lo:
+            return None
+        s = rng.randint(lo, hi)
+        return "lm", ids[:s], ids[s : s + cap]
+
     def split(self, ids: list[int], index: int) -> tuple[str, list[int], list[int]]:
         """Choose the objective of a pretraining text: ``(task, context, target)``."""
-        cfg = self.config
         rng = random.Random(self.seed * 1_000_003 + index)
-        L = len(ids)
-        lo, hi = math.ceil(L / 2), L - cfg.min_tokens_for_lm - 1
-        if rng.random() < self.lm_ratio and hi >= lo:
-            s = rng.randint(lo, hi)
-            return "lm", ids[:s], ids[s:]
+        if rng.random() < self.lm_ratio:
+            # the text fits model_max_length (checked before), so its continuation does too
+            cut = self.lm_split(ids, rng, len(ids))
+            if cut is not None:
+                return cut
         return "ae", ids, ids
 
     def split_hierarchical(self, ids: list[int], index: int) -> tuple[str, list[int], list[int]]:
@@ -210,11 +230,14 @@ class Collator:
         cfg, hier = self.config, self.hierarchy
         assert hier is not None
         rng = random.Random(self.seed * 1_000_003 + index)
-        L, S, cap = len(ids), cfg.segment_tokens, cfg.model_max_length
-        lo, hi = math.ceil(L / 2), L - cfg.min_tokens_for_lm - 1
-        if rng.random() < self.lm_ratio and hi >= lo:
-            s = rng.randint(lo, hi)
-            return "lm", ids[:s], ids[s : s + cap]
+        S, cap = cfg.segment_tokens, cfg.model_max_length
+        if rng.random() < self.lm_ratio:
+            cut = self.lm_split(ids, rng, cap)
+            if cut is not None and cut[0] == "lm":
+                return cut
+            if cut is not None:  # 'uniform' with a short continuation: AE within the head
+                ids = cut[1]
+        L = len(ids)
         spans = [S * hier.group_size ** (lvl - 1) for lvl in range(1, hier.levels + 1)]
         fits = [w for w in spans if w <= min(L, cap)] or [min(L, S, cap)]
         w = rng.choice(fits)
@@ -252,7 +275,7 @@ class Collator:
             if task == "ae":
                 examples.append(ae_example(n, tgt, self.tokens.eos_id))
             elif task == "lm":
-                examples.append(lm_example(n, tgt, cfg.leave_tokens_for_lm))
+                examples.append(lm_example(n, tgt, cfg.leave_tokens_for_lm, cfg.add_special_token_for_lm))
             else:
                 examples.append(self.tokens.ft_example(n, r["prompt"], tgt))
         dec = pad_decoder(examples, self.tokens.pad_id, side="right")

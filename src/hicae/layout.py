@@ -106,6 +106,11 @@ def ae_example(num_slots: int, text_ids: list[int], eos_id: int) -> DecoderExamp
     return with_target([SLOT] * num_slots + [AE], list(text_ids) + [eos_id])
 
 
-def lm_example(num_slots: int, continuation: list[int], leave_tokens: int) -> DecoderExample:
-    """``[slots] [LM] continuation`` with loss on the continuation but its first ``leave_tokens``."""
-    return with_target([SLOT] * num_slots + [LM], continuation, loss_from=leave_tokens)
+def lm_prefix(num_slots: int, task_token: bool = True) -> list[int]:
+    """``[slots] [LM]``, or ``[slots]`` alone without the task token (the reference's default)."""
+    return [SLOT] * num_slots + ([LM] if task_token else [])
+
+
+def lm_example(num_slots: int, continuation: list[int], leave_tokens: int, task_token: bool = True) -> DecoderExample:
+    """``[slots] [LM] continuation`` (``[LM]`` per ``task_token``) with loss on the continuation but its first ``leave_tokens``."""
+    return with_target(lm_prefix(num_slots, task_token), continuation, loss_from=leave_tokens)

@@ -23,7 +23,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .batching import DecoderBatch, EncoderBatch, budget_chunks, pad_decoder, pad_encoder
+from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .errors import CheckpointError, DataError
 from .fingerprint import base_fingerprint, encoder_fingerprint
@@ -39,6 +39,7 @@ from .layout import (
     encoder_position_ids,
     encoder_rows,
     lm_example,
+    lm_prefix,
     with_target,
 )
 from .memory import Memory
@@ -111,25 +112,8 @@ class ICAE(nn.Module):
         self.decoding = DecodingOptions()
         self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
 
-    # ---- construction and I/O live in checkpoint.py; thin aliases here -------------------------
-
-    @classmethod
-    def from_base(cls, name_or_path: str, config: ICAEConfig | None = None, **kwargs: Any) -> "ICAE":
-        from .checkpoint import load_base
-
-        base, tok = load_base(name_or_path, **kwargs)
-        return cls(base, tok, config)
-
-    @classmethod
-    def from_pretrained(cls, path: str, base_model: nn.Module | None = None, tokenizer: Any = None, **kwargs: Any) -> "ICAE":
-        from .checkpoint import load_icae
-
-        return load_icae(path, base_model=base_model, tokenizer=tokenizer, **kwargs)
-
-    def save_pretrained(self, path: str, save_base: bool = False) -> None:
-        from .checkpoint import save_icae
-
-        save_icae(self, path, save_base=save_base)
+    # ---- I/O: ``from_base``, ``from_pretrained`` and ``save_pretrained`` are bound onto this class by
+    # ``hicae.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
 
     # ---- speed options (speed.py) --------------------------------------------------------------
 
@@ -498,8 +482,10 @@ class ICAE(nn.Module):
             raise DataError(f"unknown task {task!r} (choose from {list(TASKS)})")
         if prompts:
             raise DataError(f"task {task!r} takes no prompts")
-        tid = AE if task == "ae" else LM
-        return mem, [with_target([SLOT] * n + [tid], []) for n in mem.num_slots]
+        if task == "ae":
+            return mem, [with_target([SLOT] * n + [AE], []) for n in mem.num_slots]
+        # [LM] after the slots unless the reference's layout (add_special_token_for_lm=False) is chosen
+        return mem, [with_target(lm_prefix(n, self.icae_config.add_special_token_for_lm), []) for n in mem.num_slots]
 
     def generate_ids(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, *,
                      prefix_cache: Any = None, **gen_kwargs: Any) -> list[list[int]]:
@@ -544,7 +530,8 @@ class ICAE(nn.Module):
         return ae_example(num_slots, text_ids, self.tokens.eos_id)
 
     def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
-        return lm_example(num_slots, continuation, self.icae_config.leave_tokens_for_lm)
+        cfg = self.icae_config
+        return lm_example(num_slots, continuation, cfg.leave_tokens_for_lm, cfg.add_special_token_for_lm)
 
 
 def broadcast_rows(n: int, prompts: list[str] | str) -> tuple[list[int], list[str]]:

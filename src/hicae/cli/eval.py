@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--conditions", default="none,memory,full,truncated", help="comma-separated subset of none,memory,full,truncated")
     g = p.add_argument_group("qa")
     g.add_argument("--format", default="auto", choices=["auto", "pwc", "longbench"], help="QA data format (auto: from the first record)")
+    g.add_argument("--longbench_dataset", default=None,
+                   help="LongBench data: the dataset whose official metric scores the answers (default: each record's "
+                        "'dataset' field), e.g. hotpotqa, multifieldqa_zh, dureader, trec")
     g.add_argument("--skip_fulltext", action="store_true", help="qa: no full-text baseline")
     g.add_argument("--judge_file", default=None, help="qa: write a pairwise-judging JSONL (question, reference, both answers)")
     g = p.add_argument_group("passkey / needle")
@@ -89,7 +92,7 @@ def evaluate(argv: list[str]) -> int:
         check_ppl_settings(args.continuation_tokens, args.leave_tokens)
         records = read_texts(args.data, args.limit)
     elif task == "qa":
-        records = read_qa(args.data, args.limit, args.format)
+        records = read_qa(args.data, args.limit, args.format, args.longbench_dataset)
         if args.judge_file and args.skip_fulltext:
             raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
     else:

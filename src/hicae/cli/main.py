@@ -13,13 +13,14 @@ COMMANDS = {
     "generate": ("hicae.cli.infer", "generate", "answer prompts, reconstruct or continue from a memory file"),
     "eval": ("hicae.cli.eval", "evaluate", "evaluate a checkpoint: ae | ppl | qa | passkey | needle (JSON, markdown, plots)"),
     "serve": ("hicae.cli.serve", "serve", "HTTP service: compress once, ask many (OpenAI-style chat endpoint; needs hicae[serve])"),
+    "import-icae-v2": ("hicae.cli.import_v2", "import_v2", "convert an ICAE v2 checkpoint (getao/icae) into a hicae checkpoint"),
     "demo": ("hicae.cli.demo", "demo", "offline demo: the real Qwen2.5-0.5B compresses held-out text (--tiny: train a tiny model)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: hicae COMMAND [options]   (hicae COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -55,16 +55,21 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * prec * rec / (prec + rec)
 
 
+def bag_f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
+    """F1 of two bags of tokens (0 when they share none)."""
+    common = sum((Counter(prediction) & Counter(reference)).values())
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(prediction), common / len(reference)
+    return 2 * prec * rec / (prec + rec)
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD token F1: overlap of the two bags of (article-free) words."""
     p, r = answer_words(prediction), answer_words(reference)
     if not p or not r:
         return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    prec, rec = common / len(p), common / len(r)
-    return 2 * prec * rec / (prec + rec)
+    return bag_f1(p, r)
 
 
 def exact_match(prediction: str, reference: str) -> float:

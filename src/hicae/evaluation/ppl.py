@@ -7,7 +7,8 @@ same tokens:
 
 - ``none``: the base model reads the continuation alone;
 - ``memory``: the decoder reads ``[slots] [LM] continuation``, the slots being the compressed
-  context (training's LM objective);
+  context (training's LM objective; no ``[LM]`` for a checkpoint trained with
+  ``add_special_token_for_lm=False``);
 - ``full``: the base model reads ``context continuation`` as plain tokens;
 - ``truncated``: the base model reads the context's last N tokens, N = the memory's slot count,
   then the continuation: the same number of positions as the memory, as plain text.
@@ -23,7 +24,7 @@ import math
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..layout import LM, SLOT, with_target
+from ..layout import lm_prefix, with_target
 from ..tokens import tokenize
 from .decoding import example_nll
 from .records import TextRecord
@@ -86,7 +87,8 @@ def run_ppl(model: Any, records: list[TextRecord], s: EvalSettings, continuation
         results: dict[str, tuple[list[float], list[int]]] = {}
         for cond in conditions:
             if cond == "memory":
-                exs = [with_target([SLOT] * n + [LM], c, loss_from=leave_tokens) for n, c in zip(nslots, conts)]
+                lm_token = model.icae_config.add_special_token_for_lm
+                exs = [with_target(lm_prefix(n, lm_token), c, loss_from=leave_tokens) for n, c in zip(nslots, conts)]
                 results[cond] = example_nll(model, exs, mem)
             else:
                 prefixes = {"none": [[] for _ in ctxs], "full": ctxs,

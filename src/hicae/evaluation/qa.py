@@ -4,6 +4,10 @@ Memory answers: ``model.generate`` (the chat template around ``[slots] [FT] ques
 Full-text answers: the base model (no adapter) with the same chat template and the text inline
 (user turn ``context + "\\n\\n" + question``). Both are scored against the reference answer(s),
 taking the best over references: ROUGE-L F1, token F1 and exact match (see ``metrics``).
+LongBench records that name their dataset are also scored by LongBench's official metric for it
+(``longbench``: jieba words for Chinese, first line only for some datasets), reported per dataset
+as its tables print them (0-100), with LongBench's generation length per dataset unless
+``--max_new_tokens`` is given.
 ``judge_file`` receives one JSON line per question with both answers, for an external pairwise
 judge (no API is called here).
 """
@@ -17,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..fileio import write_text_atomic
 from ..tokens import tokenize
-from . import metrics
+from . import longbench, metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
 from .records import QARecord
 from .report import Bars, Table, TaskResult
@@ -37,11 +41,24 @@ def _mean_scores(rows: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {m: sum(r[f"{prefix}_{m}"] for r in rows) / len(rows) for m in METRICS}
 
 
+def _max_new_tokens(r: QARecord, s: EvalSettings) -> int:
+    """--max_new_tokens, else LongBench's length for the record's dataset, else the default."""
+    return s.max_new_tokens or longbench.DATASET_MAX_NEW_TOKENS.get(r.dataset or "", DEFAULT_MAX_NEW_TOKENS)
+
+
+def _longbench_summary(rows: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """Per LongBench dataset: n, its metric, and 100 x the mean score of each answer source."""
+    out = {}
+    for name, group in sorted(group_by([r for r in rows if "dataset" in r], "dataset").items()):
+        out[name] = {"n": len(group), "metric": longbench.DATASET_METRIC[name],
+                     **{src: longbench.table_score([r[f"{src}_longbench"] for r in group]) for src in sources}}
+    return out
+
+
 def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool = True,
            judge_file: str | Path | None = None) -> TaskResult:
     if judge_file is not None and not fulltext:
         raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
-    max_new = s.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     window = getattr(model.base_config, "max_position_embeddings", None)
     over_window = 0
     rows: list[dict[str, Any]] = []
@@ -55,11 +72,17 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         ctx_ids = [model.check_length(x, where=w) for w, x in zip(first.values(), tokenize(model.tokenizer, list(first)))]
         index = {c: i for i, c in enumerate(first)}
         mem = compress_ids(model, ctx_ids, s.max_slots)[[index[r.context] for r in batch]]
-        mem_answers = decode(model, model.generate_ids(mem, [r.question for r in batch], max_new_tokens=max_new))
+        # rows of one batch may have different limits (LongBench datasets): generate to the largest and
+        # cut each row at its own (greedy rows are independent, so the kept tokens are the same)
+        limits = [_max_new_tokens(r, s) for r in batch]
+        max_new = max(limits)
+        mem_ids = model.generate_ids(mem, [r.question for r in batch], max_new_tokens=max_new)
+        mem_answers = decode(model, [ids[:n] for ids, n in zip(mem_ids, limits)])
         if fulltext:
             prompts = [chat_prompt_ids(model, fulltext_content(r.context, r.question)) for r in batch]
-            over_window += sum(1 for p in prompts if window and len(p) + max_new > window)
-            full_answers = decode(model, generate_plain(model, prompts, max_new))
+            over_window += sum(1 for p, n in zip(prompts, limits) if window and len(p) + n > window)
+            full_ids = generate_plain(model, prompts, max_new)
+            full_answers = decode(model, [ids[:n] for ids, n in zip(full_ids, limits)])
         for j, r in enumerate(batch):
             ntok, nslot = len(ctx_ids[index[r.context]]), mem.num_slots[j]
             row: dict[str, Any] = {"where": r.where, "question": r.question, "answers": r.answers,
@@ -69,6 +92,11 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
             if fulltext:
                 row["answer_fulltext"] = full_answers[j]
                 row.update({f"fulltext_{k}": v for k, v in metrics.qa_scores(full_answers[j], r.answers).items()})
+            if r.dataset:
+                row.update(dataset=r.dataset, longbench_metric=longbench.DATASET_METRIC[r.dataset])
+                for src, answer in (("memory", mem_answers[j]), ("fulltext", full_answers[j] if fulltext else None)):
+                    if answer is not None:
+                        row[f"{src}_longbench"] = longbench.score(r.dataset, answer, r.answers, r.all_classes)
             rows.append(row)
 
     sources = ["memory"] + (["fulltext"] if fulltext else [])
@@ -86,6 +114,19 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
                   {label[src]: [summary[src][m] for m in METRICS] for src in sources}, ylabel="score", ylim=(0, 1))]
     notes = ["Scores are the best over the reference answers; words are lower-cased letter/digit runs, "
              "punctuation dropped (exact match and F1 also drop a/an/the)."]
+    lb = _longbench_summary(rows, sources)
+    if lb:
+        summary["longbench"] = lb
+        tables.append(Table("LongBench, official metric per dataset (100 x mean, as its tables)",
+                            ["dataset", "metric", "n", *[label[src] for src in sources]],
+                            [[k, a["metric"], a["n"], *[a[src] for src in sources]] for k, a in lb.items()]))
+        notes.append("LongBench scores follow its own scorer (THUDM/LongBench metrics.py): per-dataset metric, jieba "
+                     "words for Chinese, first line only for trec/triviaqa/samsum/lsht; answers are generated "
+                     "from hicae's prompts (the question alone), not LongBench's per-dataset prompt templates.")
+        unnamed = sum(1 for r in rows if "dataset" not in r)
+        if unnamed:
+            notes.append(f"{unnamed} record(s) name no LongBench dataset and have no LongBench score "
+                         "(field 'dataset', or --longbench_dataset).")
     if over_window:
         notes.append(f"{over_window} full-text prompt(s) plus answer exceed the base model's max_position_embeddings "
                      f"({window}): its full-text answers there are out of its trained window.")

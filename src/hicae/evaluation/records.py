@@ -10,6 +10,7 @@ from typing import Iterator
 
 from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl, parse_line
 from ..errors import ConfigError, DataError
+from .longbench import DATASET_METRIC, check_dataset
 
 QA_FORMATS = ("auto", "pwc", "longbench")
 PWC_FIELDS = ("input", "prompt", "answer")  # the context, the question, the answer
@@ -28,6 +29,8 @@ class QARecord:
     context: str
     question: str
     answers: list[str]
+    dataset: str | None = None  # LongBench: the dataset, whose official metric scores the answers
+    all_classes: list[str] | None = None  # LongBench classification datasets (trec, lsht): the class names
 
 
 def read_texts(path: str | os.PathLike, limit: int | None = None) -> list[TextRecord]:
@@ -59,29 +62,51 @@ def _qa_lines(path: Path) -> Iterator[tuple[str, bytes]]:
                 yield f"{path}:{i}", raw
 
 
-def read_qa(path: str | os.PathLike, limit: int | None = None, fmt: str = "auto") -> list[QARecord]:
+def _longbench_record(rec: dict, where: str, dataset: str | None) -> QARecord:
+    answers = rec.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise DataError(f"{where}: field 'answers' must be a non-empty list of strings (LongBench format)")
+    name = dataset or rec.get("dataset")
+    if name is not None and not isinstance(name, str):
+        raise DataError(f"{where}: field 'dataset' must be a string, got {type(name).__name__}")
+    classes = rec.get("all_classes")
+    if name is not None:
+        name = check_dataset(name, where)
+        if DATASET_METRIC[name] == "classification" and (
+                not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)):
+            raise DataError(f"{where}: LongBench dataset {name!r} is scored by class: field 'all_classes' must be "
+                            "a non-empty list of strings")
+    return QARecord(where, rec["context"], rec["input"], list(answers), name,
+                    list(classes) if isinstance(classes, list) else None)
+
+
+def read_qa(path: str | os.PathLike, limit: int | None = None, fmt: str = "auto",
+            dataset: str | None = None) -> list[QARecord]:
     """PwC records ``{"input", "prompt", "answer"}`` or LongBench records ``{"context", "input", "answers": [...]}``.
 
-    ``fmt='auto'`` takes the format from the first record; every record must then have it.
+    ``fmt='auto'`` takes the format from the first record; every record must then have it. A
+    LongBench record's ``dataset`` field (or ``dataset``, which overrides it) picks LongBench's
+    official metric for it (see ``longbench``).
     """
     if fmt not in QA_FORMATS:
         raise ConfigError(f"--format must be one of {QA_FORMATS}, got {fmt!r}")
+    if dataset is not None:
+        check_dataset(dataset, "--longbench_dataset")
     path = Path(path)
     out: list[QARecord] = []
     for where, raw in _qa_lines(path):
         if fmt == "auto":
             fmt = _detect(raw)
         if fmt == "pwc":
+            if dataset is not None:
+                raise ConfigError(f"--longbench_dataset is for LongBench records; {where} is a PwC record")
             rec = parse_line(raw, where, PWC_FIELDS)
             assert rec is not None
             out.append(QARecord(where, rec["input"], rec["prompt"], [rec["answer"]]))
         else:
             rec = parse_line(raw, where, LONGBENCH_FIELDS)
             assert rec is not None
-            answers = rec.get("answers")
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                raise DataError(f"{where}: field 'answers' must be a non-empty list of strings (LongBench format)")
-            out.append(QARecord(where, rec["context"], rec["input"], list(answers)))
+            out.append(_longbench_record(rec, where, dataset))
         if limit is not None and len(out) >= limit:
             break
     if not out:

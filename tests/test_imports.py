@@ -1,0 +1,106 @@
+"""The import graph of hicae's modules has no cycle: I/O (checkpoint.py) sits above the model.
+
+Every ``import`` statement counts, those inside functions too: a lazy import hides a cycle from
+Python's loader but not from the design (the model would still depend on its own I/O layer).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import hicae
+
+ROOT = Path(hicae.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = list(f.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the hicae modules (or packages) it imports, from the source (nothing is executed)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, f in mods.items():
+        package = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                graph[mod] |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: level 1 is the package itself
+                    base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                for a in node.names:  # `from pkg import mod` imports pkg.mod; `from mod import name`, mod
+                    target = f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
+                    if target in mods:
+                        graph[mod].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), or a module importing itself."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph[v]:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_cycle():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(g) == [["a", "b", "c"], ["e"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_import_graph_sees_relative_and_lazy_imports():
+    g = import_graph()
+    assert "hicae.model" in g["hicae.checkpoint"] and "hicae.hierarchy" in g["hicae.checkpoint"]
+    assert "hicae.evaluation.metrics" in g["hicae.evaluation.qa"]  # `from . import metrics`
+    assert "hicae.checkpoint" in g["hicae.cli.demo"]  # imported inside a function
+
+
+def test_hicae_modules_import_no_cycle():
+    found = cycles(import_graph())
+    assert not found, f"import cycles among hicae modules: {found}"
+
+
+def test_model_classes_import_no_io_but_keep_their_io_methods():
+    g = import_graph()
+    for mod in ("hicae.model", "hicae.hierarchy"):
+        assert "hicae.checkpoint" not in g[mod]
+    from hicae import HierarchicalICAE, ICAE
+
+    # bound by the I/O layer (tests/test_checkpoint.py exercises them)
+    assert ICAE.from_pretrained.__func__.__module__ == "hicae.checkpoint"
+    assert HierarchicalICAE.save_pretrained is ICAE.save_pretrained
