@@ -1,6 +1,5 @@
 """HierarchicalICAE on tiny Qwen2/Qwen3 models: exactness, streaming, batching, gradients, files."""
 
-import copy
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ from hicae import ConfigError, DataError
 from hicae.evaluation import EvalSettings, QARecord, run_qa
 from hicae.evaluation import longbench as LB
 from hicae.evaluation import metrics as M
-from hicae.evaluation import qa as qa_mod
 from hicae.evaluation.records import read_qa
 
 from .conftest import TEXTS, write_jsonl
