@@ -190,3 +190,14 @@ def test_continue_without_lm_token_reads_the_slots_alone(make_icae):
                 x = torch.cat([x, emb(torch.tensor([[t]]))], dim=1)
             assert got[i] == want
     assert make_icae("qwen3", **VARIED).continue_ids(mem, max_new_tokens=NEW) != got  # [LM] changes the layout
+
+
+def test_continue_without_lm_token_with_a_prefix_cache(make_icae):
+    """Without ``[LM]`` nothing follows the slots: an explicit prefix cache (as ``hicae serve`` passes) and
+    the automatic one (rows sharing a memory entry) fall back to uncached decoding, same tokens."""
+    model = make_icae("qwen3", add_special_token_for_lm=False, **VARIED)
+    mem = model.compress(TEXTS[:2])
+    want = model.continue_ids(mem, max_new_tokens=NEW, prefix_cache=False)
+    with pytest.warns(UserWarning, match="nothing follows the slots"):
+        assert model.continue_ids(mem, max_new_tokens=NEW, prefix_cache=model.prefix_cache(mem, tasks=("lm",))) == want
+    assert model.continue_ids(mem[[0, 0, 1]], max_new_tokens=NEW) == [want[0], want[0], want[1]]

@@ -23,7 +23,8 @@ def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None
 
     ``task``: ``answer`` (chat prefix, slots, ``[FT]``, prompt and the template's generation
     prompt; prompts broadcast over ``mem`` as in ``model.generate``), ``reconstruct``
-    (``[slots] [AE]``) or ``continue`` (``[slots] [LM]``). Row ``i`` is what ``generate`` feeds
+    (``[slots] [AE]``) or ``continue`` (``[slots] [LM]``, or ``[slots]`` alone with
+    ``add_special_token_for_lm=False``). Row ``i`` is what ``generate`` feeds
     the decoder for that row, without the left padding a batch adds (tests/test_handoff.py checks
     it against the embeddings the transformers ``generate`` call receives).
     """

@@ -56,10 +56,10 @@ class HierarchicalICAE(ICAE):
     def trained_embeddings(self) -> dict[str, nn.Parameter]:
         return {**super().trained_embeddings(), "level_embeddings": self.level_embeddings}
 
-    def check_memory(self, mem: Memory) -> None:
+    def check_memory(self, mem: Memory, encoder_weights: str | None = None) -> None:
         """As ICAE's, and a hierarchical memory's blocks and tail must fit this model: ``append``
         indexes the level embeddings with its levels and the vocabulary with its tail ids."""
-        super().check_memory(mem)
+        super().check_memory(mem, encoder_weights)
         if not mem.hierarchical:
             return
         problem = mem.hierarchy_problem()

@@ -306,8 +306,12 @@ class ICAE(nn.Module):
         mem.encoder_weights = self.encoder_weights()
         return mem
 
-    def check_memory(self, mem: Memory) -> None:
-        """Refuse a memory of another config or shape; and of other weights unless ``allow_other_weights``."""
+    def check_memory(self, mem: Memory, encoder_weights: str | None = None) -> None:
+        """Refuse a memory of another config or shape; and of other weights unless ``allow_other_weights``.
+
+        ``encoder_weights``: this model's ``encoder_weights()`` if the caller already has it (a server
+        whose weights do not change computes it once).
+        """
         problems = []
         if mem.fingerprint != self.fingerprint:
             problems.append(f"config fingerprint {mem.fingerprint} != this model's {self.fingerprint}")
@@ -327,7 +331,7 @@ class ICAE(nn.Module):
         if mem.base_weights and mem.base_weights != self.base_weights:
             problems.append(f"base weights {mem.base_weights} ({mem.base_model!r}) != this model's "
                             f"{self.base_weights} ({self.base_model_name!r})")
-        if mem.encoder_weights and mem.encoder_weights != (mine := self.encoder_weights()):
+        if mem.encoder_weights and mem.encoder_weights != (mine := encoder_weights or self.encoder_weights()):
             problems.append(f"encoder weights {mem.encoder_weights} != this model's {mine}")
         if problems:
             raise CheckpointError(
@@ -431,7 +435,9 @@ class ICAE(nn.Module):
             lens = chat_prefix_lengths(exs + [self.tokens.ft_example(mem.num_slots[0], "?", None)])
             if lens is not None:
                 keys += [(e, tuple(x.ids[:p])) for e, (x, p) in enumerate(zip(exs, lens))]
-        if {"ae", "lm"} & set(tasks):
+        # [slots] is the prefix of "ae" and of "lm" with its [LM] token; without it (the reference's
+        # layout) "lm" decodes uncached (see slot_prefix_lengths)
+        if "ae" in tasks or ("lm" in tasks and self.icae_config.add_special_token_for_lm):
             keys += [(e, tuple([SLOT] * n)) for e, n in enumerate(mem.num_slots)]
         if keys and cache.supported:
             with self._eval_mode():

@@ -223,8 +223,15 @@ def chat_prefix_lengths(examples: list[DecoderExample]) -> list[int] | None:
     return lens if len(befores) == 1 else None
 
 
-def slot_prefix_lengths(examples: list[DecoderExample]) -> list[int]:
-    """Per example ``[slots] [task]``: the number of slots."""
+def slot_prefix_lengths(examples: list[DecoderExample]) -> list[int] | None:
+    """Per example ``[slots] [task]``: the number of slots.
+
+    None when a layout ends with its slots (continuing without ``[LM]``, the reference's layout,
+    ``add_special_token_for_lm=False``): nothing would follow the cached prefix to decode from, so
+    such calls decode without the cache.
+    """
+    if any(not ex.ids or ex.ids[-1] == SLOT for ex in examples):
+        return None
     return [len(ex.ids) - 1 for ex in examples]
 
 
@@ -265,7 +272,8 @@ def resolve(model: Any, mem: Memory, prefix_lens: list[int] | None, prefix_cache
                         f"got {type(prefix_cache).__name__}")
     reason = None
     if prefix_lens is None:
-        reason = "the chat template's text before the memory depends on the prompt"
+        reason = ("the layout has no prompt-independent prefix to cache (the chat template's text before the "
+                  "memory depends on the prompt, or nothing follows the slots)")
     else:
         reason = unsupported_reason(model, kwargs)
     if reason is None and explicit and not prefix_cache.supported:

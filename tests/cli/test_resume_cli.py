@@ -117,6 +117,19 @@ def test_overwrite_never_deletes_an_input(runs, base_dir, tmp_path, run_cli):
     assert (out / "checkpoint-6" / "optimizer.pt").is_file()
 
 
+def test_resuming_an_older_checkpoint_beside_newer_ones_is_refused(runs, base_dir, tmp_path, run_cli):
+    """Continuing from checkpoint-2 while checkpoint-4/6 are there would leave the abandoned continuation's
+    checkpoints beside the new ones (rotation keeps the highest steps; `true` would pick them later)."""
+    out = tmp_path / "out"
+    shutil.copytree(runs / "full", out)
+    before = snapshot(out)
+    code, _, err = run_cli("pretrain", *tiny_args(base_dir, out, runs / "train.jsonl", *ARGS,
+                                                  "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    assert code == 1 and "Traceback" not in err
+    assert f"is older than checkpoint-4, checkpoint-6 in --output_dir {out}: move or delete them" in err
+    assert snapshot(out) == before
+
+
 def test_missing_optimizer_is_refused_unless_allowed(runs, base_dir, tmp_path, run_cli, caplog):
     out = tmp_path / "out"
     ck = out / "checkpoint-4"

@@ -195,3 +195,43 @@ def test_every_failure_maps_to_a_status_and_one_line():
     assert classify(RuntimeError("secret detail")) == (500, "internal_error",
                                                        "internal error (the server log has the details)")
     assert classify(OSError(28, "No space left on device"))[0::2] == (500, "No space left on device")
+
+
+def test_default_length_is_within_the_servers_cap(model, tmp_path):
+    """A request without max_new_tokens decodes at most --max_new_tokens (not a fixed 128)."""
+    engine = _engine(model, tmp_path, max_new_tokens=3)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+        for task, prompts in (("answer", ["Q?"]), ("continue", None)):
+            res = _decode(engine, mid, prompts, task=task, max_new_tokens=None).future.result(60)
+            assert max(o["tokens"] for o in res["outputs"]) == 3
+    finally:
+        engine.stop()
+
+
+def test_handler_threads_never_size_the_caches_and_deleted_memories_stay_out(model, tmp_path):
+    """``HotMemories.get`` runs on request threads: it must not trim (sizing reads prefix caches that the
+    worker mutates), and a memory deleted while a request was loading it is not put back."""
+    engine = _engine(model, tmp_path)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+    finally:
+        engine.stop()
+    hot = engine.hot
+    hot.drop(mid)
+    hot.trim = lambda: pytest.fail("trim() called on a request thread")
+    assert hot.get(mid).mem.num_tokens and len(hot) == 1  # a miss loads and keeps it, without trimming
+    hot.drop(mid)
+    load = engine.store.load
+
+    def load_then_deleted(memory_id, **kw):  # DELETE /v1/memories/{id} lands between load and insert
+        mem = load(memory_id, **kw)
+        engine.store.delete(memory_id)
+        hot.drop(memory_id)
+        return mem
+
+    engine.store.load = load_then_deleted
+    assert hot.get(mid).mem.num_tokens  # this request is still answered
+    assert len(hot) == 0

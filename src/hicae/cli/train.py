@@ -30,7 +30,8 @@ from ..errors import ConfigError
 from ..hierarchy import HierarchicalICAE
 from ..model import ICAE
 from ..plots import save_loss_curve
-from ..run_folder import clear_previous_run, inside, previous_run, resolve_resume, rng_file
+from ..run_folder import (checkpoint_step, clear_previous_run, complete_checkpoints, inside, previous_run,
+                          resolve_resume, rng_file)
 from ..trainer import ICAETrainer
 from .common import parse_dataclasses
 from .outputs import check_writable, refuse_overwriting_inputs
@@ -179,6 +180,15 @@ def _start_clean(targs: TrainingArguments, rargs: RunArguments, resume: Path | N
     if resume is not None and inside(resume, out):
         if rargs.overwrite_output_dir:
             raise ConfigError(f"--overwrite_output_dir would delete --resume_from_checkpoint {resume}: give one of them")
+        # Going back to an older checkpoint abandons the newer ones: left there, rotation (by step) would
+        # keep them and a later `--resume_from_checkpoint true` would pick them, mixing two continuations.
+        step = checkpoint_step(Path(resume))
+        newer = [p.name for p in complete_checkpoints(out, need_state=False)[0]
+                 if step is not None and checkpoint_step(p) > step]
+        if newer:
+            raise ConfigError(f"--resume_from_checkpoint {resume} is older than {', '.join(newer)} in --output_dir "
+                              f"{out}: move or delete {'them' if len(newer) > 1 else 'it'} to continue from "
+                              f"{Path(resume).name} (or resume from the newest: --resume_from_checkpoint true)")
         return  # continuing the run that is there
     old = previous_run(out)
     if not old:

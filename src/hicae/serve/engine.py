@@ -77,7 +77,10 @@ def _now() -> str:
 class Engine:
     def __init__(self, model: Any, store: MemoryStore, cfg: ServeConfig):
         self.model, self.store, self.cfg = model, store, cfg
-        self.hot = HotMemories(model, store, cfg.prefix_cache_bytes)
+        # The weights do not change while serving: fingerprint the trained encoder once (it reads every
+        # LoRA tensor; per request it would stall the event loop and wait on the device).
+        self.encoder_weights = model.encoder_weights()
+        self.hot = HotMemories(model, store, cfg.prefix_cache_bytes, self.encoder_weights)
         self.stats = Stats()
         self.hierarchical = hasattr(model, "append")
         self._jobs: deque[Job] = deque()
@@ -128,7 +131,7 @@ class Engine:
                 job.cancelled = True  # timed out or the client went away: stop its work
 
     def memory_id_of(self, op: str, **what: Any) -> str:
-        return memory_id(self.model, op=op, **what)
+        return memory_id(self.model, op=op, encoder_weights=self.encoder_weights, **what)
 
     # ---- the worker thread ------------------------------------------------------------------------
 
@@ -253,8 +256,8 @@ class Engine:
             return
         rows = mem[entries]
         limit = args["max_new_tokens"]
-        if limit is None:  # reconstruct: the text's length and a little more, within the server's cap
-            limit = min(max(rows.num_tokens) + 8, self.cfg.max_new_tokens) if task == "reconstruct" else 128
+        if limit is None:  # reconstruct: the text's length and a little more; else 128; always within the server's cap
+            limit = min(max(rows.num_tokens) + 8 if task == "reconstruct" else 128, self.cfg.max_new_tokens)
         gen = dict(args["sampling"])
         seed = gen.pop("seed", None)
         if seed is not None:

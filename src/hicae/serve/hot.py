@@ -33,8 +33,9 @@ class Hot:
 
 
 class HotMemories:
-    def __init__(self, model: Any, store: MemoryStore, budget_bytes: int):
+    def __init__(self, model: Any, store: MemoryStore, budget_bytes: int, encoder_weights: str | None = None):
         self.model, self.store, self.budget = model, store, budget_bytes
+        self.encoder_weights = encoder_weights  # the model's, computed once by the engine
         self._items: OrderedDict[str, Hot] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0  # as of the last trim (the worker updates it after each job)
@@ -52,7 +53,7 @@ class HotMemories:
                 return hot
         mem = self.store.load(memory_id, device=self.model.device)
         try:
-            self.model.check_memory(mem)
+            self.model.check_memory(mem, encoder_weights=self.encoder_weights)
         except CheckpointError as e:
             raise CheckpointError(f"memory {memory_id}: {e}") from None
         cache = None
@@ -62,8 +63,12 @@ class HotMemories:
         hot = Hot(mem, cache)
         if self.budget > 0:
             with self._lock:
-                hot = self._items.setdefault(memory_id, hot)  # another thread may have loaded it meanwhile
-            self.trim()
+                # DELETE removes the file, then drops the entry under this lock: a memory loaded just
+                # before its deletion is not put back (it is served to this request only).
+                if self.store.exists(memory_id):
+                    hot = self._items.setdefault(memory_id, hot)  # another thread may have loaded it meanwhile
+            # No trim here: sizing reads the prefix caches, which only the worker thread may touch
+            # (it trims after each job).
         return hot
 
     def drop(self, memory_id: str) -> None:
@@ -71,8 +76,8 @@ class HotMemories:
             self._items.pop(memory_id, None)
 
     def trim(self) -> None:
-        """Evict least recently used entries until the total fits the budget (the worker calls it
-        after each job, when prefix caches may have grown; only the worker thread grows them)."""
+        """Evict least recently used entries until the total fits the budget. Worker thread only: it
+        reads the prefix caches, which the worker alone grows (after each job, when they may have grown)."""
         with self._lock:
             sizes = {k: h.nbytes for k, h in self._items.items()}
             total = sum(sizes.values())

@@ -34,12 +34,15 @@ class NotFound(HicaeError):
     """An id the store does not hold."""
 
 
-def memory_id(model: Any, **what: Any) -> str:
-    """The content address of a memory: what made it (JSON-able) and which model made it."""
+def memory_id(model: Any, *, encoder_weights: str | None = None, **what: Any) -> str:
+    """The content address of a memory: what made it (JSON-able) and which model made it.
+
+    ``encoder_weights``: the trained encoder's fingerprint if already known (else computed now).
+    """
     identity = {
         "config": model.fingerprint,
         "base_weights": model.base_weights,
-        "encoder_weights": model.encoder_weights(),
+        "encoder_weights": encoder_weights or model.encoder_weights(),
         "max_length": list(model.length_limit()) + [model.icae_config.overlong],
     }
     payload = json.dumps({"v": 1, "model": identity, **what}, sort_keys=True, ensure_ascii=False)
