@@ -13,6 +13,8 @@ from ..evaluation import TASKS, EvalSettings, read_qa, read_texts, run_ae, run_p
 from ..evaluation.metrics import require_bleu
 from ..evaluation.ppl import check_settings as check_ppl_settings
 from ..evaluation.ppl import parse_conditions
+from ..evaluation.prompts import assign_templates, load_templates
+from ..evaluation.prompts import parse as parse_template
 from ..evaluation.retrieval import check_settings as check_retrieval_settings
 from ..evaluation.retrieval import parse_depths, parse_lengths
 from ..evaluation.report import report_paths
@@ -58,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--longbench_dataset", default=None,
                    help="LongBench data: the dataset whose official metric scores the answers (default: each record's "
                         "'dataset' field), e.g. hotpotqa, multifieldqa_zh, dureader, trec")
+    g.add_argument("--prompt_templates", default=None, metavar="FILE.json",
+                   help="JSON object dataset -> template with {context} and {input} (LongBench's "
+                        "config/dataset2prompt.json): each record's prompt from its dataset's template; memory gets "
+                        "the template without {context}; a record whose dataset has none is refused")
+    g.add_argument("--prompt_template", default=None, metavar="TEXT",
+                   help="one template with {context} and {input} for every record (instead of --prompt_templates)")
     g.add_argument("--skip_fulltext", action="store_true", help="qa: no full-text baseline")
     g.add_argument("--judge_file", default=None, help="qa: write a pairwise-judging JSONL (question, reference, both answers)")
     g = p.add_argument_group("passkey / needle")
@@ -69,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _assign_templates(args: argparse.Namespace, records: list) -> None:
+    if args.prompt_templates and args.prompt_template is not None:
+        raise ConfigError("give --prompt_templates (per dataset) or --prompt_template (one for all), not both")
+    if args.prompt_templates:
+        assign_templates(records, load_templates(args.prompt_templates), f"--prompt_templates {args.prompt_templates}")
+    elif args.prompt_template is not None:
+        assign_templates(records, parse_template(args.prompt_template, "--prompt_template"), "--prompt_template")
+
+
 def evaluate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = EvalSettings(args.batch_size, args.limit, args.seed, args.max_slots, args.max_new_tokens, not args.no_progress,
@@ -78,8 +95,10 @@ def evaluate(argv: list[str]) -> int:
     check_writable("--output_dir", args.output_dir, folder=True)
     check_writable("--judge_file", args.judge_file)
     outputs = [("--output_dir", f) for f in report_paths(task, args.output_dir).values()] + [("--judge_file", args.judge_file)]
-    refuse_overwriting_inputs(outputs, [("--data", args.data), *model_inputs(args)])
+    refuse_overwriting_inputs(outputs, [("--data", args.data), ("--prompt_templates", args.prompt_templates), *model_inputs(args)])
     pick_device(args.device)
+    if task != "qa" and (args.prompt_templates or args.prompt_template is not None):
+        raise ConfigError("--prompt_templates / --prompt_template are for --task qa")
     if task in ("ae", "ppl", "qa") and not args.data:
         raise ConfigError(f"--task {task} needs --data")
     if task in ("passkey", "needle") and args.data:
@@ -93,6 +112,7 @@ def evaluate(argv: list[str]) -> int:
         records = read_texts(args.data, args.limit)
     elif task == "qa":
         records = read_qa(args.data, args.limit, args.format, args.longbench_dataset)
+        _assign_templates(args, records)
         if args.judge_file and args.skip_fulltext:
             raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
     else:

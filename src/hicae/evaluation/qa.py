@@ -37,6 +37,16 @@ def fulltext_content(context: str, question: str) -> str:
     return f"{context}\n\n{question}"
 
 
+def memory_prompt(r: QARecord) -> str:
+    """What follows the memory: the question, or the record's template without its context (``prompts``)."""
+    return r.template.memory(r.question) if r.template else r.question
+
+
+def fulltext_prompt(r: QARecord) -> str:
+    """The full-text baseline's user turn: the record's template rendered as is, else ``fulltext_content``."""
+    return r.template.fulltext(r.context, r.question) if r.template else fulltext_content(r.context, r.question)
+
+
 def _mean_scores(rows: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {m: sum(r[f"{prefix}_{m}"] for r in rows) / len(rows) for m in METRICS}
 
@@ -76,10 +86,10 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         # cut each row at its own (greedy rows are independent, so the kept tokens are the same)
         limits = [_max_new_tokens(r, s) for r in batch]
         max_new = max(limits)
-        mem_ids = model.generate_ids(mem, [r.question for r in batch], max_new_tokens=max_new)
+        mem_ids = model.generate_ids(mem, [memory_prompt(r) for r in batch], max_new_tokens=max_new)
         mem_answers = decode(model, [ids[:n] for ids, n in zip(mem_ids, limits)])
         if fulltext:
-            prompts = [chat_prompt_ids(model, fulltext_content(r.context, r.question)) for r in batch]
+            prompts = [chat_prompt_ids(model, fulltext_prompt(r)) for r in batch]
             over_window += sum(1 for p, n in zip(prompts, limits) if window and len(p) + n > window)
             full_ids = generate_plain(model, prompts, max_new)
             full_answers = decode(model, [ids[:n] for ids, n in zip(full_ids, limits)])
@@ -88,6 +98,8 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
             row: dict[str, Any] = {"where": r.where, "question": r.question, "answers": r.answers,
                                    "context_tokens": ntok, "slots": nslot, "ratio_bucket": ratio_bucket(ntok, nslot),
                                    "answer_memory": mem_answers[j]}
+            if r.template:
+                row.update(prompt_template=r.template.source, prompt_memory=memory_prompt(r))
             row.update({f"memory_{k}": v for k, v in metrics.qa_scores(mem_answers[j], r.answers).items()})
             if fulltext:
                 row["answer_fulltext"] = full_answers[j]
@@ -121,12 +133,20 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
                             ["dataset", "metric", "n", *[label[src] for src in sources]],
                             [[k, a["metric"], a["n"], *[a[src] for src in sources]] for k, a in lb.items()]))
         notes.append("LongBench scores follow its own scorer (THUDM/LongBench metrics.py): per-dataset metric, jieba "
-                     "words for Chinese, first line only for trec/triviaqa/samsum/lsht; answers are generated "
-                     "from hicae's prompts (the question alone), not LongBench's per-dataset prompt templates.")
+                     "words for Chinese, first line only for trec/triviaqa/samsum/lsht.")
         unnamed = sum(1 for r in rows if "dataset" not in r)
         if unnamed:
             notes.append(f"{unnamed} record(s) name no LongBench dataset and have no LongBench score "
                          "(field 'dataset', or --longbench_dataset).")
+    templated = sorted({r["prompt_template"] for r in rows if "prompt_template" in r})
+    if templated:
+        summary["prompt_templates"] = templated
+        notes.append("Prompts from the templates " + "; ".join(templated) + ": full text renders the template with "
+                     "the text inline; memory gets the template without its context (the instruction before it and "
+                     "the text after it, one blank line between).")
+    else:
+        notes.append("Prompts: after the memory, the question alone; for the full text, the text, a blank line and "
+                     "the question (--prompt_templates gives LongBench's per-dataset prompts).")
     if over_window:
         notes.append(f"{over_window} full-text prompt(s) plus answer exceed the base model's max_position_embeddings "
                      f"({window}): its full-text answers there are out of its trained window.")

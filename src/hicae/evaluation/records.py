@@ -11,6 +11,7 @@ from typing import Iterator
 from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl, parse_line
 from ..errors import ConfigError, DataError
 from .longbench import DATASET_METRIC, check_dataset
+from .prompts import PromptTemplate
 
 QA_FORMATS = ("auto", "pwc", "longbench")
 PWC_FIELDS = ("input", "prompt", "answer")  # the context, the question, the answer
@@ -31,6 +32,7 @@ class QARecord:
     answers: list[str]
     dataset: str | None = None  # LongBench: the dataset, whose official metric scores the answers
     all_classes: list[str] | None = None  # LongBench classification datasets (trec, lsht): the class names
+    template: PromptTemplate | None = None  # --prompt_template(s): how context and question make the prompts
 
 
 def read_texts(path: str | os.PathLike, limit: int | None = None) -> list[TextRecord]:
