@@ -141,9 +141,10 @@ class SpecialTokens:
         The template is rendered with the content between two markers (so a template whose text
         depends on the content still sees it); only the template's own text is tokenised with
         special tokens, the content as text (``tokenize``). With a tokenizer that puts the space
-        before a text itself (SentencePiece: Mistral's ``"[INST] " + content``), the template's
-        space before the content is dropped: the content's own ids carry it (``"▁What"``), and
-        before the memory no lone ``"▁"`` is left; ICAE v2's ``[INST]`` ids end the same way.
+        before a text itself (SentencePiece; Mistral's template writes its instruction tag, a
+        space, then the content), the template's space before the content is dropped: the
+        content's own ids carry it (``"▁What"``), and before the memory no lone ``"▁"`` is left;
+        ICAE v2's hard-coded tag ids end the same way.
         """
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
