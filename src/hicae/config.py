@@ -16,6 +16,7 @@ POSITION_LAYOUTS = ("contiguous", "spread")
 SEGMENTATIONS = ("even", "fixed")
 OVERLONG_POLICIES = ("error", "truncate")
 LM_CUTS = ("second_half", "uniform")
+BOS_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -84,6 +85,14 @@ class ICAEConfig:
                           "text is an AE example; 'uniform' (the reference ICAE v2): anywhere, and a continuation "
                           "of min_tokens_for_lm tokens or fewer makes an AE example of the head (docs/migration.md)."},
     )
+    bos: str = field(
+        default="auto",
+        metadata={"help": "BOS before each compressed text (and so in its AE target and at the head of an LM "
+                          "example): 'auto' (when the tokenizer adds one by default, as Mistral/Llama's <s>; ICAE v2 "
+                          "tokenises that way; Qwen has none, so nothing changes there), 'always' (the tokenizer's "
+                          "BOS, which must exist) or 'never' (the text alone; what ICAE v2's fine-tuning script "
+                          "compresses). See docs/migration.md."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +114,8 @@ class ICAEConfig:
             raise ConfigError(f"segmentation must be one of {SEGMENTATIONS}, got {self.segmentation!r}")
         if self.lm_cut not in LM_CUTS:
             raise ConfigError(f"lm_cut must be one of {LM_CUTS}, got {self.lm_cut!r}")
+        if self.bos not in BOS_MODES:
+            raise ConfigError(f"bos must be one of {BOS_MODES}, got {self.bos!r}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:

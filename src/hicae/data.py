@@ -257,7 +257,7 @@ class Collator:
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         key = "text" if self.mode == "pretrain" else "input"
-        raw = tokenize(self.tokenizer, [r[key] for r in records])
+        raw = self.tokens.text_ids([r[key] for r in records])  # BOS first where the tokenizer adds one
         contexts, tasks, targets = [], [], []
         for r, ids in zip(records, raw):
             ids = self._checked(ids, r.get("where", f"record {r.get('index')}"))

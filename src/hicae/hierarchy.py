@@ -50,7 +50,7 @@ class HierarchicalICAE(ICAE):
         # gets its own queries. They start as copies of level 1's (what an ICAE checkpoint knows).
         self.level_embeddings = nn.Parameter(self.mem_embeddings.detach().clone().unsqueeze(0).repeat(L - 1, 1, 1))  # [L-1, k, D]
         self.fingerprint = self.icae_config.memory_fingerprint(
-            base_shape(base_model.config), extra={"hierarchy": self.hierarchy.memory_fields()}
+            base_shape(base_model.config), extra={**(self.fingerprint_extra() or {}), "hierarchy": self.hierarchy.memory_fields()}
         )
 
     def trained_embeddings(self) -> dict[str, nn.Parameter]:

@@ -103,13 +103,15 @@ def read_icae_v2(path: str | Path) -> ICAEv2Weights:
 
 def import_icae_v2(path: str | Path, base_model: Any, tokenizer: Any, *, compression_rate: int = 4,
                    lora_alpha: int = REFERENCE_LORA_ALPHA, model_max_length: int = 5120,
-                   add_special_token_for_lm: bool = False) -> ICAE:
+                   add_special_token_for_lm: bool = False, bos: str = "auto") -> ICAE:
     """An ICAE on ``base_model`` holding an ICAE v2 file's trained weights (save it with ``save_pretrained``).
 
     What the file does not hold comes from the reference's defaults (overridable): mean
     compression rate 4, LoRA alpha 32, inputs up to 5120 tokens, no ``[LM]`` token after the slots
-    (``add_special_token_for_lm=False``). The segment rule and memory positions are hicae's
-    defaults, which equal the reference's (``even``, ``contiguous``).
+    (``add_special_token_for_lm=False``), BOS before each compressed text where the tokenizer adds
+    one (``bos='auto'``: the reference tokenises with ``tokenizer(text)``, so Mistral's ``<s>``
+    leads every text). The segment rule and memory positions are hicae's defaults, which equal
+    the reference's (``even``, ``contiguous``).
     """
     w = read_icae_v2(path)
     D = base_model.config.hidden_size
@@ -119,7 +121,7 @@ def import_icae_v2(path: str | Path, base_model: Any, tokenizer: Any, *, compres
                               "mistralai/Mistral-7B-Instruct-v0.2)")
     cfg = ICAEConfig(mem_size=w.mem_size, compression_rate=compression_rate, lora_r=w.lora_r, lora_alpha=lora_alpha,
                      lora_target_modules=w.target_modules, model_max_length=model_max_length,
-                     add_special_token_for_lm=add_special_token_for_lm)
+                     add_special_token_for_lm=add_special_token_for_lm, bos=bos)
     model = ICAE(base_model, tokenizer, cfg)
     _check_keys(Path(path), w.adapter, get_peft_model_state_dict(model.encoder))
     with torch.no_grad():

@@ -45,7 +45,7 @@ from .layout import (
 from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
-from .tokens import SpecialTokens, cut_at_stop, fit_length, tokenize
+from .tokens import SpecialTokens, cut_at_stop, fit_length
 from .speed import DecodingOptions, adapter_in_dtype, compile_encoder, generation_kwargs
 
 TASKS = ("ae", "lm", "ft")
@@ -82,7 +82,8 @@ class ICAE(nn.Module):
         self.icae_config = config or ICAEConfig()
         self.tokenizer = tokenizer
         self.base_model_name = str(getattr(base_model.config, "_name_or_path", "") or "")
-        self.tokens = SpecialTokens.from_tokenizer(tokenizer, getattr(base_model, "generation_config", None))
+        self.tokens = SpecialTokens.from_tokenizer(tokenizer, getattr(base_model, "generation_config", None),
+                                                   bos=self.icae_config.bos)
         base_model.requires_grad_(False)
         self.decoder = twin_module(base_model) if share_decoder else copy.deepcopy(base_model)
         cfg = self.icae_config
@@ -103,7 +104,7 @@ class ICAE(nn.Module):
         self.mem_embeddings = nn.Parameter(torch.randn(cfg.mem_size, D, generator=g).mul_(std).to(emb.device))  # [k, D]
         self.task_embeddings = nn.Parameter(torch.randn(len(TASKS), D, generator=g).mul_(std).to(emb.device))  # [3, D]
         self.hidden_size = D
-        self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config))
+        self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config), self.fingerprint_extra())
         # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
         # memories record it, and loading one on other weights is refused unless allowed.
         self.base_weights = base_fingerprint(self.decoder)
@@ -111,6 +112,11 @@ class ICAE(nn.Module):
         # Runtime speed settings (not saved): see speed.py, set_decoding and compile_encoder.
         self.decoding = DecodingOptions()
         self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
+
+    def fingerprint_extra(self) -> dict[str, Any] | None:
+        """What the memory fingerprint adds to the config: the BOS before each compressed text, when there
+        is one (a Mistral base; none for Qwen, whose fingerprints stay as they were)."""
+        return {"text_prefix": self.tokens.text_prefix} if self.tokens.text_prefix else None
 
     # ---- I/O: ``from_base``, ``from_pretrained`` and ``save_pretrained`` are bound onto this class by
     # ``hicae.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
@@ -264,7 +270,7 @@ class ICAE(nn.Module):
             texts = [texts]
         if not texts:
             raise DataError("no texts to compress")
-        ids = tokenize(self.tokenizer, texts)
+        ids = self.tokens.text_ids(texts)  # BOS first where the tokenizer adds one (ICAEConfig.bos)
         return [self.check_length(x, where=f"text {i}") for i, x in enumerate(ids)]
 
     def length_limit(self) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""Tiny random Qwen2 / Qwen3 models built in-process (tests, the demo, CPU benchmarks)."""
+"""Tiny random Qwen2 / Qwen3 (and Mistral, for ICAE v2 imports) models built in-process (tests, the demo, CPU benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 def tiny_config(arch: str = "qwen3", vocab_size: int = 151936, **overrides: Any):
     """A small config of the real architecture. ``vocab_size`` must cover the tokenizer (Qwen: 151,669 ids)."""
-    from transformers import Qwen2Config, Qwen3Config
+    from transformers import MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -29,7 +29,9 @@ def tiny_config(arch: str = "qwen3", vocab_size: int = 151936, **overrides: Any)
         return Qwen3Config(**common)
     if arch == "qwen2":
         return Qwen2Config(**common)
-    raise ValueError(f"unknown tiny architecture {arch!r} (qwen2, qwen3)")
+    if arch == "mistral":  # the released ICAE v2's base architecture; give its tokenizer's ids as overrides
+        return MistralConfig(**common)
+    raise ValueError(f"unknown tiny architecture {arch!r} (qwen2, qwen3, mistral)")
 
 
 def tiny_model(arch: str = "qwen3", seed: int = 0, dtype: torch.dtype = torch.float32, attn: str = "sdpa", **overrides: Any):

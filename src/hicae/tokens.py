@@ -7,7 +7,8 @@ render the tokenizer's own template around a placeholder and split there.
 User text (training data, texts to compress, prompts) is tokenised as *text*: a string such as
 ``<|endoftext|>``, ``<|im_end|>`` or ``<think>`` inside it becomes ordinary tokens, never the
 control id, so a text cannot end its reconstruction early or close its own chat turn. Only
-hicae's layout and the chat template's own text put special ids in a sequence.
+hicae's layout, the chat template's own text and the BOS convention (``bos_prefix``) put special
+ids in a sequence.
 """
 
 from __future__ import annotations
@@ -52,6 +53,34 @@ def special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def bos_prefix(tokenizer: Any, mode: str = "auto") -> list[int]:
+    """Ids put before every compressed text (``ICAEConfig.bos``): ``[BOS]`` or nothing.
+
+    ``auto``: BOS when the tokenizer itself adds it to a text by default (Mistral/Llama: ``<s>``),
+    as ICAE v2 tokenises (``tokenizer(text)``); Qwen has no BOS, so nothing. ``always``: the
+    tokenizer's BOS, which must exist. ``never``: nothing.
+    """
+    bos = tokenizer.bos_token_id
+    if mode == "never":
+        return []
+    if mode == "always":
+        if bos is None:
+            raise ConfigError("bos='always' but the tokenizer has no BOS token; use bos='auto' or 'never'")
+        return [bos]
+    if mode != "auto":
+        raise ConfigError(f"bos must be auto, always or never, got {mode!r}")
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    default = tokenizer(probe)["input_ids"]
+    return [bos] if bos is not None and default[: len(plain) + 1] == [bos] + plain else []
+
+
+def _prefixes_space(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a space marker before a text itself (SentencePiece's dummy prefix:
+    ``"a"`` and ``" a"`` are the same ids); byte-level BPE (Qwen) does not."""
+    return tokenize_one(tokenizer, "a") == tokenize_one(tokenizer, " a")
+
+
 @dataclass
 class SpecialTokens:
     """Ids and chat pieces of one tokenizer (and the base model's generation config)."""
@@ -62,9 +91,13 @@ class SpecialTokens:
     chat_end_id: int | None  # ends an assistant turn in the chat template (Qwen: <|im_end|>)
     tokenizer: Any = field(repr=False)
     chat_kwargs: dict[str, Any] = field(default_factory=dict)
+    text_prefix: list[int] = field(default_factory=list)  # before each compressed text: [BOS] or [] (bos_prefix)
+    # the tokenizer supplies the space before a text itself (SentencePiece), so the template's space
+    # before the user content is left to the content (see user_turn)
+    prefixes_space: bool = False
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, generation_config: Any = None) -> "SpecialTokens":
+    def from_tokenizer(cls, tokenizer: Any, generation_config: Any = None, bos: str = "auto") -> "SpecialTokens":
         eos = tokenizer.eos_token_id
         gen_eos = _as_list(getattr(generation_config, "eos_token_id", None))
         if eos is None:
@@ -78,7 +111,12 @@ class SpecialTokens:
         chat_end = cls._find_chat_end(tokenizer, chat_kwargs)
         stops = [eos] + gen_eos + ([chat_end] if chat_end is not None else [])
         stop_ids = list(dict.fromkeys(stops))  # unique, ordered
-        return cls(eos, pad, stop_ids, chat_end, tokenizer, chat_kwargs)
+        return cls(eos, pad, stop_ids, chat_end, tokenizer, chat_kwargs, text_prefix=bos_prefix(tokenizer, bos),
+                   prefixes_space=_prefixes_space(tokenizer))
+
+    def text_ids(self, texts: list[str]) -> list[list[int]]:
+        """Ids of texts to compress (and to reconstruct): ``text_prefix`` then each text as text."""
+        return [self.text_prefix + ids for ids in tokenize(self.tokenizer, texts)]
 
     @staticmethod
     def _find_chat_end(tokenizer: Any, chat_kwargs: dict[str, Any]) -> int | None:
@@ -102,7 +140,11 @@ class SpecialTokens:
 
         The template is rendered with the content between two markers (so a template whose text
         depends on the content still sees it); only the template's own text is tokenised with
-        special tokens, the content as text (``tokenize``).
+        special tokens, the content as text (``tokenize``). With a tokenizer that puts the space
+        before a text itself (SentencePiece; Mistral's template writes its instruction tag, a
+        space, then the content), the template's space before the content is dropped: the
+        content's own ids carry it (``"▁What"``), and before the memory no lone ``"▁"`` is left;
+        ICAE v2's hard-coded tag ids end the same way.
         """
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
@@ -116,6 +158,8 @@ class SpecialTokens:
         middle, _, after = rest.partition(CONTENT_END)
         if middle != content or PLACEHOLDER in after or CONTENT_END in after:
             raise ConfigError("the chat template does not render the user message verbatim; cannot place the memory")
+        if self.prefixes_space and before.endswith(" "):
+            before = before[:-1]
         return _ids(tok, before), tokenize_one(tok, content), _ids(tok, after)
 
     def chat_ids(self, content: str) -> list[int]:

@@ -91,7 +91,7 @@ def test_imported_model_compresses_as_the_reference(reference, base_dir, tmp_pat
     assert code == 0, err
     assert json.loads(out)["lora_r"] == RANK
     meta = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())["icae"]
-    assert (meta["mem_size"], meta["lora_alpha"], meta["add_special_token_for_lm"]) == (K, 32, False)
+    assert (meta["mem_size"], meta["lora_alpha"], meta["add_special_token_for_lm"], meta["bos"]) == (K, 32, False, "auto")
     model = ICAE.from_pretrained(tmp_path / "ckpt")  # a normal, strictly loaded hicae checkpoint
     rows = state["memory_token_embed.weight"]
     # [AE] [LM] [FT] are rows k, k+1, k+2 (the reference's ae/lm/ft_token_id - vocab_size)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, load_base, save_icae
+from ..config import BOS_MODES
 from ..errors import ConfigError
 from ..migration import REFERENCE_LORA_ALPHA, import_icae_v2, refuse_pickle
 from .outputs import check_writable, refuse_overwriting_inputs
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_max_length", type=int, default=5120, help="longest text in tokens (reference: 5120)")
     p.add_argument("--add_special_token_for_lm", action="store_true",
                    help="it was pretrained with [LM] after the slots (the reference's default is without)")
+    p.add_argument("--bos", default="auto", choices=BOS_MODES,
+                   help="BOS before each compressed text: auto (where the tokenizer adds one, as the reference "
+                        "tokenises: Mistral's <s>), always, never (the text alone, as the reference's fine-tuning "
+                        "script compresses 'input')")
     return p
 
 
@@ -48,7 +53,8 @@ def import_v2(argv: list[str]) -> int:
         raise ConfigError(f"--output_dir {out} already holds a hicae checkpoint; choose another folder")
     base, tok = load_base(args.model_name_or_path, dtype=args.dtype)
     model = import_icae_v2(src, base, tok, compression_rate=args.mean_compression_rate, lora_alpha=args.lora_alpha,
-                           model_max_length=args.model_max_length, add_special_token_for_lm=args.add_special_token_for_lm)
+                           model_max_length=args.model_max_length, add_special_token_for_lm=args.add_special_token_for_lm,
+                           bos=args.bos)
     save_icae(model, out)
     cfg = model.icae_config
     print(json.dumps({"checkpoint": str(out), "mem_size": cfg.mem_size, "lora_r": cfg.lora_r,

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataError
-from ..tokens import tokenize
 from . import metrics
 from .decoding import decode
 from .records import TextRecord
@@ -42,7 +41,7 @@ def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult
     if not records:
         raise DataError("no records to evaluate")
     for batch in progress_batches(records, s.batch_size, "ae", s.progress):
-        ids = [model.check_length(x, where=r.where) for r, x in zip(batch, tokenize(model.tokenizer, [r.text for r in batch]))]
+        ids = [model.check_length(x, where=r.where) for r, x in zip(batch, model.tokens.text_ids([r.text for r in batch]))]
         mem = compress_ids(model, ids, s.max_slots)
         if s.max_new_tokens:
             preds = model.reconstruct_ids(mem, max_new_tokens=s.max_new_tokens)

@@ -25,7 +25,6 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..layout import lm_prefix, with_target
-from ..tokens import tokenize
 from .decoding import example_nll
 from .records import TextRecord
 from .report import Bars, Table, TaskResult
@@ -80,7 +79,7 @@ def run_ppl(model: Any, records: list[TextRecord], s: EvalSettings, continuation
         raise DataError("no records to evaluate")
     for batch in progress_batches(records, s.batch_size, "ppl", s.progress):
         split = [split_text(model, x, r.where, continuation_tokens)
-                 for r, x in zip(batch, tokenize(model.tokenizer, [r.text for r in batch]))]
+                 for r, x in zip(batch, model.tokens.text_ids([r.text for r in batch]))]
         ctxs, conts = [c for c, _ in split], [c for _, c in split]
         mem = compress_ids(model, ctxs, s.max_slots) if uses_mem else None
         nslots = mem.num_slots if mem is not None else [0] * len(batch)

@@ -20,7 +20,6 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..fileio import write_text_atomic
-from ..tokens import tokenize
 from . import longbench, metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
 from .records import QARecord
@@ -79,7 +78,7 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         first: dict[str, str] = {}  # each distinct context once (PwC asks several questions per text)
         for r in batch:
             first.setdefault(r.context, r.where)
-        ctx_ids = [model.check_length(x, where=w) for w, x in zip(first.values(), tokenize(model.tokenizer, list(first)))]
+        ctx_ids = [model.check_length(x, where=w) for w, x in zip(first.values(), model.tokens.text_ids(list(first)))]
         index = {c: i for i, c in enumerate(first)}
         mem = compress_ids(model, ctx_ids, s.max_slots)[[index[r.context] for r in batch]]
         # rows of one batch may have different limits (LongBench datasets): generate to the largest and
