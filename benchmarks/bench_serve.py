@@ -105,14 +105,17 @@ def markdown(report: dict) -> str:
     lines = [
         f"Setting: {report['setting']}", "",
         "| phase | answered / sent | 429 | requests/s | p50 latency | p99 latency | generated tokens/s | "
-        "decoder calls | prefix-cache hits |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "decoder calls | rows per call | memories per call (max) | s per decoding step | prefix-cache hits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, p in rows:
-        s = p["server"]
+        s, d = p["server"], p["server"]["decoding"]
+        # s per step: the worker's time in decoder calls over their steps (prefill included: an upper bound)
         lines.append(f"| {name} | {p['answered']} / {p['sent']} | {p['refused_429']} | {p['requests_per_s']:.2f} | "
                      f"{p['p50_s']:.2f} s | {p['p99_s']:.2f} s | {p['tokens_per_s']:.1f} | "
-                     f"{s['decoding']['decoder_calls']} | {s['prefix_cache']['hits']} |")
+                     f"{d['decoder_calls']} | {d['rows'] / max(1, d['decoder_calls']):.1f} | "
+                     f"{d['max_memories_per_call']} | {d['seconds'] / max(1, d['steps']):.3f} | "
+                     f"{s['prefix_cache']['hits']} |")
     lines += ["", f"Speed-up in requests/s: {b['requests_per_s'] / a['requests_per_s']:.2f}x; greedy answers equal "
               f"between the phases: {report['equal_answers']} of {min(a['answered'], b['answered'])}.", ""]
     return "\n".join(lines)

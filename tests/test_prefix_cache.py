@@ -108,6 +108,29 @@ def test_batches_over_several_memories(varied):
     assert cache.prefix_passes == 1
 
 
+def test_rows_of_separate_memories_each_from_its_own_cache(varied):
+    """``Memory.cat`` joins rows of separately compressed memories (``hicae serve`` batches them); with one cache
+    per row, each row continues from (and a missing prefix is kept in) its own memory's cache; equal to uncached."""
+    from hicae.memory import Memory
+
+    model, mem = varied
+    a, b = mem[[0, 1]], mem[[2, 3]]  # two memories (as two compress calls make)
+    ca, cb = model.prefix_cache(a), model.prefix_cache(b, tasks=())  # b's prefixes: computed on first use
+    rows = Memory.cat([a[[1, 0, 1]], b[[1]]])
+    plain = model.generate_ids(rows, PROMPTS[:4], max_new_tokens=NEW, **OFF)
+    assert varied_tokens(plain) >= 10
+    assert model.generate_ids(rows, PROMPTS[:4], max_new_tokens=NEW, prefix_cache=[ca, ca, ca, cb]) == plain
+    assert (ca.prefix_passes, cb.prefix_passes, len(cb.keys())) == (1, 1, 1)  # a reused; b computed its one row
+    plain = model.reconstruct_ids(rows, max_new_tokens=NEW, **OFF)
+    assert model.reconstruct_ids(rows, max_new_tokens=NEW, prefix_cache=[ca, ca, ca, cb]) == plain
+    with pytest.raises(DataError, match="a list of 2 caches for 4 rows"):
+        model.generate_ids(rows, PROMPTS[:4], max_new_tokens=NEW, prefix_cache=[ca, cb])
+    other = Memory.cat([b])
+    other.encoder_weights = "x" * 16
+    with pytest.raises(DataError, match="different models, configs or weights"):
+        Memory.cat([a, other])
+
+
 def test_reconstruct_and_continue(varied):
     model, mem = varied
     cache = model.prefix_cache(mem, tasks=("ae", "lm"))

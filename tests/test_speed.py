@@ -156,3 +156,25 @@ def test_compiled_encoder_with_bf16_adapter_cast(qwen3_tokenizer):
         got = model.compress(TEXTS)
         for a, b in zip(got.slots, ref.slots):
             torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_output_layer_gets_a_contiguous_input(qwen3_tokenizer):
+    """generate's first step feeds the frozen head ``hidden[:, -1:]`` (strided); our pre-hook makes it contiguous,
+    so torch multiplies with ``mm`` instead of copying the transposed 152k-row weight per row (speed.py). The hook
+    is added once however often a base (whose head the decoder shares) is wrapped."""
+    from conftest import build_icae
+
+    from hicae.speed import contiguous_head_input
+
+    model = build_icae(qwen3_tokenizer, "qwen2", **VARIED).model
+    head = model.decoder.get_output_embeddings()
+    contiguous_head_input(model.decoder)
+    assert len(head._forward_pre_hooks) == 1
+    seen = []
+    # what matmul's fold test reads: the strides of a freshly made tensor of that shape (not is_contiguous())
+    head.register_forward_pre_hook(lambda m, args: seen.append((args[0].shape[1], args[0].stride(),
+                                                                torch.empty(args[0].shape).stride())))
+    mem = model.compress(TEXTS[:2])
+    model.generate_ids(mem, PROMPTS[:2], max_new_tokens=3, prefix_cache=False)
+    model.generate_ids(mem[0], PROMPTS[:1], max_new_tokens=3, prefix_cache=False)  # one row: [1, 1, D]
+    assert len(seen) == 6 and all(got == want for _, got, want in seen) and seen[0][0] == seen[3][0] == 1

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 from .fileio import atomic_path
 from .memory_checks import check_slots, parse_metadata
 
@@ -97,6 +97,40 @@ class Memory:
         else:
             idx = list(i)
         return self._with([self.slots[j] for j in idx], idx)
+
+    @property
+    def origin(self) -> tuple:
+        """What made the slots (model, config, weights): memories of one origin can be joined (``cat``)."""
+        return (self.base_model, self.fingerprint, self.mem_size, self.compression_rate, self.base_weights,
+                self.encoder_weights)
+
+    @classmethod
+    def cat(cls, mems: list["Memory"]) -> "Memory":
+        """The entries of several memories of one origin, in order: the rows of one decoding call
+        (``hicae serve`` batches questions about different memories). Slot tensors are the same objects,
+        so a prefix cache of each memory still recognises its rows. ``extra`` is not carried over;
+        hierarchy blocks are, if every memory has them."""
+        if not mems:
+            raise DataError("Memory.cat: no memories")
+        first = mems[0]
+        if any(m.origin != first.origin for m in mems):
+            raise DataError("Memory.cat: the memories were made by different models, configs or weights")
+        hier = all(m.hierarchical for m in mems)
+        return cls(
+            [s for m in mems for s in m.slots],
+            [n for m in mems for n in m.num_tokens],
+            [n for m in mems for n in m.num_segments],
+            first.base_model,
+            first.fingerprint,
+            first.mem_size,
+            first.compression_rate,
+            max(m.levels for m in mems),
+            {},
+            [b for m in mems for b in m.blocks] if hier else None,
+            [t for m in mems for t in m.tails] if hier else None,
+            first.base_weights,
+            first.encoder_weights,
+        )
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Memory":
         return self._with([s.to(device=device, dtype=dtype) for s in self.slots], list(range(len(self))))

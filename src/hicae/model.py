@@ -46,7 +46,7 @@ from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
 from .tokens import SpecialTokens, cut_at_stop, fit_length
-from .speed import DecodingOptions, adapter_in_dtype, compile_encoder, generation_kwargs
+from .speed import DecodingOptions, adapter_in_dtype, compile_encoder, contiguous_head_input, generation_kwargs
 
 TASKS = ("ae", "lm", "ft")
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
@@ -86,6 +86,7 @@ class ICAE(nn.Module):
                                                    bos=self.icae_config.bos)
         base_model.requires_grad_(False)
         self.decoder = twin_module(base_model) if share_decoder else copy.deepcopy(base_model)
+        contiguous_head_input(self.decoder)  # generate's first step: mm, not a weight copy (speed.py)
         cfg = self.icae_config
         lora = LoraConfig(
             r=cfg.lora_r,

@@ -35,6 +35,9 @@ per-step logits against the uncached path (fp32). The arithmetic is the same up 
 floating-point sums, as between a batch and one row at a time: in bf16 a greedy choice between
 two near-tied tokens can differ, as it can between batched and unbatched uncached decoding. When every row shares one prefix (many questions
 about one memory) the cache rows are expanded views, copied once by ``DynamicCache``.
+Rows of several memories (``Memory.cat``; ``hicae serve`` batches questions about different
+memories) take ``prefix_cache=[cache per row]``: each row's prefix comes from its own memory's
+cache (``stack_prefixes``), and a missing one is computed into that cache.
 
 Limits: plain (non-sliding) attention caches only; no beam search, ``num_return_sequences > 1``,
 assisted decoding or ``cache_implementation`` (those calls decode without the cache); the cache
@@ -180,26 +183,33 @@ class PrefixCache:
 
     def batch(self, model: Any, keys: list[Key]) -> tuple[DynamicCache, torch.Tensor]:
         """A fresh ``DynamicCache`` with row ``r`` holding prefix ``keys[r]`` left-padded, and its mask [B, P]."""
-        B = len(keys)
-        lens = [len(k[1]) for k in keys]
-        P = max(lens)
-        uniq = list(dict.fromkeys(keys))
-        if len(uniq) == 1:  # many rows, one prefix: expanded views, copied once by DynamicCache
-            data = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self._kv[uniq[0]]]
-        else:
-            row = torch.tensor([uniq.index(k) for k in keys], device=model.device)
-            data = []
-            for layer in range(len(self._kv[uniq[0]])):
-                stacked = [
-                    torch.cat([F.pad(self._kv[u][layer][t], (0, 0, P - len(u[1]), 0)) for u in uniq]).index_select(0, row)
-                    for t in (0, 1)
-                ]
-                data.append((stacked[0], stacked[1]))
-        cache = DynamicCache(data, config=model.decoder.config)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for r, p in enumerate(lens):
-            mask[r, P - p :] = 1
-        return cache, mask
+        return stack_prefixes(model, [self._kv[k] for k in keys])
+
+
+def stack_prefixes(model: Any, kvs: list[KV]) -> tuple[DynamicCache, torch.Tensor]:
+    """A fresh ``DynamicCache`` whose row ``r`` holds ``kvs[r]`` (a cached prefix, of any memory) left-padded
+    to the longest, and its mask [B, P]. Rows holding the same prefix (the same ``KV`` object) share one copy."""
+    B = len(kvs)
+    lens = [kv[0][0].shape[2] for kv in kvs]
+    P = max(lens)
+    uniq = list({id(kv): kv for kv in kvs}.values())
+    if len(uniq) == 1:  # many rows, one prefix: expanded views, copied once by DynamicCache
+        data = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in uniq[0]]
+    else:
+        where = {id(kv): i for i, kv in enumerate(uniq)}
+        row = torch.tensor([where[id(kv)] for kv in kvs], device=model.device)
+        data = []
+        for layer in range(len(uniq[0])):
+            stacked = [
+                torch.cat([F.pad(u[layer][t], (0, 0, P - u[layer][t].shape[2], 0)) for u in uniq]).index_select(0, row)
+                for t in (0, 1)
+            ]  # [B, H, P, d]
+            data.append((stacked[0], stacked[1]))
+    cache = DynamicCache(data, config=model.decoder.config)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for r, p in enumerate(lens):
+        mask[r, P - p :] = 1
+    return cache, mask
 
 
 # ---- layouts: where the prompt-independent prefix ends ----------------------------------------------------
@@ -260,23 +270,29 @@ def resolve(model: Any, mem: Memory, prefix_lens: list[int] | None, prefix_cache
             kwargs: dict[str, Any]) -> PrefixCache | None:
     """The cache a generation call uses, or None for the plain path.
 
-    ``prefix_cache``: a ``PrefixCache`` (use it), ``False`` (never), ``None`` (automatic: a
-    temporary cache when several rows share one memory entry, e.g. many questions about one
-    memory, so that the shared prefix is computed once).
+    ``prefix_cache``: a ``PrefixCache`` (use it), a list of one per row of ``mem`` (rows joined
+    from several memories, ``Memory.cat``: each row's prefix comes from, and is kept in, its own
+    memory's cache), ``False`` (never), ``None`` (automatic: a temporary cache when several rows
+    share one memory entry, e.g. many questions about one memory, so that the shared prefix is
+    computed once).
     """
     if prefix_cache is False:
         return None
     explicit = prefix_cache is not None
-    if explicit and not isinstance(prefix_cache, PrefixCache):
-        raise TypeError(f"prefix_cache must be a PrefixCache (from model.prefix_cache(mem)), None or False, "
-                        f"got {type(prefix_cache).__name__}")
+    caches = prefix_cache if isinstance(prefix_cache, list) else [prefix_cache]
+    if explicit and not all(isinstance(c, PrefixCache) for c in caches):
+        bad = next(c for c in caches if not isinstance(c, PrefixCache))
+        raise TypeError(f"prefix_cache must be a PrefixCache (from model.prefix_cache(mem)), a list of one per row, "
+                        f"None or False, got {type(bad).__name__}")
+    if isinstance(prefix_cache, list) and len(prefix_cache) != len(mem):
+        raise DataError(f"prefix_cache: a list of {len(prefix_cache)} caches for {len(mem)} rows; give one per row")
     reason = None
     if prefix_lens is None:
         reason = ("the layout has no prompt-independent prefix to cache (the chat template's text before the "
                   "memory depends on the prompt, or nothing follows the slots)")
     else:
         reason = unsupported_reason(model, kwargs)
-    if reason is None and explicit and not prefix_cache.supported:
+    if reason is None and explicit and not all(c.supported for c in caches):
         reason = "the model's attention cache is not a plain dynamic cache (sliding window?)"
     if reason is not None:
         if explicit:
@@ -291,15 +307,21 @@ def resolve(model: Any, mem: Memory, prefix_lens: list[int] | None, prefix_cache
 
 
 def generate_cached(model: Any, mem: Memory, examples: list[DecoderExample], prefix_lens: list[int],
-                    cache: PrefixCache, gen_kwargs: dict[str, Any]) -> torch.Tensor:
+                    cache: PrefixCache | list[PrefixCache], gen_kwargs: dict[str, Any]) -> torch.Tensor:
     """``model.decoder.generate`` continuing each row from its cached prefix (see the module docstring).
 
-    Returns what ``generate`` returns: the new tokens only (its input was embeddings).
+    ``cache``: one for all rows, or one per row (rows of several memories). Returns what
+    ``generate`` returns: the new tokens only (its input was embeddings).
     """
-    entries = cache.entries_of(mem)
-    keys: list[Key] = [(e, tuple(ex.ids[:p])) for e, ex, p in zip(entries, examples, prefix_lens)]
-    cache.ensure(model, keys)
-    past, prefix_mask = cache.batch(model, keys)
+    caches = cache if isinstance(cache, list) else [cache] * len(mem)
+    kvs: list[KV | None] = [None] * len(mem)
+    for c in {id(c): c for c in caches}.values():  # each cache computes (and keeps) its rows' missing prefixes
+        rows = [r for r, x in enumerate(caches) if x is c]
+        keys: list[Key] = [(e, tuple(examples[r].ids[: prefix_lens[r]])) for e, r in zip(c.entries_of(mem[rows]), rows)]
+        c.ensure(model, keys)
+        for r, key in zip(rows, keys):
+            kvs[r] = c._kv[key]
+    past, prefix_mask = stack_prefixes(model, kvs)  # type: ignore[arg-type]
     rests = [DecoderExample(ex.ids[p:], ex.labels[p:]) for ex, p in zip(examples, prefix_lens)]
     batch = pad_decoder(rests, model.tokens.pad_id, side="left")
     device = model.device

@@ -34,35 +34,61 @@ def _compress(engine: Engine, texts: list[str]) -> str:
 
 
 def _decode(engine: Engine, mid: str, prompts, task="answer", max_new_tokens=6):
-    args = {"memory_id": mid, "task": task, "prompts": prompts, "max_new_tokens": max_new_tokens, "sampling": {},
-            "rows": 1}
-    return engine.submit(engine.job("decode", args, group=(mid, task, max_new_tokens)))
+    """A decoding job as the HTTP handlers make it (``Engine.decode_job``), queued."""
+    return engine.submit(engine.decode_job(mid, engine.hot.get(mid).mem, task, prompts, max_new_tokens, {}))
 
 
 def test_micro_batch_equals_one_at_a_time(model, tmp_path):
+    """Greedy requests on different memories and of different lengths share one decoder call (each row from
+    its own memory's prefix cache, decoded to the longest length and cut), and every answer equals the
+    one-request-at-a-time answer of the plain model (fp32, exact token ids)."""
     engine = _engine(model, tmp_path, batch_window_ms=300)
     engine.start()
     try:
-        one, two = _compress(engine, [TEXTS[0]]), _compress(engine, TEXTS[1:3])
+        one, two, three = _compress(engine, [TEXTS[0]]), _compress(engine, TEXTS[1:3]), _compress(engine, [TEXTS[3]])
+        _decode(engine, three, ["Warm-up: its prefix is cached."], max_new_tokens=1).future.result(60)
+        calls = engine.stats.snapshot()["decoder_calls"]
         jobs = [_decode(engine, one, [p]) for p in PROMPTS] + [_decode(engine, one, PROMPTS[:2])]
-        jobs += [_decode(engine, two, ["Summarise."]), _decode(engine, one, None, task="reconstruct")]
+        jobs += [_decode(engine, two, ["Summarise."]), _decode(engine, three, [PROMPTS[2]], max_new_tokens=3)]
+        jobs += [_decode(engine, one, None, task="reconstruct"), _decode(engine, two, ["Longer."], max_new_tokens=9)]
         results = [j.future.result(120) for j in jobs]
         stats = engine.stats.snapshot()
-        # the four answer requests on memory `one` shared one decoder call; the others had their own
-        assert stats["batch_requests_max"] == 4 and stats["decoder_calls"] == 3
-        mem_one, mem_two = engine.hot.get(one).mem, engine.hot.get(two).mem
+        mems = [engine.hot.get(m).mem for m in (one, two, three)]
     finally:
         engine.stop()
+    # the seven answer requests of at most 6 tokens on three memories shared one decoder call (the 3-token one
+    # cut from it); the reconstruction (another task) and the 9-token request (longer than the call) had their own
+    assert (stats["batch_requests_max"], stats["batch_memories_max"], stats["decoder_calls"] - calls) == (6, 3, 3)
+    assert stats["prefix_cache_hits"] >= 1  # memory three's prefix, computed by the warm-up, was reused
     # the reference: the plain model, one request at a time, no prefix cache
     tok = model.tokenizer
-    want = [model.generate_ids(mem_one, [p], 6, prefix_cache=False) for p in PROMPTS]
-    want.append(model.generate_ids(mem_one, PROMPTS[:2], 6, prefix_cache=False))
-    want.append(model.generate_ids(mem_two, ["Summarise."], 6, prefix_cache=False))
-    want.append(model.reconstruct_ids(mem_one, 6, prefix_cache=False))
+    want = [model.generate_ids(mems[0], [p], 6, prefix_cache=False) for p in PROMPTS]
+    want.append(model.generate_ids(mems[0], PROMPTS[:2], 6, prefix_cache=False))
+    want.append(model.generate_ids(mems[1], ["Summarise."], 6, prefix_cache=False))
+    want.append(model.generate_ids(mems[2], [PROMPTS[2]], 3, prefix_cache=False))
+    want.append(model.reconstruct_ids(mems[0], 6, prefix_cache=False))
+    want.append(model.generate_ids(mems[1], ["Longer."], 9, prefix_cache=False))
     for res, ids in zip(results, want):
         assert [o["text"] for o in res["outputs"]] == tok.batch_decode(ids, skip_special_tokens=True)
         assert [o["tokens"] for o in res["outputs"]] == [len(x) for x in ids]
     assert len(results[3]["outputs"]) == 2 and len(results[4]["outputs"]) == 2  # 2 prompts; 2 texts
+    assert results[5]["outputs"][0]["tokens"] == 3 and results[5]["outputs"][0]["finish_reason"] == "length"
+    assert {len(x) for r in want[:5] for x in r} == {6}  # no early stop: the cut really shortened a longer row
+
+
+def test_batches_are_filled_oldest_first_and_never_lengthened(model, tmp_path):
+    """``_take``: the oldest job leads each call; queued jobs of its group join oldest first if they decode no
+    longer than it and fit ``max_batch_rows``; others wait for a later call (nothing starves)."""
+    engine = _engine(model, tmp_path, batch_window_ms=0, max_batch_rows=4)
+
+    def job(name, limit=8, rows=1, task="answer", grouped=True):
+        args = {"name": name, "max_new_tokens": limit, "rows": rows}
+        return engine.submit(engine.job("decode", args, ("greedy", task, "m") if grouped else None))
+
+    job("a", 8), job("b", 16), job("c", 4), job("d", grouped=False), job("e", 4, task="reconstruct"), job("f", 8, rows=3)
+    job("g", 8, rows=2)
+    taken = [[j.args["name"] for j in engine._take()] for _ in range(4)]
+    assert taken == [["a", "c", "g"], ["b", "f"], ["d"], ["e"]] and engine.depth == 0
 
 
 def test_prefix_lru_is_bounded_in_bytes(model, tmp_path):
@@ -96,9 +122,10 @@ def test_prefix_lru_is_bounded_in_bytes(model, tmp_path):
 def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
     engine = _engine(model, tmp_path, max_queue=2, request_timeout=0.05)
     mid = engine.memory_id_of("compress", texts=[TEXTS[0]], max_slots=None)
-    queued = [_decode(engine, mid, ["Q?"]), _decode(engine, mid, ["Q?"])]
+    args = {"memory_id": mid, "task": "answer", "prompts": ["Q?"], "max_new_tokens": 6, "sampling": {}, "rows": 1}
+    queued = [engine.submit(engine.job("decode", args, ("greedy", "answer", "m"))) for _ in range(2)]
     with pytest.raises(QueueFull, match="max_queue 2"):
-        _decode(engine, mid, ["Q?"])
+        engine.submit(engine.job("decode", args))
     time.sleep(0.1)  # past the deadline before the worker starts: dropped, not run
     engine.start()
     try:

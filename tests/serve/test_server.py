@@ -125,24 +125,31 @@ def test_chat_completions_with_the_openai_client(served, api, memory):
 
 
 def test_concurrent_requests_are_batched_and_equal_one_at_a_time(api, memory):
-    prompts = ["Which animal?", "Where does it rest?", "What colour is the fox, and is the dog lazy?", "Why?"]
-    body = lambda p: {"prompt": p, "max_new_tokens": 6}  # noqa: E731
+    """Concurrent greedy requests on two memories, of two lengths: batched across memories, each answer equal to
+    the one-at-a-time answer (the shorter one is cut from the longer call: exact, it is greedy)."""
+    other = api.post("/v1/memories", json={"text": "A hash table maps keys to buckets; collisions are chained."})
+    other = other.json()["id"]
+    asks = [(memory, "Which animal?", 6), (other, "What is chained?", 6), (memory, "Where does it rest?", 3),
+            (other, "Why?", 6)]
     before = api.get("/metrics").json()["decoding"]
-    results: dict[str, dict] = {}
+    results: dict[int, dict] = {}
 
-    def ask(p: str) -> None:
-        results[p] = api.post(f"/v1/memories/{memory}/generate", json=body(p)).json()
+    def ask(i: int) -> None:
+        mid, p, n = asks[i]
+        results[i] = api.post(f"/v1/memories/{mid}/generate", json={"prompt": p, "max_new_tokens": n}).json()
 
-    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     after = api.get("/metrics").json()["decoding"]
     assert after["batched_requests"] > before["batched_requests"]  # some of them shared a decoder call
-    for p in prompts:  # each alone (the window still applies, but nothing else is queued)
-        alone = api.post(f"/v1/memories/{memory}/generate", json=body(p)).json()
-        assert alone["outputs"] == results[p]["outputs"]
+    assert after["max_memories_per_call"] == 2  # ... across the two memories
+    for i, (mid, p, n) in enumerate(asks):  # each alone (the window still applies, but nothing else is queued)
+        alone = api.post(f"/v1/memories/{mid}/generate", json={"prompt": p, "max_new_tokens": n}).json()
+        assert alone["outputs"] == results[i]["outputs"]
+    assert results[2]["outputs"][0]["tokens"] <= 3
 
 
 def test_queue_full_is_429_and_nothing_is_lost(served, api, memory):

@@ -156,10 +156,8 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
         if stream:
             streamer = AsyncTextIteratorStreamer(model.tokenizer, skip_prompt=True, timeout=cfg.request_timeout,
                                                  skip_special_tokens=True)
-        group = None if (stream or sampling) else (memory_id, task, max_new_tokens)
-        args = {"memory_id": memory_id, "task": task, "prompts": prompts, "max_new_tokens": max_new_tokens,
-                "sampling": sampling, "rows": rows}
-        return engine.submit(engine.job("decode", args, group, streamer)), streamer
+        job = engine.decode_job(memory_id, hot.mem, task, prompts, max_new_tokens, sampling, streamer)
+        return engine.submit(job), streamer
 
     async def stream_events(job: Job, streamer: Any, piece: Any, done: Any, end: str | None) -> AsyncIterator[str]:
         """SSE: ``piece(text)`` per piece of text, ``done(result)`` once decoding ended, then ``end``."""
@@ -198,7 +196,9 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
             "queue": {"depth": engine.depth, "max_depth_seen": get("queue_depth_max"), "limit": cfg.max_queue},
             "tokens": {"generated": get("generated_tokens"), "compressed": get("compressed_tokens")},
             "decoding": {"decoder_calls": get("decoder_calls"), "rows": get("decoded_rows"),
-                         "batched_requests": get("batched_requests"), "max_requests_per_call": get("batch_requests_max")},
+                         "batched_requests": get("batched_requests"), "max_requests_per_call": get("batch_requests_max"),
+                         "max_memories_per_call": get("batch_memories_max"), "steps": get("decode_steps"),
+                         "seconds": round(get("decode_ms") / 1000, 3)},
             "prefix_cache": {"hits": get("prefix_cache_hits"), "misses": get("prefix_cache_misses"),
                              "bytes": engine.hot.nbytes, "budget_bytes": cfg.prefix_cache_bytes,
                              "memories": len(engine.hot), "evictions": engine.hot.evictions},

@@ -3,11 +3,18 @@
 torch does not make concurrent forward passes of one model safe, so HTTP handlers never touch the
 model: they put a ``Job`` on the queue (refused with ``QueueFull``, i.e. 429, when ``max_queue``
 jobs are waiting) and await its future. The worker takes the oldest job; a greedy decoding job
-also takes every queued job with the same *group* (same memory, task, ``max_new_tokens``), waiting
-up to ``batch_window_ms`` for more, and decodes all their rows in one ``generate`` call through
-the memory's prefix cache (hot.py). Rows of one call are left-padded and masked, so each answer is
-the one-request-at-a-time answer (tests/serve/test_engine.py checks it exactly, fp32). Sampled and
-streamed jobs run alone (their randomness / their streamer belong to one request).
+also takes, oldest first, the queued jobs of its *group* (greedy, same task, memories of one
+model) whose ``max_new_tokens`` is at most its own, waiting up to ``batch_window_ms`` for more, up
+to ``max_batch_rows`` rows, and decodes all their rows in one ``generate`` call: rows of several
+memories, each continuing from its own memory's prefix cache (hot.py, ``hicae.prefix_cache``),
+left-padded and masked, to the longest ``max_new_tokens``, each row then cut to its own. So each
+answer is the one-request-at-a-time answer (tests/serve/test_engine.py checks it exactly, fp32).
+
+Why batch: decoding is bound by reading the weights, not by arithmetic (Qwen2.5-0.5B, bf16, one
+CPU thread: one step costs about the same for 1 and 16 rows; docs/serve.md). Why the length rule:
+the oldest job's call is never lengthened by a newer one, and a job joins a call only when it
+would otherwise wait for that call anyway; every call starts with the oldest job, so none starves.
+Sampled and streamed jobs run alone (their randomness / their streamer belong to one request).
 
 A job past its deadline, or whose client went away, is dropped before it runs and stops decoding
 between two tokens (a ``StoppingCriteria``).
@@ -29,6 +36,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..errors import DataError, HicaeError
+from ..memory import Memory
 from ..model import broadcast_rows
 from .hot import HotMemories
 from .settings import ServeConfig
@@ -119,6 +127,18 @@ class Engine:
     def job(self, kind: str, args: dict[str, Any], group: tuple | None = None, streamer: Any = None) -> Job:
         return Job(kind, args, time.monotonic() + self.cfg.request_timeout, group, streamer)
 
+    def decode_job(self, memory_id: str, mem: Any, task: str, prompts: list[str] | None, max_new_tokens: int | None,
+                   sampling: dict[str, Any], streamer: Any = None) -> Job:
+        """A decoding job on ``mem`` (its rows checked), its length settled and its batching group set."""
+        entries, _ = self.rows_of(mem, task, prompts)
+        if max_new_tokens is None:  # reconstruct: the text's length and a little more; else 128; within the cap
+            longest = max(mem.num_tokens[e] for e in entries)
+            max_new_tokens = min(longest + 8 if task == "reconstruct" else 128, self.cfg.max_new_tokens)
+        args = {"memory_id": memory_id, "task": task, "prompts": prompts, "max_new_tokens": max_new_tokens,
+                "sampling": sampling, "rows": len(entries)}
+        group = None if (streamer is not None or sampling) else ("greedy", task, mem.origin)
+        return self.job("decode", args, group, streamer)
+
     async def wait(self, job: Job) -> Any:
         """The job's result, awaited in the event loop; past the deadline: ``Timeout`` and the job is stopped."""
         try:
@@ -170,7 +190,8 @@ class Engine:
             job.streamer.end()  # wakes the reader; the job's future holds the outcome
 
     def _take(self) -> list[Job] | None:
-        """The next job and, for a groupable one, queued jobs of its group (waiting up to the window)."""
+        """The oldest job and, for a groupable one, queued jobs of its group that decode no longer than it,
+        oldest first, up to ``max_batch_rows`` rows (waiting up to the window)."""
         with self._cond:
             while not self._jobs and not self._stopping:
                 self._cond.wait()
@@ -180,11 +201,13 @@ class Engine:
             batch, rows = [first], first.args.get("rows", 1)
             if first.group is None:
                 return batch
+            longest = first.args["max_new_tokens"]
             end = time.monotonic() + self.cfg.batch_window_ms / 1000
             while rows < self.cfg.max_batch_rows:
                 for job in list(self._jobs):
                     n = job.args.get("rows", 1)
-                    if job.group == first.group and rows + n <= self.cfg.max_batch_rows:
+                    if (job.group == first.group and job.args["max_new_tokens"] <= longest
+                            and rows + n <= self.cfg.max_batch_rows):
                         self._jobs.remove(job)
                         batch.append(job)
                         rows += n
@@ -236,62 +259,78 @@ class Engine:
         return broadcast_rows(len(mem), prompts)
 
     def _decode(self, jobs: list[Job]) -> None:
-        args = jobs[0].args
-        hot = self.hot.get(args["memory_id"])
-        mem, task, model = hot.mem, args["task"], self.model
-        entries: list[int] = []
-        prompts: list[str] = []
-        spans = []
+        """One ``generate`` call for the rows of ``jobs`` (one job: sampled / streamed; or a greedy batch, whose
+        rows may come from several memories), each job's rows cut to its own ``max_new_tokens``."""
+        task, model = jobs[0].args["task"], self.model
+        parts = []  # (job, its memory, its rows' entries, its prompts)
         for job in jobs:
             try:
-                e, p = self.rows_of(mem, task, job.args["prompts"])
-            except DataError as err:
+                hot = self.hot.get(job.args["memory_id"])
+                entries, prompts = self.rows_of(hot.mem, task, job.args["prompts"])
+            except HicaeError as err:  # deleted meanwhile, or a bad request: that job only
                 job.future.set_exception(err)
                 self._end_stream(job)
                 continue
-            spans.append((job, len(entries), len(e)))
-            entries += e
-            prompts += p or []
-        if not spans:
+            parts.append((job, hot, entries, prompts or []))
+        if not parts:
             return
-        rows = mem[entries]
-        limit = args["max_new_tokens"]
-        if limit is None:  # reconstruct: the text's length and a little more; else 128; always within the server's cap
-            limit = min(max(rows.num_tokens) + 8 if task == "reconstruct" else 128, self.cfg.max_new_tokens)
-        gen = dict(args["sampling"])
+        rows = Memory.cat([hot.mem[entries] for _, hot, entries, _ in parts])
+        prompts = [p for *_, ps in parts for p in ps]
+        caches = [hot.cache for _, hot, entries, _ in parts for _ in entries]
+        cache = False if any(c is None for c in caches) else caches  # one cache per row: its memory's
+        limit = max(job.args["max_new_tokens"] for job, *_ in parts)  # decode to the longest, cut each row
+        gen = dict(parts[0][0].args["sampling"])
         seed = gen.pop("seed", None)
         if seed is not None:
             torch.manual_seed(seed)
-        live = [j for j, _, _ in spans]
+        live = [job for job, *_ in parts]
         gen["stopping_criteria"] = StoppingCriteriaList([_Abandoned(live)])
         if live[0].streamer is not None:
             gen["streamer"] = live[0].streamer
-        cache = hot.cache if hot.cache is not None else False
-        before = hot.cache.prefix_tokens if hot.cache is not None else 0
+        before = {id(c): c.prefix_tokens for c in caches if c is not None}
+        started = time.perf_counter()
         if task == "answer":
             ids = model.generate_ids(rows, prompts, limit, prefix_cache=cache, **gen)
         elif task == "reconstruct":
             ids = model.reconstruct_ids(rows, limit, prefix_cache=cache, **gen)
         else:
             ids = model.continue_ids(rows, limit, prefix_cache=cache, **gen)
-        if hot.cache is not None:
-            self.stats.add("prefix_cache_hits" if hot.cache.prefix_tokens == before else "prefix_cache_misses",
-                           len(live))
+        seconds = time.perf_counter() - started
+        steps = max((len(x) for x in ids), default=0)
+        own = [job.args["max_new_tokens"] for job, _, entries, _ in parts for _ in entries]
+        ids = [x[:n] for x, n in zip(ids, own)]  # greedy: a row's first tokens do not depend on the call's length
         _, examples = model.decoder_examples(rows, TASKS[task], prompts if task == "answer" else None)
-        self.stats.add("decoder_calls")
-        self.stats.add("decoded_rows", len(ids))
-        self.stats.add("generated_tokens", sum(len(x) for x in ids))
-        self.stats.high("batch_requests_max", len(live))
-        if len(live) > 1:
-            self.stats.add("batched_requests", len(live))
+        self._count(parts, ids, steps, seconds, before)
         texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        for job, start, n in spans:
+        start = 0
+        for job, _, entries, _ in parts:
             outputs = [{
                 "index": i,
-                "prompt": prompts[start + i] if task == "answer" else None,
-                "text": texts[start + i],
-                "tokens": len(ids[start + i]),
-                "prompt_tokens": len(examples[start + i].ids),
-                "finish_reason": "length" if len(ids[start + i]) >= limit else "stop",
-            } for i in range(n)]
-            job.future.set_result({"memory_id": args["memory_id"], "task": task, "outputs": outputs})
+                "prompt": prompts[r] if task == "answer" else None,
+                "text": texts[r],
+                "tokens": len(ids[r]),
+                "prompt_tokens": len(examples[r].ids),
+                "finish_reason": "length" if len(ids[r]) >= own[r] else "stop",
+            } for i, r in enumerate(range(start, start + len(entries)))]
+            start += len(entries)
+            job.future.set_result({"memory_id": job.args["memory_id"], "task": task, "outputs": outputs})
+
+    def _count(self, parts: list, ids: list[list[int]], steps: int, seconds: float, before: dict[int, int]) -> None:
+        """``/metrics`` counters of one decoder call, and a debug line (what a profile of the load needs)."""
+        live = [job for job, *_ in parts]
+        for _, hot, _, _ in parts:
+            if hot.cache is not None:  # a hit: this job's memory computed no prefix in the call
+                hit = hot.cache.prefix_tokens == before[id(hot.cache)]
+                self.stats.add("prefix_cache_hits" if hit else "prefix_cache_misses")
+        memories = len({job.args["memory_id"] for job in live})
+        self.stats.add("decoder_calls")
+        self.stats.add("decoded_rows", len(ids))
+        self.stats.add("decode_steps", steps)
+        self.stats.add("decode_ms", round(seconds * 1000))
+        self.stats.add("generated_tokens", sum(len(x) for x in ids))
+        self.stats.high("batch_requests_max", len(live))
+        self.stats.high("batch_memories_max", memories)
+        if len(live) > 1:
+            self.stats.add("batched_requests", len(live))
+        log.debug("decoder call: %d requests, %d rows, %d memories, %d steps, %.2f s", len(live), len(ids), memories,
+                  steps, seconds)
