@@ -135,3 +135,19 @@ def test_broken_adapter_is_refused_and_writes_nothing(checkpoint, tmp_path, run_
                            "--device", "cpu")
     assert code == 1 and f"tensor {name} has non-finite values" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,named", [
+    (dict(temperature=0.7), "--temperature only apply"),
+    (dict(top_p=0.9), "--top_p only apply"),
+    (dict(temperature=0.7, top_p=0.9), "--temperature and --top_p only apply"),
+])
+def test_sampling_flags_without_do_sample_are_refused(flags, named):
+    """Greedy decoding would silently ignore them: the user asked for sampling and would not get it."""
+    from hicae.cli.common import check_generation
+    from hicae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=named + ".*add --do_sample"):
+        check_generation(8, do_sample=False, **flags)
+    check_generation(8, do_sample=True, **flags)  # with --do_sample they are used
+    check_generation(8)  # plain greedy

@@ -36,6 +36,10 @@ def check_generation(max_new_tokens: int | None, do_sample: bool = False, temper
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ConfigError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     if not do_sample:
+        given = [flag for flag, v in (("--temperature", temperature), ("--top_p", top_p)) if v is not None]
+        if given:  # greedy decoding would ignore them: say so rather than decode otherwise than asked
+            raise ConfigError(f"{' and '.join(given)} only apply when sampling: add --do_sample, or drop "
+                              f"{'them' if len(given) > 1 else 'it'} for greedy decoding")
         return
     if temperature is not None and not temperature > 0:
         raise ConfigError(f"--temperature must be > 0 when sampling (--do_sample), got {temperature}; "
