@@ -262,3 +262,16 @@ def test_handler_threads_never_size_the_caches_and_deleted_memories_stay_out(mod
     engine.store.load = load_then_deleted
     assert hot.get(mid).mem.num_tokens  # this request is still answered
     assert len(hot) == 0
+
+
+def test_sampling_options_without_do_sample_are_refused():
+    """Greedy decoding would ignore them: a 4xx naming them, not an answer decoded otherwise than asked."""
+    from pydantic import ValidationError
+
+    from hicae.serve.schemas import GenerateRequest
+
+    with pytest.raises(ValidationError, match='temperature, seed only apply when sampling: set "do_sample": true'):
+        GenerateRequest(prompt="Q?", temperature=0.7, seed=1)
+    assert GenerateRequest(prompt="Q?", do_sample=True, temperature=0.7).sampling() == {"do_sample": True,
+                                                                                        "temperature": 0.7}
+    assert GenerateRequest(prompt="Q?").sampling() == {}

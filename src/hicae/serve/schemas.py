@@ -44,6 +44,14 @@ class Sampling(_Strict):
     top_k: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0, description="Seed of the sampler (sampled requests run alone).")
 
+    @model_validator(mode="after")
+    def _sampling_options_need_sampling(self) -> "Sampling":
+        given = [k for k in ("temperature", "top_p", "top_k", "seed") if getattr(self, k) is not None]
+        if given and not self.do_sample:  # greedy decoding would ignore them: the caller asked for sampling
+            raise ValueError(f"{', '.join(given)} only apply when sampling: set \"do_sample\": true, or leave "
+                             f"{'them' if len(given) > 1 else 'it'} out for greedy decoding")
+        return self
+
     def sampling(self) -> dict[str, Any]:
         if not self.do_sample:
             return {}
