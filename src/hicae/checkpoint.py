@@ -277,11 +277,15 @@ def load_trained_weights(model: Any, path: str | Path, allow_other_weights: bool
             param.copy_(emb[name])
         if upgrade:
             model.level_embeddings.copy_(model.mem_embeddings.unsqueeze(0).expand_as(model.level_embeddings))
-    device = model.device
-    res = set_peft_model_state_dict(model.encoder, {k: v.to(device) for k, v in adapter.items()})
+    load_adapter(model, adapter, path / ADAPTER_FILE)
+
+
+def load_adapter(model: Any, adapter: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Put LoRA tensors (peft's names, keys already checked) into ``model``'s encoder; refuse any peft did not load."""
+    res = set_peft_model_state_dict(model.encoder, {k: v.to(model.device) for k, v in adapter.items()})
     bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
     if bad:
-        raise CheckpointError(f"{path / ADAPTER_FILE}: peft did not load {bad[:3]}")
+        raise CheckpointError(f"{where}: peft did not load {bad[:3]}")
 
 
 # ---- the classes' I/O entry points ---------------------------------------------------------------

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict
 
-from .checkpoint import _check_keys, _read_safetensors
+from .checkpoint import _check_keys, _read_safetensors, load_adapter
 from .config import ICAEConfig
 from .errors import CheckpointError
 from .fingerprint import check_finite
@@ -127,7 +127,7 @@ def import_icae_v2(path: str | Path, base_model: Any, tokenizer: Any, *, compres
     with torch.no_grad():
         model.mem_embeddings.copy_(w.mem_embeddings)
         model.task_embeddings.copy_(w.task_embeddings)
-    set_peft_model_state_dict(model.encoder, {k: v.to(model.device) for k, v in w.adapter.items()})
+    load_adapter(model, w.adapter, path)
     log.info("hicae: imported %s: k=%d, LoRA r=%d alpha=%d on %s; %d base-model tensors ignored", path, w.mem_size,
              w.lora_r, lora_alpha, ",".join(w.target_modules), w.ignored)
     return model

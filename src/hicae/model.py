@@ -477,19 +477,15 @@ class ICAE(nn.Module):
                                             **fast, **kwargs)
         return cut_at_stop(out.tolist(), self.tokens.stop_ids)  # only new tokens: generate was given embeddings
 
-    def _broadcast(self, mem: Memory, prompts: list[str] | str | None) -> tuple[Memory, list[str]]:
-        if prompts is None:
-            return mem, []
-        rows, prompts = broadcast_rows(len(mem), prompts)
-        return (mem if rows == list(range(len(mem))) else mem[rows]), prompts
-
     def decoder_examples(self, mem: Memory, task: str = "ft",
                          prompts: list[str] | str | None = None) -> tuple[Memory, list[DecoderExample]]:
         """The decoder layouts ``generate`` (``ft``), ``reconstruct`` (``ae``) and ``continue_text``
         (``lm``) decode from, one per row, and the memory rows they read (``ft`` broadcasts prompts
         over ``mem`` as ``generate`` does)."""
         if task == "ft":
-            mem, prompts = self._broadcast(mem, prompts if prompts is not None else [])
+            rows, prompts = broadcast_rows(len(mem), prompts if prompts is not None else [])
+            if rows != list(range(len(mem))):  # prompts broadcast over the entries: rows share slots
+                mem = mem[rows]
             return mem, [self.tokens.ft_example(n, p, None) for n, p in zip(mem.num_slots, prompts)]
         if task not in ("ae", "lm"):
             raise DataError(f"unknown task {task!r} (choose from {list(TASKS)})")
