@@ -112,3 +112,10 @@ def test_memory_calculator_arithmetic_by_hand():
     }
     want["total"] = sum(want.values())
     assert got == want and want["total"] == 15600
+
+
+def test_memory_calculator_uses_the_models_logits_chunk():
+    """fsdp_memory keeps its own copy (it imports no torch model code): it must follow the model's."""
+    from hicae import fsdp_memory, model
+
+    assert fsdp_memory.CE_CHUNK == model._CE_CHUNK

@@ -182,9 +182,9 @@ def _start_clean(targs: TrainingArguments, rargs: RunArguments, resume: Path | N
             raise ConfigError(f"--overwrite_output_dir would delete --resume_from_checkpoint {resume}: give one of them")
         # Going back to an older checkpoint abandons the newer ones: left there, rotation (by step) would
         # keep them and a later `--resume_from_checkpoint true` would pick them, mixing two continuations.
-        step = checkpoint_step(Path(resume))
-        newer = [p.name for p in complete_checkpoints(out, need_state=False)[0]
-                 if step is not None and checkpoint_step(p) > step]
+        step = checkpoint_step(resume)
+        newer = [] if step is None else [p.name for p in complete_checkpoints(out, need_state=False)[0]
+                                         if checkpoint_step(p) > step]
         if newer:
             raise ConfigError(f"--resume_from_checkpoint {resume} is older than {', '.join(newer)} in --output_dir "
                               f"{out}: move or delete {'them' if len(newer) > 1 else 'it'} to continue from "
@@ -223,18 +223,14 @@ def run(mode: str, argv: list[str]) -> int:
         if n is not None and n < 1:
             raise ConfigError(f"--{flag} {n}: must be at least 1 (leave it out to use every record)")
     check_writable("--output_dir", targs.output_dir, folder=True)
-    refuse_overwriting_inputs(
-        [("--output_dir", targs.output_dir)],
-        [("--train_file", dargs.train_file), ("--validation_file", dargs.validation_file),
-         ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from),
-         ("--resume_from_checkpoint", targs.resume_from_checkpoint)],
-    )
+    inputs = [("--train_file", dargs.train_file), ("--validation_file", dargs.validation_file),
+              ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from)]
+    refuse_overwriting_inputs([("--output_dir", targs.output_dir)],
+                              [*inputs, ("--resume_from_checkpoint", targs.resume_from_checkpoint)])
     # checked now, before a model loads; the trainer resolves it again and says what it skipped
     resume = resolve_resume(targs.resume_from_checkpoint, targs.output_dir, rargs.allow_partial_resume,
                             rng=rng_file(targs.world_size, targs.process_index))
-    _start_clean(targs, rargs, resume.path if resume else None,
-                 [("--train_file", dargs.train_file), ("--validation_file", dargs.validation_file),
-                  ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from)])
+    _start_clean(targs, rargs, resume.path if resume else None, inputs)
     fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
     train = JsonlDataset(dargs.train_file, fields, limit=dargs.max_train_samples)
     evals = JsonlDataset(dargs.validation_file, fields, limit=dargs.max_eval_samples) if dargs.validation_file else None
