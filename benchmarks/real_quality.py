@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test_fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--extra", default="", help="more `hicae pretrain` flags for the 4x/8x stages, e.g. "
+                   "'--decoder_lora_r 8 --lm_ratio 0' (an ablation on the same data in the same order; the last "
+                   "of a repeated flag wins)")
     a = p.parse_args(argv)
     z = Settings(**(DRY if a.dry_run else {}))
     z = replace(z, **{k: getattr(a, k) for k in ("steps_4x", "steps_8x", "steps_16x", "eval_every") if getattr(a, k)})
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"corpus: {info}; base {base}")
     report_path = out / "real.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.update({"settings": asdict(z), "corpus": info, "base": base, "seed": a.seed})
+    report.update({"settings": asdict(z), "corpus": info, "base": base, "seed": a.seed, "extra": a.extra})
     report.setdefault("stages", {})
     from transformers import AutoTokenizer
 
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--fixed_mem_size", str(k), "--mean_compression_rate", str(r), "--model_max_length", str(T),
                     "--lora_r", str(z.lora_r), "--lora_alpha", str(z.lora_alpha), "--lora_dropout", "0.0",
                     "--lora_target_modules", *PROJECTIONS, "--lm_ratio", str(z.lm_ratio),
-                    "--min_tokens_for_lm", str(T // 4), "--leave_tokens_for_lm", "1"]
+                    "--min_tokens_for_lm", str(T // 4), "--leave_tokens_for_lm", "1", *shlex.split(a.extra)]
             rep = train_stage(stage, getattr(z, f"steps_{stage}"), args, z.batch, curve_recs)
             rep.update({"mem_size": k, "compression_rate": r, "text_tokens": T, "train_texts": len(texts)})
             if not a.skip_final_eval and rep.get("final_step") != rep["steps"]:

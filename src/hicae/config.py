@@ -17,6 +17,8 @@ SEGMENTATIONS = ("even", "fixed")
 OVERLONG_POLICIES = ("error", "truncate")
 LM_CUTS = ("second_half", "uniform")
 BOS_MODES = ("auto", "always", "never")
+SLOT_PROJECTORS = ("none", "mlp")
+DECODER_POSITIONS = ("sequential", "follow")
 
 
 @dataclass
@@ -94,6 +96,29 @@ class ICAEConfig:
                           "compresses). See docs/migration.md."},
     )
 
+    # ---- method options (issue 17): each off by default, so the reference-parity setting is the default
+    decoder_lora_r: int = field(
+        default=0,
+        metadata={"help": "Rank of a decoder-side LoRA adapter (same target modules as the encoder's), active only "
+                          "while the decoder reads slots; the plain base model's own outputs (full-text baselines) "
+                          "run without it. 0: the frozen decoder of the paper and ICAE v2."},
+    )
+    decoder_lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha of the decoder-side adapter."})
+    slot_projector: str = field(
+        default="none",
+        metadata={"help": "What maps the encoder's final states to the slots the decoder reads: 'none' (the states "
+                          "themselves, the paper) or 'mlp' (x + MLP(RMSNorm(x)), its output layer zero-initialised "
+                          "so that training starts from the plain states)."},
+    )
+    decoder_positions: str = field(
+        default="sequential",
+        metadata={"help": "Position ids in the decoder: 'sequential' (0, 1, 2, ... over slots, task token and "
+                          "tokens, the paper) or 'follow' (EPL, arXiv 2409.14364: each slot keeps the position of "
+                          "the text it stands for, the reconstruction restarts at the text's first position and a "
+                          "continuation or question follows the text; see layout.follow_position_ids). Pair it "
+                          "with position_layout='spread', which does the same in the encoder."},
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -116,6 +141,12 @@ class ICAEConfig:
             raise ConfigError(f"lm_cut must be one of {LM_CUTS}, got {self.lm_cut!r}")
         if self.bos not in BOS_MODES:
             raise ConfigError(f"bos must be one of {BOS_MODES}, got {self.bos!r}")
+        if self.decoder_lora_r < 0:
+            raise ConfigError(f"decoder_lora_r must be >= 0 (0: frozen decoder), got {self.decoder_lora_r}")
+        if self.slot_projector not in SLOT_PROJECTORS:
+            raise ConfigError(f"slot_projector must be one of {SLOT_PROJECTORS}, got {self.slot_projector!r}")
+        if self.decoder_positions not in DECODER_POSITIONS:
+            raise ConfigError(f"decoder_positions must be one of {DECODER_POSITIONS}, got {self.decoder_positions!r}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:
@@ -148,12 +179,21 @@ class ICAEConfig:
         "lora_target_modules",
         "position_layout",
         "segmentation",
+        "decoder_lora_r",
+        "decoder_lora_alpha",
+        "slot_projector",
+        "decoder_positions",
     )
+    # Memory fields added after the first release: they enter the fingerprint only when set away from these
+    # defaults, so every earlier checkpoint and memory file keeps its fingerprint.
+    _OPTIONAL_MEMORY_FIELDS = {"decoder_lora_r": 0, "decoder_lora_alpha": 16, "slot_projector": "none",
+                               "decoder_positions": "sequential"}
 
     def memory_fingerprint(self, base_config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """A short hash of everything that determines the meaning of the slots."""
         payload = {
-            "icae": {k: getattr(self, k) for k in self._MEMORY_FIELDS},
+            "icae": {k: getattr(self, k) for k in self._MEMORY_FIELDS
+                     if k not in self._OPTIONAL_MEMORY_FIELDS or getattr(self, k) != self._OPTIONAL_MEMORY_FIELDS[k]},
             "base": {k: base_config.get(k) for k in BASE_SHAPE_KEYS},
         }
         if extra:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .memory import Memory
 
 TASKS = {"answer": "ft", "reconstruct": "ae", "continue": "lm"}
@@ -30,6 +30,14 @@ def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    if model.icae_config.decoder_lora_r:
+        raise ConfigError("this checkpoint has a decoder-side LoRA (decoder_lora_r > 0): its slots are read by the "
+                          "base model *with* that adapter, so input embeddings alone do not reproduce its decoding; "
+                          "decode with hicae (generate, hicae serve) instead")
+    if model.icae_config.decoder_positions != "sequential":
+        raise ConfigError("this checkpoint reads slots at the positions of their text (decoder_positions="
+                          f"{model.icae_config.decoder_positions!r}); an engine fed input embeddings numbers them "
+                          "0, 1, 2, ..., so decode with hicae (generate, hicae serve) instead")
     model.check_memory(mem)
     mem, examples = model.decoder_examples(mem, TASKS[task], prompts)
     out = []

@@ -18,7 +18,7 @@ from torch import nn
 
 from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, push_segments, waves
 from .layout import EncoderRows, MEM
 from .memory import Memory
@@ -42,6 +42,9 @@ class HierarchicalICAE(ICAE):
                  hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
         """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""
         config = dataclasses.replace(config or ICAEConfig(), segmentation="fixed")
+        if config.decoder_positions != "sequential":  # merged blocks stand for spans no layout places yet
+            raise ConfigError(f"HierarchicalICAE reads merged slots at sequential positions; decoder_positions="
+                              f"{config.decoder_positions!r} is for flat ICAE only")
         super().__init__(base_model, tokenizer, config, share_decoder=share_decoder)
         self.hierarchy = hierarchy or HierarchyConfig()
         L = self.hierarchy.levels

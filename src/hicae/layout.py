@@ -79,8 +79,64 @@ def encoder_position_ids(seg_len: int, mem_size: int, layout: str) -> list[int]:
     if layout == "contiguous":
         return text + list(range(seg_len, seg_len + mem_size))
     if layout == "spread":
-        return text + [min(seg_len - 1, int((j + 0.5) * seg_len / mem_size)) for j in range(mem_size)]
+        return text + chunk_centres(seg_len, mem_size)
     raise ValueError(f"unknown position layout {layout!r}")
+
+
+def chunk_centres(seg_len: int, mem_size: int) -> list[int]:
+    """Position (within its segment) of the centre of each of ``mem_size`` equal parts of the segment."""
+    return [min(seg_len - 1, int((j + 0.5) * seg_len / mem_size)) for j in range(mem_size)]
+
+
+def slot_text_positions(num_tokens: int, mem_size: int, compression_rate: int, mode: str = "even") -> list[int]:
+    """Where in its text (0-based) each slot of a ``num_tokens``-token text sits under ``decoder_positions=
+    'follow'`` (EPL): slot j of a segment at the centre of the segment's j-th part, offset by the segment's
+    start, so slots keep the positions of the tokens they stand for.  -> [n_segments * k]"""
+    out: list[int] = []
+    start = 0
+    for n in segment_lengths(num_tokens, mem_size, compression_rate, mode):
+        out += [start + c for c in chunk_centres(n, mem_size)]
+        start += n
+    return out
+
+
+def follow_position_ids(ids: list[int], slot_positions: list[int], num_tokens: int) -> list[int]:
+    """Decoder position ids of one layout whose slots follow their text (``decoder_positions='follow'``).
+
+    Tokens before the slots count from 0 (the chat template's ``before``); position ``b`` after them
+    is left free and the slots sit at ``b + 1 + slot_positions`` (the text's own positions, shifted
+    so that the free position can hold ``[AE]``). Then:
+
+    - ``[AE]`` sits at ``b`` and the reconstruction restarts at ``b + 1``: text token i is read back at
+      the position of the slot that holds it (the encoder's position of token i, plus ``b + 1``);
+    - ``[LM]`` / ``[FT]`` (and a layout ending in its slots) continue after the text: ``b + 1 +
+      num_tokens`` onward, as the continuation and the question follow the text.
+
+    The slot positions do not depend on the task, so ``[slots]`` is one cacheable prefix for
+    reconstruct and continue (prefix_cache.py), and each position after the prompt is the previous
+    one plus 1, as ``generate`` continues them.
+    """
+    if ids.count(SLOT) != len(slot_positions):
+        raise ValueError(f"layout has {ids.count(SLOT)} slot positions but {len(slot_positions)} slot positions were given")
+    pos: list[int] = []
+    nxt = 0
+    i = 0
+    while i < len(ids):
+        if ids[i] != SLOT:
+            pos.append(nxt)
+            nxt += 1
+            i += 1
+            continue
+        base = nxt + 1
+        pos += [base + p for p in slot_positions]
+        i += len(slot_positions)
+        if i < len(ids) and ids[i] == AE:
+            pos.append(nxt)  # [AE] in the free position; the text restarts at base
+            nxt = base
+            i += 1
+        else:
+            nxt = base + num_tokens
+    return pos
 
 
 @dataclass

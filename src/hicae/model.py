@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
+from .decoder_side import PROJECTOR_PREFIX, SlotProjector, decoder_lora_parameters, inject_decoder_lora, plain_base
 from .errors import CheckpointError, DataError
 from .fingerprint import base_fingerprint, encoder_fingerprint
 from .layout import (
@@ -38,8 +39,10 @@ from .layout import (
     ae_example,
     encoder_position_ids,
     encoder_rows,
+    follow_position_ids,
     lm_example,
     lm_prefix,
+    slot_text_positions,
     with_target,
 )
 from .memory import Memory
@@ -95,9 +98,18 @@ class ICAE(nn.Module):
             target_modules=list(cfg.lora_target_modules),
             bias="none",
         )
+        # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
+        # memories record it, and loading one on other weights is refused unless allowed. Taken
+        # before any adapter is added, so it is the plain base's.
+        self.base_weights = base_fingerprint(self.decoder)
         self.encoder = get_peft_model(base_model, lora)
         emb = base_model.get_input_embeddings().weight
         D = emb.shape[1]
+        if cfg.decoder_lora_r:  # decoder_side.py: adapters on the twin, on while it reads slots
+            inject_decoder_lora(self.decoder, cfg.decoder_lora_r, cfg.decoder_lora_alpha, cfg.lora_dropout,
+                                list(cfg.lora_target_modules))
+            self.decoder.to(emb.device)
+        self.slot_projector = SlotProjector(D).to(emb.device) if cfg.slot_projector == "mlp" else None
         # Scale of the vocabulary embeddings, from a strided sample (no fp32 copy of a 152k x D table).
         std = float(emb.detach()[:: max(1, emb.shape[0] // 4096)].float().std())
         g = torch.Generator().manual_seed(0)
@@ -106,9 +118,6 @@ class ICAE(nn.Module):
         self.task_embeddings = nn.Parameter(torch.randn(len(TASKS), D, generator=g).mul_(std).to(emb.device))  # [3, D]
         self.hidden_size = D
         self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config), self.fingerprint_extra())
-        # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
-        # memories record it, and loading one on other weights is refused unless allowed.
-        self.base_weights = base_fingerprint(self.decoder)
         self.allow_other_weights = False  # runtime (not saved): decode memories of other weights
         # Runtime speed settings (not saved): see speed.py, set_decoding and compile_encoder.
         self.decoding = DecodingOptions()
@@ -149,8 +158,18 @@ class ICAE(nn.Module):
         return self.decoder.config
 
     def trained_embeddings(self) -> dict[str, nn.Parameter]:
-        """The learned embeddings a checkpoint stores beside the adapter."""
-        return {"mem_embeddings": self.mem_embeddings, "task_embeddings": self.task_embeddings}
+        """The learned tensors a checkpoint stores beside the encoder's adapter: the embeddings, and the
+        decoder-side adapter and slot projector when the config has them (decoder_side.py)."""
+        out = {"mem_embeddings": self.mem_embeddings, "task_embeddings": self.task_embeddings}
+        if self.icae_config.decoder_lora_r:
+            out.update(decoder_lora_parameters(self.decoder))
+        if self.slot_projector is not None:
+            out.update({PROJECTOR_PREFIX + n: p for n, p in self.slot_projector.named_parameters()})
+        return out
+
+    def plain_decoding(self) -> Any:
+        """Context: the decoder as the frozen base model (no slot-side adapters), for the plain baselines."""
+        return plain_base(self.decoder)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """The trained encoder as a checkpoint stores it: the adapter (peft's names) and the learned embeddings."""
@@ -209,6 +228,30 @@ class ICAE(nn.Module):
             x = torch.where((ids == tid).unsqueeze(-1), task[j], x)
         return x
 
+    def example_positions(self, ids: list[int], num_tokens: int) -> list[int] | None:
+        """Decoder position ids of one layout reading a ``num_tokens``-token text's slots; None when they are
+        the plain 0, 1, 2, ... (``decoder_positions='sequential'``)."""
+        cfg = self.icae_config
+        if cfg.decoder_positions != "follow":
+            return None
+        slots = slot_text_positions(num_tokens, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
+        return follow_position_ids(ids, slots, num_tokens)
+
+    def batch_positions(self, ids: torch.Tensor, mask: torch.Tensor, num_tokens: list[int] | None) -> torch.Tensor | None:
+        """Position ids [B, T] of a padded decoder batch (either side; pads get 0), or None for sequential ones.
+
+        ``num_tokens[b]``: the length of the text whose slots row ``b`` reads.
+        """
+        if self.icae_config.decoder_positions != "follow":
+            return None
+        if num_tokens is None:
+            raise ValueError("decoder_positions='follow' needs the text length of every row's memory")
+        out = torch.zeros_like(ids)
+        for b, n in enumerate(num_tokens):
+            real = mask[b].bool()
+            out[b, real] = torch.tensor(self.example_positions(ids[b][real].tolist(), n), device=ids.device)
+        return out
+
     # ---- encoder ---------------------------------------------------------------------------------
 
     def _encoder_positions(self, seg_lens: torch.Tensor, width: int) -> torch.Tensor:
@@ -247,7 +290,8 @@ class ICAE(nn.Module):
         with cast:
             for chunk in budget_chunks(lengths, self.icae_config.compress_batch_tokens):
                 self._encode_chunk(body, chunk, lengths, make, out)
-        return torch.stack(out)  # type: ignore[arg-type]
+        slots = torch.stack(out)  # type: ignore[arg-type]  # [R, k, D]
+        return slots if self.slot_projector is None else self.slot_projector(slots)
 
     def _encode_chunk(self, body: Any, chunk: list[int], lengths: list[int], make: Any, out: list) -> None:
         """One chunk of rows through the encoder ``body``; writes each row's slots [k, D] into ``out``."""
@@ -366,12 +410,19 @@ class ICAE(nn.Module):
         """
         spe = segments_per_example.tolist() if segments_per_example is not None else []
         slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
-        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task)
+        num_tokens = None
+        if self.icae_config.decoder_positions == "follow":  # each example's text length: its segments' sum
+            per_row = enc_seg_lens.cpu().tolist()
+            starts = [sum(spe[:i]) for i in range(len(spe))] if spe else list(range(len(per_row)))
+            num_tokens = [sum(per_row[s : s + (spe[i] if spe else 1)]) for i, s in enumerate(starts)]
+        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task, num_tokens)
 
     def decoder_loss(self, slots: torch.Tensor, dec_ids: torch.Tensor, dec_labels: torch.Tensor,
-                     dec_mask: torch.Tensor, task: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``."""
-        tok_loss, rows = self.token_losses(dec_ids, dec_labels, dec_mask, slots)  # [N], [N]
+                     dec_mask: torch.Tensor, task: torch.Tensor | None = None,
+                     num_tokens: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``.
+        ``num_tokens``: each example's compressed text length (needed by ``decoder_positions='follow'``)."""
+        tok_loss, rows = self.token_losses(dec_ids, dec_labels, dec_mask, slots, num_tokens)  # [N], [N]
         out: dict[str, torch.Tensor] = {"loss": tok_loss.sum() / max(1, tok_loss.numel())}
         if task is not None:
             ex_task = task.to(rows.device)[rows]  # [N]
@@ -382,17 +433,22 @@ class ICAE(nn.Module):
         return out
 
     def token_losses(self, dec_ids: torch.Tensor, dec_labels: torch.Tensor, dec_mask: torch.Tensor,
-                     slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     slots: torch.Tensor | None = None,
+                     num_tokens: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of every labelled token of a decoder batch, and the row each belongs to: [N], [N].
 
         ``slots`` [S, D] fill the SLOT placeholders (and task embeddings their ids); without slots
         the ids are plain vocabulary ids read by the frozen base model (a no-compression baseline).
+        ``num_tokens``: the text length each row's slots stand for (``decoder_positions='follow'``).
         """
         if slots is None:
-            hidden = self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
+            with self.plain_decoding():
+                hidden = self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
         else:
             embeds = self._decoder_embeds(dec_ids, slots)
-            hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, use_cache=False).last_hidden_state
+            pos = self.batch_positions(dec_ids, dec_mask, num_tokens)  # None: 0, 1, 2, ...
+            hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, position_ids=pos,
+                                        use_cache=False).last_hidden_state
         return self._labelled_loss(hidden, dec_labels)
 
     def _labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -473,6 +529,9 @@ class ICAE(nn.Module):
                 slots = torch.cat([s.to(self.device) for s in mem.slots])
                 embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
                 fast = generation_kwargs(self.decoding, self, embeds.shape[1] + max_new_tokens)
+                pos = self.batch_positions(batch.ids, batch.attention_mask, mem.num_tokens)
+                if pos is not None:  # generate continues them: each new token at the previous position + 1
+                    fast["position_ids"] = pos.to(self.device)
                 out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device),
                                             **fast, **kwargs)
         return cut_at_stop(out.tolist(), self.tokens.stop_ids)  # only new tokens: generate was given embeddings

@@ -88,6 +88,7 @@ class PrefixCache:
         model.check_memory(mem)
         self.slots = list(mem.slots)  # references to the memory's tensors: identifies its entries
         self.fingerprint = mem.fingerprint
+        self.num_tokens = list(mem.num_tokens)  # text length per entry: decoder positions may depend on it
         self._model = weakref.ref(model)
         self._kv: dict[Key, KV] = {}
         self._state: tuple | None = None
@@ -166,8 +167,11 @@ class PrefixCache:
                 mask[j, : len(pre)] = 1
             slots = torch.cat([self.slots[e].to(device) for e, _ in ks])
             embeds = model._decoder_embeds(ids.to(device), slots)
-            # Right padding: causal attention keeps every real position exact; positions default to 0..p-1.
+            # Right padding: causal attention keeps every real position exact; positions are 0..p-1 or, with
+            # decoder_positions='follow', the layout's own (a prefix's positions do not depend on what follows).
+            pos = model.batch_positions(ids, mask, [self.num_tokens[e] for e, _ in ks])
             out = model.decoder.model(inputs_embeds=embeds, attention_mask=mask.to(device), use_cache=True,
+                                      position_ids=None if pos is None else pos.to(device),
                                       past_key_values=DynamicCache(config=model.decoder.config))
             layers = out.past_key_values.layers
             for j, key in enumerate(ks):
@@ -331,6 +335,11 @@ def generate_cached(model: Any, mem: Memory, examples: list[DecoderExample], pre
     inputs = torch.cat([embeds.new_zeros(B, P, D), embeds], dim=1)  # the first P positions are sliced off by generate
     mask = torch.cat([prefix_mask, batch.attention_mask], dim=1).to(device)  # [B, P + A]
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() derives them from a mask
+    if model.icae_config.decoder_positions == "follow":  # the rest's own positions (the layout's, after p_r)
+        A = batch.ids.shape[1]
+        for r, (ex, p) in enumerate(zip(examples, prefix_lens)):
+            rest = model.example_positions(ex.ids, mem.num_tokens[r])[p:]
+            positions[r, P + A - len(rest):] = torch.tensor(rest, device=positions.device)
     # dynamic decoding: past as is; static/compiled: copied into a StaticCache (speed.py)
     fast = generation_kwargs(model.decoding, model, inputs.shape[1] + gen_kwargs["max_new_tokens"], prefix=past)
     return model.decoder.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, **fast, **gen_kwargs)

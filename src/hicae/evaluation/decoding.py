@@ -31,7 +31,7 @@ def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None =
         model.check_memory(mem)
         slots = torch.cat([s.to(model.device) for s in mem.slots])
     with torch.no_grad():
-        losses, rows = model.token_losses(ids, labels, mask, slots)  # [N], [N]
+        losses, rows = model.token_losses(ids, labels, mask, slots, mem.num_tokens if mem is not None else None)
     B = len(examples)
     sums = torch.zeros(B, dtype=torch.float64, device=losses.device).index_add_(0, rows, losses.double())
     counts = torch.bincount(rows, minlength=B)
@@ -55,7 +55,7 @@ def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int) ->
     pad = model.tokens.pad_id
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device)
-    with torch.no_grad():
+    with torch.no_grad(), model.plain_decoding():  # the base model itself, without slot-side adapters
         out = model.decoder.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      eos_token_id=model.tokens.stop_ids, pad_token_id=pad, do_sample=False,
                                      temperature=None, top_p=None, top_k=None)

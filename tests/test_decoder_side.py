@@ -1,0 +1,134 @@
+"""Issue 17's slot-side options (hicae.decoder_side): the decoder-side LoRA and the slot projector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hicae import ICAE, ICAEConfig
+from hicae.errors import ConfigError
+from hicae.evaluation.decoding import example_nll, generate_plain
+from hicae.handoff import decoder_input_embeddings
+
+from conftest import Example, TEXTS, build_batch, build_icae, ids_of, mixed_examples
+
+OPTIONS = [dict(decoder_lora_r=4), dict(slot_projector="mlp"), dict(decoder_lora_r=4, slot_projector="mlp")]
+
+
+def test_defaults_keep_the_reference_method_and_fingerprint(qwen3_tokenizer):
+    plain = build_icae(qwen3_tokenizer, "qwen3").model
+    assert plain.slot_projector is None
+    assert not any("lora_" in n for n, _ in plain.decoder.named_parameters())
+    assert set(plain.trained_embeddings()) == {"mem_embeddings", "task_embeddings"}
+    # the new fields enter the memory fingerprint only when set: older checkpoints and memories keep theirs
+    cfg = ICAEConfig(mem_size=4)
+    legacy = {k: getattr(cfg, k) for k in cfg._MEMORY_FIELDS if k not in cfg._OPTIONAL_MEMORY_FIELDS}
+    import hashlib
+    import json
+
+    from hicae.config import BASE_SHAPE_KEYS
+
+    blob = json.dumps({"icae": legacy, "base": dict.fromkeys(BASE_SHAPE_KEYS)}, sort_keys=True).encode()
+    assert cfg.memory_fingerprint({}) == hashlib.sha256(blob).hexdigest()[:16]
+    assert ICAEConfig(mem_size=4, decoder_lora_r=2).memory_fingerprint({}) != cfg.memory_fingerprint({})
+    assert ICAEConfig(mem_size=4, slot_projector="mlp").memory_fingerprint({}) != cfg.memory_fingerprint({})
+
+
+@pytest.mark.parametrize("bad", [dict(decoder_lora_r=-1), dict(slot_projector="linear")])
+def test_bad_options_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        ICAEConfig(**bad)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=str)
+def test_fresh_options_change_nothing_until_trained(qwen3_tokenizer, opts):
+    """LoRA B and the projector's output layer start at zero: a fresh model computes the plain method's slots and loss."""
+    plain = build_icae(qwen3_tokenizer, "qwen3", perturb=False).model
+    opt = build_icae(qwen3_tokenizer, "qwen3", perturb=False, **opts).model
+    with torch.no_grad():
+        opt.mem_embeddings.copy_(plain.mem_embeddings)
+        opt.task_embeddings.copy_(plain.task_embeddings)
+        for (n1, p1), (n2, p2) in zip(sorted(plain.encoder.named_parameters()), sorted(opt.encoder.named_parameters())):
+            p2.copy_(p1)
+    batch = build_batch(plain, mixed_examples(qwen3_tokenizer))
+    torch.testing.assert_close(opt.compress(TEXTS).slots[0], plain.compress(TEXTS).slots[0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(opt(**batch)["loss"], plain(**batch)["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=str)
+def test_options_train_and_only_trainable_tensors_move(qwen3_tokenizer, opts):
+    model = build_icae(qwen3_tokenizer, "qwen3", **opts).model
+    base = {n: p.detach().clone() for n, p in model.encoder.get_base_model().named_parameters() if "lora_" not in n}
+    extra = [n for n in model.trained_embeddings() if n not in ("mem_embeddings", "task_embeddings")]
+    assert extra and all(n.startswith(("decoder_lora.", "slot_projector.")) for n in extra)
+    before = {n: p.detach().clone() for n, p in model.trained_embeddings().items()}
+    batch = build_batch(model, mixed_examples(qwen3_tokenizer))
+    model.train()
+    model.gradient_checkpointing_enable()
+    optim = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=1e-2, weight_decay=0.0)
+    for _ in range(2):
+        optim.zero_grad()
+        model(**batch)["loss"].backward()
+        optim.step()
+    for n in extra:
+        assert not torch.equal(model.trained_embeddings()[n], before[n]), f"{n} did not train"
+        assert model.trained_embeddings()[n].dtype == torch.float32
+    for n, p in model.encoder.get_base_model().named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base[n]), f"base weight {n} changed"
+
+
+def test_decoder_lora_leaves_the_plain_base_untouched(qwen3_tokenizer):
+    """Full-text baselines run the frozen base: with a trained decoder adapter, plain NLL and generation
+    equal those of the same model without one, while reading slots differs."""
+    plain = build_icae(qwen3_tokenizer, "qwen3", seed=3).model
+    lora = build_icae(qwen3_tokenizer, "qwen3", seed=3, decoder_lora_r=4).model  # perturbed: B != 0
+    ids = [ids_of(qwen3_tokenizer, t) for t in TEXTS]
+    from hicae.layout import with_target
+
+    exs = [with_target(x[:3], x[3:]) for x in ids]
+    assert example_nll(lora, exs) == example_nll(plain, exs)
+    assert generate_plain(lora, [x[:5] for x in ids], 6) == generate_plain(plain, [x[:5] for x in ids], 6)
+    mem = lora.compress(TEXTS)
+    with lora.plain_decoding():
+        off = lora.reconstruct_ids(mem, 6, prefix_cache=False)
+    on = lora.reconstruct_ids(mem, 6, prefix_cache=False)
+    assert on != off  # the adapter is what reads the slots
+    # and the adapter is back on after the plain paths ran
+    assert lora.reconstruct_ids(mem, 6, prefix_cache=False) == on
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=str)
+def test_prefix_cache_carries_the_options(qwen3_tokenizer, opts):
+    model = build_icae(qwen3_tokenizer, "qwen3", **opts).model
+    mem = model.compress(TEXTS[:2])
+    cache = model.prefix_cache(mem, tasks=("ft", "ae"))
+    prompts = ["What is it about?", "Who jumps?"]
+    assert model.generate_ids(mem[0], prompts, 8, prefix_cache=cache) == model.generate_ids(mem[0], prompts, 8,
+                                                                                             prefix_cache=False)
+    assert model.reconstruct_ids(mem, 8, prefix_cache=cache) == model.reconstruct_ids(mem, 8, prefix_cache=False)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=str)
+def test_checkpoint_round_trip(tmp_path, qwen3_tokenizer, opts):
+    built = build_icae(qwen3_tokenizer, "qwen3", keep_pristine=True, **opts)
+    model = built.model
+    model.save_pretrained(tmp_path / "ck")
+    again = ICAE.from_pretrained(tmp_path / "ck", base_model=built.pristine, tokenizer=qwen3_tokenizer).eval()
+    for n, p in model.trained_embeddings().items():
+        assert torch.equal(again.trained_embeddings()[n], p), n
+    mem = model.compress(TEXTS[:2])
+    assert torch.equal(again.compress(TEXTS[:2]).slots[0], mem.slots[0])
+    assert again.reconstruct_ids(mem, 6) == model.reconstruct_ids(mem, 6)
+
+
+def test_handoff_refuses_a_decoder_adapter(qwen3_tokenizer):
+    model = build_icae(qwen3_tokenizer, "qwen3", decoder_lora_r=2).model
+    with pytest.raises(ConfigError, match="decoder-side LoRA"):
+        decoder_input_embeddings(model, model.compress(TEXTS[0]), "Q?")
+    # a projector lives in the slots: the hand-off carries it
+    proj = build_icae(qwen3_tokenizer, "qwen3", slot_projector="mlp").model
+    (emb,) = decoder_input_embeddings(proj, proj.compress(TEXTS[0]), task="reconstruct")
+    mem = proj.compress(TEXTS[0])
+    assert torch.equal(emb[: mem.num_slots[0]], mem.slots[0].to(emb.dtype))
