@@ -132,3 +132,52 @@ def test_handoff_refuses_a_decoder_adapter(qwen3_tokenizer):
     (emb,) = decoder_input_embeddings(proj, proj.compress(TEXTS[0]), task="reconstruct")
     mem = proj.compress(TEXTS[0])
     assert torch.equal(emb[: mem.num_slots[0]], mem.slots[0].to(emb.dtype))
+
+
+# ---- slot_source="pooled" -----------------------------------------------------------------------------
+
+
+def test_pooled_slots_are_part_means_of_the_plain_encoder_states(qwen3_tokenizer):
+    """Each slot is the mean of its part's final states: checked against one plain forward per segment."""
+    model = build_icae(qwen3_tokenizer, "qwen3", slot_source="pooled").model
+    k = model.icae_config.mem_size
+    for text in TEXTS:  # 1-3 segments of k*r = 8 tokens; lengths not multiples of k
+        ids = ids_of(qwen3_tokenizer, text)
+        mem = model.compress(text)
+        assert mem.num_slots == [k * mem.num_segments[0]]
+        from hicae.layout import segment_lengths
+
+        start, want = 0, []
+        for n in segment_lengths(len(ids), k, model.icae_config.compression_rate):
+            x = torch.tensor([ids[start : start + n]])
+            with torch.no_grad():
+                h = model.encoder.get_base_model().model(input_ids=x).last_hidden_state[0]  # [n, D]
+            for j in range(k):
+                lo, hi = j * n // k, (j + 1) * n // k
+                want.append(h[lo:hi].mean(0) if hi > lo else h[min(n - 1, int((j + 0.5) * n / k))])
+            start += n
+        torch.testing.assert_close(mem.slots[0], torch.stack(want), rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_batched_equals_one_at_a_time_and_trains(qwen3_tokenizer):
+    model = build_icae(qwen3_tokenizer, "qwen3", slot_source="pooled", compress_batch_tokens=24).model
+    together = model.compress(TEXTS)
+    for i, t in enumerate(TEXTS):
+        torch.testing.assert_close(together.slots[i], model.compress(t).slots[0], rtol=1e-5, atol=1e-6)
+    batch = build_batch(model, mixed_examples(qwen3_tokenizer))
+    model.train()
+    lora_before = {n: p.detach().clone() for n, p in model.encoder.named_parameters() if "lora_" in n}
+    opt = torch.optim.AdamW(list(model.trainable_parameters().values()), lr=1e-2)
+    model(**batch)["loss"].backward()
+    g = model.mem_embeddings.grad
+    assert g is None or not g.any()  # no memory token is read
+    opt.step()
+    assert all(not torch.equal(p, lora_before[n]) for n, p in model.encoder.named_parameters() if "lora_" in n)
+
+
+def test_hierarchy_refuses_pooled_slots(qwen3_tokenizer):
+    from hicae.hierarchy import HierarchicalICAE
+    from hicae.tiny import tiny_model
+
+    with pytest.raises(ConfigError, match="flat ICAE only"):
+        HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, ICAEConfig(mem_size=4, slot_source="pooled"))

@@ -19,6 +19,7 @@ LM_CUTS = ("second_half", "uniform")
 BOS_MODES = ("auto", "always", "never")
 SLOT_PROJECTORS = ("none", "mlp")
 DECODER_POSITIONS = ("sequential", "follow")
+SLOT_SOURCES = ("memory_tokens", "pooled")
 
 
 @dataclass
@@ -118,6 +119,12 @@ class ICAEConfig:
                           "continuation or question follows the text; see layout.follow_position_ids). Pair it "
                           "with position_layout='spread', which does the same in the encoder."},
     )
+    slot_source: str = field(
+        default="memory_tokens",
+        metadata={"help": "Where slots come from: 'memory_tokens' (the encoder's final states at k learned tokens "
+                          "after the segment, the paper) or 'pooled' (slot j = the mean of the final states of the "
+                          "segment's j-th part, as LCLM and ARC-Encoder do; no memory tokens are read)."},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -147,6 +154,8 @@ class ICAEConfig:
             raise ConfigError(f"slot_projector must be one of {SLOT_PROJECTORS}, got {self.slot_projector!r}")
         if self.decoder_positions not in DECODER_POSITIONS:
             raise ConfigError(f"decoder_positions must be one of {DECODER_POSITIONS}, got {self.decoder_positions!r}")
+        if self.slot_source not in SLOT_SOURCES:
+            raise ConfigError(f"slot_source must be one of {SLOT_SOURCES}, got {self.slot_source!r}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:
@@ -183,11 +192,12 @@ class ICAEConfig:
         "decoder_lora_alpha",
         "slot_projector",
         "decoder_positions",
+        "slot_source",
     )
     # Memory fields added after the first release: they enter the fingerprint only when set away from these
     # defaults, so every earlier checkpoint and memory file keeps its fingerprint.
     _OPTIONAL_MEMORY_FIELDS = {"decoder_lora_r": 0, "decoder_lora_alpha": 16, "slot_projector": "none",
-                               "decoder_positions": "sequential"}
+                               "decoder_positions": "sequential", "slot_source": "memory_tokens"}
 
     def memory_fingerprint(self, base_config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """A short hash of everything that determines the meaning of the slots."""

@@ -45,6 +45,9 @@ class HierarchicalICAE(ICAE):
         if config.decoder_positions != "sequential":  # merged blocks stand for spans no layout places yet
             raise ConfigError(f"HierarchicalICAE reads merged slots at sequential positions; decoder_positions="
                               f"{config.decoder_positions!r} is for flat ICAE only")
+        if config.slot_source != "memory_tokens":  # a merge reads its level's memory tokens
+            raise ConfigError(f"HierarchicalICAE merges through memory tokens; slot_source={config.slot_source!r} is "
+                              "for flat ICAE only")
         super().__init__(base_model, tokenizer, config, share_decoder=share_decoder)
         self.hierarchy = hierarchy or HierarchyConfig()
         L = self.hierarchy.levels

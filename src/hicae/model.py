@@ -37,6 +37,7 @@ from .layout import (
     SLOT,
     DecoderExample,
     ae_example,
+    chunk_centres,
     encoder_position_ids,
     encoder_rows,
     follow_position_ids,
@@ -259,7 +260,7 @@ class ICAE(nn.Module):
         rows = []
         for n in seg_lens.tolist():
             p = encoder_position_ids(n, k, self.icae_config.position_layout)
-            rows.append(p + [0] * (width - len(p)))
+            rows.append((p + [0] * width)[:width])  # pooled slots: the memory tokens' positions fall outside
         return torch.tensor(rows, dtype=torch.long)
 
     def encode_rows(self, batch: EncoderBatch) -> torch.Tensor:
@@ -271,7 +272,9 @@ class ICAE(nn.Module):
             pos = self._encoder_positions(batch.seg_lens[idx], width).to(self.device)  # [C, W]
             return self._encoder_embeds(ids), pos
 
-        return self.run_encoder((batch.seg_lens + k).tolist(), make)
+        # pooled slots read the text only: trailing memory placeholders fall outside each row's length
+        extra = k if self.icae_config.slot_source == "memory_tokens" else 0
+        return self.run_encoder((batch.seg_lens + extra).tolist(), make)
 
     def run_encoder(self, lengths: list[int], make: Any) -> torch.Tensor:
         """Encode rows whose last k real positions are memory tokens; returns their final states [R, k, D].
@@ -304,8 +307,12 @@ class ICAE(nn.Module):
         hidden = body(
             inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
         ).last_hidden_state  # [C, W, D], after the final norm
-        gather = (n.unsqueeze(1) - k + torch.arange(k)).to(self.device)  # [C, k]
-        slots = hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [C, k, D]
+        if self.icae_config.slot_source == "pooled":
+            weights = pooling_weights(n.tolist(), k, width).to(device=self.device, dtype=hidden.dtype)  # [C, k, W]
+            slots = torch.bmm(weights, hidden)  # [C, k, D]: each slot the mean of its part's states
+        else:
+            gather = (n.unsqueeze(1) - k + torch.arange(k)).to(self.device)  # [C, k]
+            slots = hidden.gather(1, gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [C, k, D]
         for j, i in enumerate(chunk):
             out[i] = slots[j]
 
@@ -600,6 +607,21 @@ class ICAE(nn.Module):
     def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
         cfg = self.icae_config
         return lm_example(num_slots, continuation, cfg.leave_tokens_for_lm, cfg.add_special_token_for_lm)
+
+
+def pooling_weights(lengths: list[int], k: int, width: int) -> torch.Tensor:
+    """Row i's j-th slot averages the states of part j of its ``lengths[i]`` tokens: positions
+    ``[floor(j n / k), floor((j+1) n / k))``, or the part's centre token when a segment is shorter than
+    k (layout.chunk_centres), so every slot reads at least one token.  -> [C, k, width]"""
+    w = torch.zeros(len(lengths), k, width)
+    for i, n in enumerate(lengths):
+        for j, c in enumerate(chunk_centres(n, k)):
+            lo, hi = j * n // k, (j + 1) * n // k
+            if hi > lo:
+                w[i, j, lo:hi] = 1.0 / (hi - lo)
+            else:
+                w[i, j, c] = 1.0
+    return w
 
 
 def broadcast_rows(n: int, prompts: list[str] | str) -> tuple[list[int], list[str]]:
