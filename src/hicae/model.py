@@ -27,6 +27,7 @@ from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .errors import CheckpointError, DataError
 from .fingerprint import base_fingerprint, encoder_fingerprint
+from .generation import explicit_generation, hicae_generation_config
 from .layout import (
     AE,
     FT,
@@ -460,12 +461,12 @@ class ICAE(nn.Module):
         entry) or ``False`` (never); see ``hicae.prefix_cache``.
         """
         self.check_memory(mem)
-        kwargs = {"do_sample": False, **gen_kwargs}
-        if not kwargs["do_sample"]:  # silence the base model's sampling defaults
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        kwargs.update(max_new_tokens=max_new_tokens, eos_token_id=self.tokens.stop_ids, pad_token_id=self.tokens.pad_id)
-        cache = resolve_prefix_cache(self, mem, prefix_lens, prefix_cache, kwargs)
-        with self._eval_mode():
+        # Only hicae's settings and the caller's: the base's generation_config (Qwen's repetition penalty,
+        # no_repeat_ngram_size, sampling defaults ...) plays no part (generation.py).
+        kwargs = {**gen_kwargs, "max_new_tokens": max_new_tokens}
+        config = hicae_generation_config(self.tokens.stop_ids, self.tokens.pad_id, max_new_tokens)
+        with self._eval_mode(), explicit_generation(self.decoder, config):
+            cache = resolve_prefix_cache(self, mem, prefix_lens, prefix_cache, kwargs)  # reads that config
             if cache is not None:
                 out = generate_cached(self, mem, examples, prefix_lens, cache, kwargs)  # type: ignore[arg-type]
             else:

@@ -12,7 +12,7 @@ from hicae.serve.engine import Engine, QueueFull, Timeout
 from hicae.serve.settings import ServeConfig
 from hicae.serve.store import MemoryStore, NotFound, check_id
 
-from conftest import TEXTS, build_icae
+from conftest import TEXTS, build_icae, memory_argmax, penalised
 
 PROMPTS = ["Which animal jumps?", "Where?", "What is near the river bank, and what does the fox do there?"]
 
@@ -275,3 +275,22 @@ def test_sampling_options_without_do_sample_are_refused():
     assert GenerateRequest(prompt="Q?", do_sample=True, temperature=0.7).sampling() == {"do_sample": True,
                                                                                         "temperature": 0.7}
     assert GenerateRequest(prompt="Q?").sampling() == {}
+
+
+def test_greedy_requests_ignore_the_base_generation_config(qwen3_tokenizer, tmp_path):
+    """The server decodes as a hand-written argmax loop although the base's generation_config sets a repetition
+    penalty and no_repeat_ngram_size (batched answers, a reconstruction, a continuation)."""
+    model = penalised(build_icae(qwen3_tokenizer, "qwen2").model)
+    engine = _engine(model, tmp_path, batch_window_ms=200)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+        jobs = {(task, p): _decode(engine, mid, [p] if p else None, task=task, max_new_tokens=8)
+                for task, p in [("answer", PROMPTS[0]), ("answer", PROMPTS[1]), ("reconstruct", None), ("continue", None)]}
+        got = {k: j.future.result(60)["outputs"][0]["text"] for k, j in jobs.items()}
+        mem = engine.hot.get(mid).mem
+    finally:
+        engine.stop()
+    for (task, p), text in got.items():
+        want = memory_argmax(model, mem, {"answer": "ft", "reconstruct": "ae", "continue": "lm"}[task], p)
+        assert text == model.tokenizer.decode(want, skip_special_tokens=True), (task, p)
