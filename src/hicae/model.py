@@ -43,6 +43,7 @@ from .layout import (
     lm_prefix,
     with_target,
 )
+from .lora_targets import check_lora_targets
 from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
@@ -81,6 +82,7 @@ class ICAE(nn.Module):
         """
         super().__init__()
         self.icae_config = config or ICAEConfig()
+        check_lora_targets(base_model, list(self.icae_config.lora_target_modules))  # before anything changes the base
         self.tokenizer = tokenizer
         self.base_model_name = str(getattr(base_model.config, "_name_or_path", "") or "")
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, getattr(base_model, "generation_config", None),
