@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation limit (default: ae each text's length + 8, qa 64, passkey/needle 16)")
     p.add_argument("--model_max_length", type=int, default=None, help="ICAE: longest text in tokens (default: the checkpoint's)")
     p.add_argument("--overlong", choices=["error", "truncate"], default="error",
-                   help="a text over the limit: refuse (default) or truncate (ae/qa keep its head, ppl its tail)")
+                   help="a text over the limit: refuse (default) or truncate (ae/qa keep its head, which the qa full-text "
+                        "baseline then reads too; ppl its tail)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--bleu_tokenize", default="auto", choices=["auto", "13a", "zh", "intl", "char", "none"],
                    help="ae: sacrebleu's tokenisation (auto: zh, one token per CJK character, for groups holding Chinese; else 13a)")
