@@ -29,7 +29,7 @@ from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, 
 from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
 from .errors import CheckpointError
 from .fileio import staged_dir
-from .fingerprint import check_finite, encoder_fingerprint
+from .fingerprint import SEP, check_finite, encoder_fingerprint, weights_match
 from .hierarchy import HierarchicalICAE
 from .model import ICAE
 
@@ -191,13 +191,23 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     if want is None:
         log.warning("hicae: warning: %s records no weights fingerprint (an older hicae); its base and encoder "
                     "weights are not checked", path / CONFIG_FILE)
-    elif want != model.base_weights and not allow_other_weights:
+    elif not weights_match(want, model.base_weights) and not allow_other_weights:
         raise CheckpointError(
             f"{path}: checkpoint was trained on base weights {want} ({meta['base_model']!r}), but the base model "
-            f"given has weights {model.base_weights} ({model.base_model_name!r}); {OVERRIDE}"
+            f"given has weights {model.base_weights} ({model.base_model_name!r}){_dtype_hint(want, model)}; {OVERRIDE}"
         )
     load_trained_weights(model, path, allow_other_weights=allow_other_weights)
     return model
+
+
+def _dtype_hint(want: str, model: Any) -> str:
+    """Why the same base in another dtype may not match (fingerprint.py): said only where it can be the cause."""
+    if model.dtype != torch.float16:
+        return ""
+    if SEP not in want:
+        return (" (this checkpoint predates fp16-proof fingerprints: if it is the same base, load it in bf16 or "
+                "fp32, or re-save the checkpoint with this hicae)")
+    return " (if it is the same base: a checkpoint trained on a bf16 cast of fp32 weights is checked in bf16 or fp32)"
 
 
 def _base_tokenizer(path: Path, meta: dict[str, Any], base_model: Any) -> Any:

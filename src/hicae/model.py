@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .errors import CheckpointError, DataError
-from .fingerprint import base_fingerprint, encoder_fingerprint
+from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
 from .generation import explicit_generation, hicae_generation_config
 from .layout import (
     AE,
@@ -111,7 +111,7 @@ class ICAE(nn.Module):
         self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config), self.fingerprint_extra())
         # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
         # memories record it, and loading one on other weights is refused unless allowed.
-        self.base_weights = base_fingerprint(self.decoder)
+        self.base_weights = base_fingerprints(self.decoder)  # "<bf16>/<fp16>": any cast of them matches
         self.allow_other_weights = False  # runtime (not saved): decode memories of other weights
         # Runtime speed settings (not saved): see speed.py, set_decoding and compile_encoder.
         self.decoding = DecodingOptions()
@@ -338,7 +338,7 @@ class ICAE(nn.Module):
         if self.allow_other_weights:
             return
         # The weights, not the name: one base is a different path on another machine.
-        if mem.base_weights and mem.base_weights != self.base_weights:
+        if mem.base_weights and not weights_match(mem.base_weights, self.base_weights):
             problems.append(f"base weights {mem.base_weights} ({mem.base_model!r}) != this model's "
                             f"{self.base_weights} ({self.base_model_name!r})")
         if mem.encoder_weights and mem.encoder_weights != (mine := encoder_weights or self.encoder_weights()):
