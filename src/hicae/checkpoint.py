@@ -25,6 +25,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .base_resolve import load_recorded_base
 from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
 from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
 from .errors import CheckpointError
@@ -87,7 +88,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 
 def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | None = None,
-              attn_implementation: str | None = "sdpa") -> tuple[Any, Any]:
+              attn_implementation: str | None = "sdpa", local_files_only: bool = False) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer by hub name, local folder, or a ``.gguf`` file.
 
     A GGUF file (llama.cpp's format, often how a Qwen is kept locally) is dequantized by
@@ -97,6 +98,8 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src, kw = _source(name_or_path)
+    if local_files_only:  # offline: the Hugging Face cache only, no retries against an unreachable hub
+        kw["local_files_only"] = True
     if "gguf_file" in kw:
         dtype = torch.bfloat16 if dtype in (None, "auto") else dtype
     try:
@@ -165,11 +168,11 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     path = Path(path)
     meta = read_checkpoint_config(path)
     check_adapter_config(path, meta)
-    if base_model is None:
-        src = str(path / BASE_DIR) if meta.get("has_base") else meta["base_model"]
-        if not src:
-            raise CheckpointError(f"{path}: the checkpoint names no base model; pass base_model and tokenizer")
-        base_model, loaded_tok = load_base(src, **load_kwargs)
+    if base_model is None:  # the checkpoint's base/, else its recorded base: a local copy first (base_resolve.py)
+        if meta.get("has_base"):
+            base_model, loaded_tok = load_base(str(path / BASE_DIR), **load_kwargs)
+        else:
+            base_model, loaded_tok = load_recorded_base(path, meta, **load_kwargs)
         tokenizer = tokenizer or loaded_tok
     elif tokenizer is None:
         tokenizer = _base_tokenizer(path, meta, base_model)
