@@ -198,3 +198,38 @@ def mixed_examples(tokenizer: Any) -> list[Example]:
         Example("ft", t[3], prompt="What are memory slots?", answer=ids_of(tokenizer, "Hidden states.")),
         Example("ae", t[2]),
     ]
+
+
+# ---- greedy decoding by hand, and a base whose generation_config would change it -------------------------
+
+# What Qwen2.5-Instruct's generation_config.json sets (repetition_penalty 1.05-1.1), made strong enough to
+# change a tiny model's output, and a no_repeat_ngram_size as other bases set it.
+PENALTIES = dict(repetition_penalty=1.8, no_repeat_ngram_size=2, temperature=0.7, top_p=0.8, top_k=20)
+
+
+def penalised(model):
+    """``model`` with its base's generation config set as a Qwen2.5-Instruct's (mutates the shared config)."""
+    for k, v in PENALTIES.items():
+        setattr(model.decoder.generation_config, k, v)
+    return model
+
+
+def argmax_loop(model, embeds: torch.Tensor, n: int) -> list[int]:
+    """Greedy decoding written by hand: no cache, no processors.  embeds: [1, T, D] -> new ids up to a stop id."""
+    emb, out = model.decoder.get_input_embeddings(), []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(model.decoder(inputs_embeds=embeds, use_cache=False).logits[0, -1].argmax())
+            if t in model.tokens.stop_ids:
+                break
+            out.append(t)
+            embeds = torch.cat([embeds, emb(torch.tensor([[t]]))], dim=1)
+    return out
+
+
+def memory_argmax(model, mem, task: str, prompt: str | None = None, n: int = 8) -> list[int]:
+    """``argmax_loop`` from a one-entry memory's decoder layout (``task``: ae, lm or ft with ``prompt``)."""
+    rows, (ex,) = model.decoder_examples(mem, task, [prompt] if prompt else None)
+    with torch.no_grad():
+        embeds = model._decoder_embeds(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
+    return argmax_loop(model, embeds, n)

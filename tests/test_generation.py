@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, TEXTS
+from conftest import ARCHS, TEXTS, memory_argmax, penalised
 
 from hicae import DataError
 
@@ -201,3 +201,39 @@ def test_continue_without_lm_token_with_a_prefix_cache(make_icae):
     with pytest.warns(UserWarning, match="nothing follows the slots"):
         assert model.continue_ids(mem, max_new_tokens=NEW, prefix_cache=model.prefix_cache(mem, tasks=("lm",))) == want
     assert model.continue_ids(mem[[0, 0, 1]], max_new_tokens=NEW) == [want[0], want[0], want[1]]
+
+
+# ---- greedy means greedy: the base's generation_config plays no part ----------------------------------------
+
+def test_greedy_ignores_the_base_generation_config(make_icae):
+    """reconstruct / continue / generate (with and without the prefix cache) decode exactly as an argmax loop
+    although the base's generation_config sets a repetition penalty, no_repeat_ngram_size and sampling values;
+    and that config would have changed the output (the test would catch a regression)."""
+    model = penalised(make_icae("qwen2"))  # the default init repeats tokens: penalties change its output
+    mem = model.compress(TEXTS[:1])
+    want = {"ae": memory_argmax(model, mem, "ae"), "lm": memory_argmax(model, mem, "lm"),
+            "ft": memory_argmax(model, mem, "ft", PROMPTS[0])}
+    cache = model.prefix_cache(mem, tasks=("ft", "ae", "lm"))
+    for pc in (False, None, cache):
+        assert model.reconstruct_ids(mem, max_new_tokens=NEW, prefix_cache=pc) == [want["ae"]]
+        assert model.continue_ids(mem, max_new_tokens=NEW, prefix_cache=pc) == [want["lm"]]
+        assert model.generate_ids(mem, PROMPTS[0], max_new_tokens=NEW, prefix_cache=pc) == [want["ft"]]
+    assert model.generate_ids(mem, [PROMPTS[0]] * 2, max_new_tokens=NEW) == [want["ft"]] * 2  # automatic cache
+    # the base's own config does change greedy decoding: what hicae must not pick up
+    rows, (ex,) = model.decoder_examples(mem, "ae")
+    with torch.no_grad():
+        embeds = model._decoder_embeds(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
+        theirs = model.decoder.generate(inputs_embeds=embeds, max_new_tokens=NEW, do_sample=False,
+                                        eos_token_id=model.tokens.stop_ids, pad_token_id=model.tokens.pad_id)
+    assert theirs[0].tolist() != want["ae"]
+    assert model.decoder.generation_config.repetition_penalty == 1.8  # the base's config is left as it was
+
+
+def test_sampling_options_still_reach_generate(make_icae):
+    """The caller's options are applied on top of hicae's config: a seeded sample differs from greedy."""
+    model = penalised(make_icae("qwen2", **VARIED))
+    mem = model.compress(TEXTS[:1])
+    greedy = model.reconstruct_ids(mem, max_new_tokens=NEW)
+    torch.manual_seed(0)
+    sampled = model.reconstruct_ids(mem, max_new_tokens=NEW, do_sample=True, temperature=5.0)
+    assert sampled != greedy

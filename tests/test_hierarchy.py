@@ -166,3 +166,16 @@ def test_bad_input(qwen3_tokenizer):
         h.append(mem, ["a", "b"])
     with pytest.raises(DataError, match="empty"):
         h.compress("")
+
+
+@pytest.mark.parametrize("more", [1, 3, 9])  # shorter than a segment (S = 4 tokens), and longer
+def test_append_honours_a_smaller_budget(qwen3_tokenizer, more):
+    """A memory made without a budget, appended to with ``max_slots``: the result fits the budget even when the
+    appended text completes no segment (nothing new is pushed, yet the old blocks must merge)."""
+    h = make_h(qwen3_tokenizer, "qwen3", levels=3)
+    with torch.no_grad():
+        mem = h.compress_ids([ids(qwen3_tokenizer, 60)])
+        assert mem.num_slots[0] > 8
+        out = h.append_ids(mem, [ids(qwen3_tokenizer, more, 5)], max_slots=4)
+    assert out.num_slots[0] <= 4 and out.num_tokens[0] == 60 + more
+    assert out.hierarchy_problem() is None

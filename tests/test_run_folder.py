@@ -24,7 +24,7 @@ def make_ckpt(root: Path, step: int, drop=(), state=None) -> Path:
         if f not in drop:
             (d / f).write_text("x")
     if TRAINER_STATE not in drop:
-        (d / TRAINER_STATE).write_text(state if state is not None else json.dumps({"global_step": step}))
+        (d / TRAINER_STATE).write_text(state if state is not None else json.dumps({"global_step": step, "train_batch_size": 2}))
     return d
 
 
@@ -52,7 +52,7 @@ def test_true_picks_the_newest_complete_checkpoint_and_says_what_it_skipped(tmp_
     make_ckpt(out, 1, drop=("scheduler.pt",))  # older: not worth a note
     no_state = make_ckpt(out, 6, drop=(TRAINER_STATE,))
     no_opt = make_ckpt(out, 8, drop=("optimizer.pt", "rng_state.pth"))
-    copied = make_ckpt(out, 10, state=json.dumps({"global_step": 4}))
+    copied = make_ckpt(out, 10, state=json.dumps({"global_step": 4, "train_batch_size": 2}))
     broken = make_ckpt(out, 12, state="{not json")
     (out / STAGING / "checkpoint-14").mkdir(parents=True)
     r = resolve_resume("True", out)

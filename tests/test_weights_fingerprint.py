@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from hicae import ICAE, CheckpointError, ICAEConfig, Memory
 from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
-from hicae.fingerprint import SAMPLE, base_fingerprint, encoder_fingerprint
+from hicae.fingerprint import SAMPLE, base_fingerprint, base_fingerprints, encoder_fingerprint, weights_match
 from hicae.tiny import tiny_model
 
 
@@ -192,3 +193,59 @@ def test_hub_names_stay_names(tmp_path, monkeypatch):
     assert absolute_source("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     (tmp_path / "Qwen" / "Qwen2.5-0.5B-Instruct").mkdir(parents=True)  # a local folder of that name is a path
     assert absolute_source("Qwen/Qwen2.5-0.5B-Instruct") == str(tmp_path / "Qwen" / "Qwen2.5-0.5B-Instruct")
+
+
+# ---- casts a user makes (fp32, bf16, fp16): one base, one fingerprint; other weights still differ -------------
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _views(base):
+    """The same base cast to each dtype (a user's --dtype)."""
+    return {dt: copy.deepcopy(base).to(dt) for dt in DTYPES}
+
+
+def _perturbed(base):
+    other = copy.deepcopy(base).float()
+    with torch.no_grad():
+        w = other.model.layers[0].mlp.up_proj.weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) * 1e-2)
+    return other.to(base.dtype)
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])  # as kept on disk: Qwen releases are bf16
+def test_fingerprint_survives_fp32_bf16_fp16_casts(stored):
+    base = tiny_model("qwen3", seed=0).to(stored)
+    fps = {dt: base_fingerprints(m) for dt, m in _views(base).items()}
+    if stored == torch.bfloat16:  # every cast of bf16 weights matches every other
+        assert all(weights_match(a, b) for a in fps.values() for b in fps.values())
+    else:  # fp32 weights: the fp32 view matches both casts (a checkpoint trained in fp32, used in bf16 or fp16)
+        assert weights_match(fps[torch.float32], fps[torch.bfloat16])
+        assert weights_match(fps[torch.float32], fps[torch.float16])
+        # bf16 rounding of the fp16 values is not that of the originals: the old fingerprint refused them
+        assert base_fingerprint(_views(base)[torch.float16]) != base_fingerprint(base)
+    other = {dt: base_fingerprints(m) for dt, m in _views(_perturbed(base)).items()}
+    assert not any(weights_match(a, b) for a in fps.values() for b in other.values())  # other weights: no match
+
+
+def test_checkpoint_and_memories_of_an_fp32_base_work_in_fp16(saved, qwen3_tokenizer):
+    """`hicae generate --checkpoint ck --dtype fp16` on the base the checkpoint was trained on (in fp32)."""
+    model, path = saved
+    half = load_icae(path, base_model=tiny_model("qwen3", seed=0).half(), tokenizer=qwen3_tokenizer)
+    assert half.dtype == torch.float16
+    mem = model.compress(TEXTS[:1])
+    half.check_memory(mem)  # an fp32 model's memory is accepted by the fp16 one
+    with pytest.raises(CheckpointError, match="trained on base weights"):  # a perturbed base in fp16 is still refused
+        load_icae(path, base_model=_perturbed(tiny_model("qwen3", seed=0)).half(), tokenizer=qwen3_tokenizer)
+
+
+def test_old_fingerprints_still_match(saved, qwen3_tokenizer):
+    """Checkpoints and memories recorded before the fp16 alias (bf16 rounding only) load as before."""
+    model, path = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["weights"]["base"] = base_fingerprint(tiny_model("qwen3", seed=0))  # what an older hicae recorded
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = load_icae(path, base_model=tiny_model("qwen3", seed=0).bfloat16(), tokenizer=qwen3_tokenizer)
+    mem = model.compress(TEXTS[:1])
+    mem.base_weights = meta["weights"]["base"]
+    loaded.check_memory(mem)

@@ -25,11 +25,12 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .base_resolve import load_recorded_base
 from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
 from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
 from .errors import CheckpointError
 from .fileio import staged_dir
-from .fingerprint import check_finite, encoder_fingerprint
+from .fingerprint import SEP, check_finite, encoder_fingerprint, weights_match
 from .hierarchy import HierarchicalICAE
 from .model import ICAE
 
@@ -87,7 +88,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 
 def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", device: str | None = None,
-              attn_implementation: str | None = "sdpa") -> tuple[Any, Any]:
+              attn_implementation: str | None = "sdpa", local_files_only: bool = False) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer by hub name, local folder, or a ``.gguf`` file.
 
     A GGUF file (llama.cpp's format, often how a Qwen is kept locally) is dequantized by
@@ -97,6 +98,8 @@ def load_base(name_or_path: str, dtype: str | torch.dtype | None = "auto", devic
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src, kw = _source(name_or_path)
+    if local_files_only:  # offline: the Hugging Face cache only, no retries against an unreachable hub
+        kw["local_files_only"] = True
     if "gguf_file" in kw:
         dtype = torch.bfloat16 if dtype in (None, "auto") else dtype
     try:
@@ -165,11 +168,11 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     path = Path(path)
     meta = read_checkpoint_config(path)
     check_adapter_config(path, meta)
-    if base_model is None:
-        src = str(path / BASE_DIR) if meta.get("has_base") else meta["base_model"]
-        if not src:
-            raise CheckpointError(f"{path}: the checkpoint names no base model; pass base_model and tokenizer")
-        base_model, loaded_tok = load_base(src, **load_kwargs)
+    if base_model is None:  # the checkpoint's base/, else its recorded base: a local copy first (base_resolve.py)
+        if meta.get("has_base"):
+            base_model, loaded_tok = load_base(str(path / BASE_DIR), **load_kwargs)
+        else:
+            base_model, loaded_tok = load_recorded_base(path, meta, **load_kwargs)
         tokenizer = tokenizer or loaded_tok
     elif tokenizer is None:
         tokenizer = _base_tokenizer(path, meta, base_model)
@@ -191,13 +194,23 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     if want is None:
         log.warning("hicae: warning: %s records no weights fingerprint (an older hicae); its base and encoder "
                     "weights are not checked", path / CONFIG_FILE)
-    elif want != model.base_weights and not allow_other_weights:
+    elif not weights_match(want, model.base_weights) and not allow_other_weights:
         raise CheckpointError(
             f"{path}: checkpoint was trained on base weights {want} ({meta['base_model']!r}), but the base model "
-            f"given has weights {model.base_weights} ({model.base_model_name!r}); {OVERRIDE}"
+            f"given has weights {model.base_weights} ({model.base_model_name!r}){_dtype_hint(want, model)}; {OVERRIDE}"
         )
     load_trained_weights(model, path, allow_other_weights=allow_other_weights)
     return model
+
+
+def _dtype_hint(want: str, model: Any) -> str:
+    """Why the same base in another dtype may not match (fingerprint.py): said only where it can be the cause."""
+    if model.dtype != torch.float16:
+        return ""
+    if SEP not in want:
+        return (" (this checkpoint predates fp16-proof fingerprints: if it is the same base, load it in bf16 or "
+                "fp32, or re-save the checkpoint with this hicae)")
+    return " (if it is the same base: a checkpoint trained on a bf16 cast of fp32 weights is checked in bf16 or fp32)"
 
 
 def _base_tokenizer(path: Path, meta: dict[str, Any], base_model: Any) -> Any:

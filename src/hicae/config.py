@@ -60,7 +60,9 @@ class ICAEConfig:
     )
     model_max_length: int = field(
         default=5120,
-        metadata={"help": "Longest text (in tokens) that compress() and training accept."},
+        metadata={"help": "Longest text (in tokens) that compress() and training accept. A training setting: the "
+                          "inference commands (compress, generate, eval, serve) default to the base model's window "
+                          "instead (inference_max_length)."},
     )
     overlong: str = field(
         default="error",
@@ -275,6 +277,17 @@ def base_shape(config: Any) -> dict[str, Any]:
         rp = d.get("rope_parameters") or {}
         out["rope_theta"] = rp.get("rope_theta") if isinstance(rp, dict) else None
     return out
+
+
+DEFAULT_WINDOW = 32768  # inference text limit for a base whose config states no max_position_embeddings
+
+
+def inference_max_length(base_config: Any) -> int:
+    """Longest text the inference commands accept by default: the base model's window (``max_position_embeddings``,
+    else ``DEFAULT_WINDOW``). Not the length the adapter was trained on: compression cuts a text into segments
+    of ``k*r`` tokens however long it is, and a text of the window's length gives the decoder ``1/r`` of it in
+    slots."""
+    return int(getattr(base_config, "max_position_embeddings", None) or DEFAULT_WINDOW)
 
 
 def shape_mismatches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:

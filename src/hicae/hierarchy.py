@@ -19,7 +19,7 @@ from torch import nn
 from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
 from .errors import CheckpointError, ConfigError, DataError
-from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, push_segments, waves
+from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, push_segments, waves
 from .layout import EncoderRows, MEM
 from .memory import Memory
 from .model import ICAE
@@ -35,6 +35,13 @@ class _Stream:
     tokens: list[int]  # the tail of earlier input plus new input; tokens[pos:] are not yet pushed
     total_tokens: int  # tokens covered so far, pushed or not
     pos: int = 0
+
+
+def _fitted(st: _Stream, hier: HierarchyConfig, budget: int | None) -> list[Merge]:
+    """The budget merges that make a stream's restored blocks fit ``budget`` (applied to its state)."""
+    before = len(st.state.merges)
+    fit_budget(st.state, hier.group_size, hier.levels, budget)
+    return st.state.merges[before:]
 
 
 class HierarchicalICAE(ICAE):
@@ -121,6 +128,11 @@ class HierarchicalICAE(ICAE):
         cfg, hier = self.icae_config, self.hierarchy
         k, S = cfg.mem_size, cfg.segment_tokens
         per_round = max(1, cfg.compress_batch_tokens // (S + k))
+        # a restored memory (append) may hold more blocks than this call's budget: fit it first
+        fit = [(i, m) for i, st in enumerate(streams) for m in _fitted(st, hier, budget)]
+        if fit:
+            self._run_merges(streams, fit)
+            self._retain(streams)
         while True:
             segs, owners = [], []
             for i, st in enumerate(streams):
@@ -144,10 +156,7 @@ class HierarchicalICAE(ICAE):
                 merges += [(i, m) for m in st.state.merges[before:]]
                 st.pos += n * S
             self._run_merges(streams, merges)
-            for st in streams:  # keep only what is retained: memory stays bounded
-                keep = {b.id for b in st.state.blocks}
-                st.slots = {b: v for b, v in st.slots.items() if b in keep}
-                st.state.merges.clear()
+            self._retain(streams)
         partial: list[torch.Tensor | None] = [None] * len(streams)
         for st in streams:  # drop what is pushed; only the partial segment (< S tokens) remains
             st.tokens, st.pos = st.tokens[st.pos :], 0
@@ -158,6 +167,14 @@ class HierarchicalICAE(ICAE):
                 for (i, _), s in zip(tails, out):
                     partial[i] = s
         return partial
+
+    @staticmethod
+    def _retain(streams: list[_Stream]) -> None:
+        """Keep only the slots of retained blocks (memory stays bounded) and forget the merges run."""
+        for st in streams:
+            keep = {b.id for b in st.state.blocks}
+            st.slots = {b: v for b, v in st.slots.items() if b in keep}
+            st.state.merges.clear()
 
     def _run_merges(self, streams: list[_Stream], merges: list[tuple[int, Merge]]) -> None:
         """Run all streams' new merges, one batched encoder call per wave of independent merges."""

@@ -82,10 +82,17 @@ def push_segments(state: PlanState, count: int, group_size: int, max_levels: int
             if lvl >= max_levels or any(x.level != lvl for x in tail):
                 break
             _merge(state, len(state.blocks) - g, g, lvl + 1)
-        while budget_blocks is not None and len(state.blocks) > budget_blocks:
-            n = min(g, len(state.blocks))
-            _merge(state, 0, n, min(max_levels, max(x.level for x in state.blocks[:n]) + 1))
+        fit_budget(state, g, max_levels, budget_blocks)
     return leaves
+
+
+def fit_budget(state: PlanState, group_size: int, max_levels: int, budget_blocks: int | None) -> None:
+    """The budget rule alone (in place): merge the oldest ``g`` blocks until at most ``budget_blocks`` remain.
+    Also for a restored state given a smaller budget than it was made with (``append`` of a short text
+    pushes no segment, yet must fit the new budget)."""
+    while budget_blocks is not None and len(state.blocks) > budget_blocks:
+        n = min(group_size, len(state.blocks))
+        _merge(state, 0, n, min(max_levels, max(x.level for x in state.blocks[:n]) + 1))
 
 
 def plan(num_segments: int, group_size: int, max_levels: int, budget_blocks: int | None) -> PlanState:

@@ -27,7 +27,8 @@ from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .decoder_side import PROJECTOR_PREFIX, SlotProjector, decoder_lora_parameters, inject_decoder_lora, plain_base
 from .errors import CheckpointError, DataError
-from .fingerprint import base_fingerprint, encoder_fingerprint
+from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
+from .generation import explicit_generation, hicae_generation_config
 from .layout import (
     AE,
     FT,
@@ -46,6 +47,7 @@ from .layout import (
     slot_text_positions,
     with_target,
 )
+from .lora_targets import check_lora_targets
 from .memory import Memory
 from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
 from .prefix_cache import resolve as resolve_prefix_cache
@@ -84,6 +86,7 @@ class ICAE(nn.Module):
         """
         super().__init__()
         self.icae_config = config or ICAEConfig()
+        check_lora_targets(base_model, list(self.icae_config.lora_target_modules))  # before anything changes the base
         self.tokenizer = tokenizer
         self.base_model_name = str(getattr(base_model.config, "_name_or_path", "") or "")
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, getattr(base_model, "generation_config", None),
@@ -102,7 +105,7 @@ class ICAE(nn.Module):
         # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
         # memories record it, and loading one on other weights is refused unless allowed. Taken
         # before any adapter is added, so it is the plain base's.
-        self.base_weights = base_fingerprint(self.decoder)
+        self.base_weights = base_fingerprints(self.decoder)  # "<bf16>/<fp16>": any cast of them matches
         self.encoder = get_peft_model(base_model, lora)
         emb = base_model.get_input_embeddings().weight
         D = emb.shape[1]
@@ -386,7 +389,7 @@ class ICAE(nn.Module):
         if self.allow_other_weights:
             return
         # The weights, not the name: one base is a different path on another machine.
-        if mem.base_weights and mem.base_weights != self.base_weights:
+        if mem.base_weights and not weights_match(mem.base_weights, self.base_weights):
             problems.append(f"base weights {mem.base_weights} ({mem.base_model!r}) != this model's "
                             f"{self.base_weights} ({self.base_model_name!r})")
         if mem.encoder_weights and mem.encoder_weights != (mine := encoder_weights or self.encoder_weights()):
@@ -523,12 +526,12 @@ class ICAE(nn.Module):
         entry) or ``False`` (never); see ``hicae.prefix_cache``.
         """
         self.check_memory(mem)
-        kwargs = {"do_sample": False, **gen_kwargs}
-        if not kwargs["do_sample"]:  # silence the base model's sampling defaults
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        kwargs.update(max_new_tokens=max_new_tokens, eos_token_id=self.tokens.stop_ids, pad_token_id=self.tokens.pad_id)
-        cache = resolve_prefix_cache(self, mem, prefix_lens, prefix_cache, kwargs)
-        with self._eval_mode():
+        # Only hicae's settings and the caller's: the base's generation_config (Qwen's repetition penalty,
+        # no_repeat_ngram_size, sampling defaults ...) plays no part (generation.py).
+        kwargs = {**gen_kwargs, "max_new_tokens": max_new_tokens}
+        config = hicae_generation_config(self.tokens.stop_ids, self.tokens.pad_id, max_new_tokens)
+        with self._eval_mode(), explicit_generation(self.decoder, config):
+            cache = resolve_prefix_cache(self, mem, prefix_lens, prefix_cache, kwargs)  # reads that config
             if cache is not None:
                 out = generate_cached(self, mem, examples, prefix_lens, cache, kwargs)  # type: ignore[arg-type]
             else:

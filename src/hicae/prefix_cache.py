@@ -84,8 +84,10 @@ class PrefixCache:
     model's task embeddings (training), dtype or device empties it.
     """
 
-    def __init__(self, model: Any, mem: Memory):
-        model.check_memory(mem)
+    def __init__(self, model: Any, mem: Memory, encoder_weights: str | None = None):
+        """``encoder_weights``: the model's ``encoder_weights()`` if the caller has it. A server must pass it:
+        computing it reads the adapter, which the worker thread may be running in another dtype meanwhile."""
+        model.check_memory(mem, encoder_weights=encoder_weights)
         self.slots = list(mem.slots)  # references to the memory's tensors: identifies its entries
         self.fingerprint = mem.fingerprint
         self.num_tokens = list(mem.num_tokens)  # text length per entry: decoder positions may depend on it

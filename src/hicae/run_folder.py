@@ -11,6 +11,7 @@ missed a file), so that resume never picks one and never fails with a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -79,7 +80,26 @@ def checkpoint_problems(ckpt: Path, need_state: bool = True, rng: str = "rng_sta
             problems.append((TRAINER_STATE, "records no global_step"))
         elif checkpoint_step(ckpt) not in (None, step):
             problems.append((TRAINER_STATE, f"records step {step}, but the folder is named {ckpt.name}"))
+        if isinstance(state, dict):
+            problems += [(TRAINER_STATE, why) for why in state_field_problems(state)]
     return problems
+
+
+# Fields transformers' resume does arithmetic on: valid JSON without them (an older or hand-edited file)
+# ends in a TypeError deep in the Trainer (compare_trainer_and_checkpoint_args: None // int).
+_NEEDED_INTS = ("train_batch_size",)
+
+
+def state_field_problems(state: dict) -> list[str]:
+    """What in a parsed trainer_state.json transformers cannot resume from: fields it computes with that are
+    missing or not integers, and fields ``TrainerState`` does not know (its constructor refuses them)."""
+    from transformers import TrainerState
+
+    known = {f.name for f in dataclasses.fields(TrainerState)}
+    out = [f"records no {k} (an integer)" for k in _NEEDED_INTS
+           if not isinstance(state.get(k), int) or isinstance(state.get(k), bool)]
+    out += [f"unknown field {k!r}" for k in state if k not in known]
+    return out
 
 
 def describe_problems(problems: list[tuple[str, str]]) -> str:

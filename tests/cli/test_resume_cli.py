@@ -152,9 +152,22 @@ def _reshape_a_moment(f):
     torch.save(state, f)
 
 
+def _edit_state(f, drop=None, **fields):
+    """Valid JSON that transformers cannot resume from (an older or hand-edited trainer_state.json)."""
+    state = json.loads(f.read_text())
+    state.pop(drop, None)
+    f.write_text(json.dumps({**state, **fields}))
+
+
 DAMAGE = {  # name: (file, how it is damaged, what the one-line error says)
     "no trainer state": ("trainer_state.json", lambda f: f.unlink(), "trainer_state.json: missing"),
     "trainer state not JSON": ("trainer_state.json", lambda f: f.write_text("{"), "trainer_state.json: not valid JSON"),
+    "trainer state without a field": ("trainer_state.json", lambda f: _edit_state(f, drop="train_batch_size"),
+                                      "trainer_state.json: records no train_batch_size (an integer)"),
+    "trainer state with a null field": ("trainer_state.json", lambda f: _edit_state(f, train_batch_size=None),
+                                        "trainer_state.json: records no train_batch_size (an integer)"),
+    "trainer state with an unknown field": ("trainer_state.json", lambda f: _edit_state(f, batch=2),
+                                            "trainer_state.json: unknown field 'batch'"),
     "truncated optimizer": ("optimizer.pt", lambda f: f.write_bytes(f.read_bytes()[:200]), "cannot read it"),
     "optimizer of other shapes": ("optimizer.pt", _reshape_a_moment, "does not fit this model's trained parameters"),
 }

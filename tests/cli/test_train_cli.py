@@ -68,6 +68,20 @@ def test_finetune_restores_pretrained_checkpoint(base_dir, pretrain_file, finetu
     assert code == 1 and "--mem_size 8 differs" in err
 
 
+def test_finetune_does_not_inherit_pretraining_truncation(base_dir, pretrain_file, finetune_file, tmp_path, run_cli):
+    """A pretraining checkpoint records overlong=truncate (pretraining's default); fine-tuning from it still
+    refuses an over-long input (its answer may need the cut part) unless --overlong truncate is given."""
+    pre = tmp_path / "pre"
+    assert run_cli("pretrain", *tiny_args(base_dir, pre, pretrain_file, "--max_steps", "1", "--model_max_length", "8"))[0] == 0
+    assert json.loads((pre / "hicae_config.json").read_text())["icae"]["overlong"] == "truncate"
+    args = ("--restore_from", str(pre), "--train_file", str(finetune_file), "--max_steps", "1", "--report_to", "none",
+            "--use_cpu", "true", "--disable_tqdm", "true")
+    code, _, err = run_cli("finetune", *args, "--output_dir", str(tmp_path / "ft"))
+    assert code == 1 and "over --model_max_length=8" in err and "--overlong" in err, err
+    code, _, err = run_cli("finetune", *args, "--output_dir", str(tmp_path / "ft2"), "--overlong", "truncate")
+    assert code == 0, err
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

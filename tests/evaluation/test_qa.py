@@ -85,3 +85,22 @@ def test_chat_prompt_is_the_tokenizer_template(icae_model):
     assert text.startswith("<|im_start|>user\nHello there<|im_end|>") and text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     with pytest.raises(ConfigError, match="judge_file"):
         run_qa(icae_model, [], QUIET, fulltext=False, judge_file="x.jsonl")
+
+
+def test_truncated_contexts_reach_both_answers_alike(icae_ckpt, monkeypatch):
+    """--overlong truncate: the memory holds the text's head, so the full-text baseline reads that same head
+    (not the whole text), and the report says how many contexts were cut."""
+    from hicae.checkpoint import load_icae
+
+    model = load_icae(icae_ckpt, config_overrides={"model_max_length": 8, "overlong": "truncate"}).eval()
+    seen = []
+    real = qa_mod.generate_plain
+    monkeypatch.setattr(qa_mod, "generate_plain", lambda m, prompts, n: seen.extend(prompts) or real(m, prompts, n))
+    recs = [QARecord("t:1", TEXTS[1], "Which language?", ["Python"]), QARecord("t:2", "Short one.", "What?", ["one"])]
+    res = run_qa(model, recs, QUIET)
+    head = model.tokenizer.decode(model.tokens.text_ids([TEXTS[1]])[0][:8])
+    assert seen[0] == chat_prompt_ids(model, qa_mod.fulltext_content(head, "Which language?"))
+    assert seen[1] == chat_prompt_ids(model, qa_mod.fulltext_content("Short one.", "What?"))
+    assert [r["context_truncated"] for r in res.examples] == [True, False]
+    assert res.examples[0]["context_tokens"] == 8
+    assert any("1 context(s) over the length limit (8 tokens) were cut to their head" in n for n in res.notes)

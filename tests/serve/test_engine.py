@@ -3,16 +3,19 @@ bound, the bounded queue, deadlines, and the store's ids and atomic files."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+import torch
 
 from hicae.errors import CheckpointError, DataError
 from hicae.serve.engine import Engine, QueueFull, Timeout
+from hicae.speed import adapter_in_dtype
 from hicae.serve.settings import ServeConfig
 from hicae.serve.store import MemoryStore, NotFound, check_id
 
-from conftest import TEXTS, build_icae
+from conftest import TEXTS, build_icae, memory_argmax, penalised, perturb_trainable
 
 PROMPTS = ["Which animal jumps?", "Where?", "What is near the river bank, and what does the fox do there?"]
 
@@ -275,3 +278,92 @@ def test_sampling_options_without_do_sample_are_refused():
     assert GenerateRequest(prompt="Q?", do_sample=True, temperature=0.7).sampling() == {"do_sample": True,
                                                                                         "temperature": 0.7}
     assert GenerateRequest(prompt="Q?").sampling() == {}
+
+
+def test_greedy_requests_ignore_the_base_generation_config(qwen3_tokenizer, tmp_path):
+    """The server decodes as a hand-written argmax loop although the base's generation_config sets a repetition
+    penalty and no_repeat_ngram_size (batched answers, a reconstruction, a continuation)."""
+    model = penalised(build_icae(qwen3_tokenizer, "qwen2").model)
+    engine = _engine(model, tmp_path, batch_window_ms=200)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+        jobs = {(task, p): _decode(engine, mid, [p] if p else None, task=task, max_new_tokens=8)
+                for task, p in [("answer", PROMPTS[0]), ("answer", PROMPTS[1]), ("reconstruct", None), ("continue", None)]}
+        got = {k: j.future.result(60)["outputs"][0]["text"] for k, j in jobs.items()}
+        mem = engine.hot.get(mid).mem
+    finally:
+        engine.stop()
+    for (task, p), text in got.items():
+        want = memory_argmax(model, mem, {"answer": "ft", "reconstruct": "ae", "continue": "lm"}[task], p)
+        assert text == model.tokenizer.decode(want, skip_special_tokens=True), (task, p)
+
+
+def _fp16_engine(qwen3_tokenizer, tmp_path) -> Engine:
+    model = build_icae(qwen3_tokenizer, "qwen2").model.to(torch.float16)
+    model.mem_embeddings.data, model.task_embeddings.data = model.mem_embeddings.float(), model.task_embeddings.float()
+    for n, p in model.encoder.named_parameters():  # peft keeps trainable adapter weights in fp32
+        if "lora_" in n:
+            p.data = p.data.float()
+    perturb_trainable(model, seed=5)  # fp32 values again, not fp16 ones held in fp32
+    return _engine(model, tmp_path)
+
+
+def _never():
+    raise AssertionError("the adapter was read outside the worker thread")
+
+
+def test_loading_a_memory_never_reads_the_adapter(qwen3_tokenizer, tmp_path):
+    """A memory loaded on an HTTP thread (a prefix-cache miss) while the worker compresses, i.e. while the
+    adapter is swapped to the model's dtype (fp16 here): checked against the engine's cached fingerprint,
+    not a fresh one of the half-swapped adapter (which differs: bf16 rounding of fp16 values)."""
+    engine = _fp16_engine(qwen3_tokenizer, tmp_path)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])
+        engine.hot.drop(mid)
+        model = engine.model
+        with adapter_in_dtype(model.encoder, torch.float16):  # what compression does in the worker
+            model.encoder_weights = _never  # reading the adapter here would see it half swapped
+            try:
+                assert engine.hot.get(mid).cache is not None
+            finally:
+                del model.encoder_weights
+    finally:
+        engine.stop()
+
+
+def test_fp16_memories_under_concurrent_compress_and_ask(qwen3_tokenizer, tmp_path):
+    """Threads asking about fp16 memories (each a prefix-cache miss) while others compress: none is refused."""
+    engine = _fp16_engine(qwen3_tokenizer, tmp_path)
+    engine.start()
+    refused, asked, stop = [], [0], threading.Event()
+    try:
+        mids = [_compress(engine, [t]) for t in TEXTS]
+
+        def compress_forever():
+            i = 0
+            while not stop.is_set():
+                _compress(engine, [f"{TEXTS[i % len(TEXTS)]} ({i})"])
+                i += 1
+
+        def ask_forever():
+            while not stop.is_set():
+                for mid in mids:
+                    engine.hot.drop(mid)  # a miss: the memory is loaded and checked again
+                    try:
+                        engine.hot.get(mid)
+                        asked[0] += 1
+                    except CheckpointError as e:
+                        refused.append(str(e))
+
+        threads = [threading.Thread(target=compress_forever), threading.Thread(target=ask_forever)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    finally:
+        engine.stop()
+    assert asked[0] > 20 and not refused, (asked[0], refused[:1])

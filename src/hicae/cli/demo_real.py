@@ -42,12 +42,13 @@ def _timed(fn):
 
 def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) -> str:
     """The frozen base model answering with the whole text in its prompt (the uncompressed baseline)."""
+    from ..generation import generate
+
     tok = model.tokenizer
     ids = torch.tensor([model.tokens.chat_ids(f"{text}\n\n{question}")], device=model.device)  # [1, T]
     enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.no_grad(), model.plain_decoding():
-        out = model.decoder.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=model.tokens.stop_ids, pad_token_id=model.tokens.pad_id)
+        out = generate(model.decoder, model.tokens, max_new_tokens, **enc)  # greedy, as from memory
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 

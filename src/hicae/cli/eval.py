@@ -20,7 +20,7 @@ from ..evaluation.retrieval import parse_depths, parse_lengths
 from ..evaluation.report import report_paths
 from ..evaluation.runtime import check_max_slots, model_info, seed_everything
 from .common import pick_device
-from .infer import _load, _model_args, model_inputs
+from .infer import LENGTH_HELP, _load, _model_args, model_inputs
 from .outputs import check_writable, refuse_overwriting_inputs
 
 DESCRIPTION = """Evaluate a checkpoint (ICAE or hierarchical) on one task:
@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_slots", type=int, default=None, help="hierarchical checkpoints: memory budget per text, in slots")
     p.add_argument("--max_new_tokens", type=int, default=None,
                    help="generation limit (default: ae each text's length + 8, qa 64, passkey/needle 16)")
-    p.add_argument("--model_max_length", type=int, default=None, help="ICAE: longest text in tokens (default: the checkpoint's)")
+    p.add_argument("--model_max_length", type=int, default=None, help="ICAE: " + LENGTH_HELP)
     p.add_argument("--overlong", choices=["error", "truncate"], default="error",
-                   help="a text over the limit: refuse (default) or truncate (ae/qa keep its head, ppl its tail)")
+                   help="a text over the limit: refuse (default) or truncate (ae/qa keep its head, which the qa full-text "
+                        "baseline then reads too; ppl its tail)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--bleu_tokenize", default="auto", choices=["auto", "13a", "zh", "intl", "char", "none"],
                    help="ae: sacrebleu's tokenisation (auto: zh, one token per CJK character, for groups holding Chinese; else 13a)")

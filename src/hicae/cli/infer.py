@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_base, load_icae
+from ..config import inference_max_length
 from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
 from ..errors import CheckpointError, DataError
 from ..fileio import write_text_atomic
@@ -16,6 +18,10 @@ from ..memory import Memory
 from ..speed import DECODING_MODES
 from .common import check_generation, pick_device
 from .outputs import check_writable, refuse_overwriting_inputs
+
+
+LENGTH_HELP = ("longest text in tokens (default: the base model's window, max_position_embeddings; the length the "
+               "checkpoint was trained on does not limit inference)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +45,9 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
         base, tok = load_base(args.model_name_or_path, dtype=args.dtype, device=device)
     model = load_icae(args.checkpoint, base_model=base, tokenizer=tok, config_overrides=overrides,
                       allow_other_weights=args.allow_other_weights, dtype=args.dtype, device=device)
+    if not (overrides or {}).get("model_max_length"):  # the checkpoint's training length does not limit inference
+        model.icae_config = dataclasses.replace(model.icae_config,
+                                                model_max_length=inference_max_length(model.base_config))
     model.set_decoding(args.decoding)
     if args.compile:
         model.compile_encoder()
@@ -78,7 +87,7 @@ def compress(argv: list[str]) -> int:
     _model_args(p)
     p.add_argument("--input", required=True, help="a text file (one text) or a .jsonl file of {'text': ...}")
     p.add_argument("--output", required=True, help="memory file to write (.mem.safetensors)")
-    p.add_argument("--model_max_length", type=int, default=None, help="longest text in tokens (default: the checkpoint's)")
+    p.add_argument("--model_max_length", type=int, default=None, help=LENGTH_HELP)
     p.add_argument("--overlong", choices=["error", "truncate"], default="error",
                    help="refuse (default) or truncate texts over the limit, whatever the checkpoint was trained with")
     p.add_argument("--max_slots", type=int, default=None, help="hierarchical checkpoints: memory budget per text, in slots")

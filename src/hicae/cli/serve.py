@@ -9,7 +9,7 @@ import os
 
 from ..errors import ConfigError
 from .common import pick_device
-from .infer import _load, _model_args
+from .infer import LENGTH_HELP, _load, _model_args
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--store", required=True, help="folder of the memory files (created if missing; kept across restarts)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model_max_length", type=int, default=None, help="longest text in tokens (default: the checkpoint's)")
+    p.add_argument("--model_max_length", type=int, default=None, help=LENGTH_HELP)
     p.add_argument("--overlong", choices=["error", "truncate"], default="error",
                    help="refuse (default) or truncate texts over the limit")
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -97,7 +97,8 @@ def _report_to(value) -> list[str]:
 
 
 def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) -> ICAEConfig | None:
-    """Config from --restore_from, with runtime knobs from the command line; memory-defining fields must agree."""
+    """Config from --restore_from, with runtime knobs from the command line (``overlong`` always: the command's
+    default or flag); memory-defining fields must agree."""
     if not margs.restore_from:
         return None
     saved = ICAEConfig.from_dict(read_checkpoint_config(margs.restore_from)["icae"])
@@ -110,8 +111,10 @@ def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) ->
                 f"--{name} {getattr(cli_cfg, name)} differs from the restored checkpoint's {getattr(saved, name)}; "
                 "memory settings come from --restore_from"
             )
+    # The over-length policy is the command's (its default differs: pretrain truncates, finetune refuses),
+    # never inherited: a pretraining checkpoint's truncate would cut fine-tuning inputs whose answers are trained.
     runtime = {f.name: getattr(cli_cfg, f.name) for f in dataclasses.fields(ICAEConfig)
-               if f.name not in ICAEConfig._MEMORY_FIELDS and f.name in given}
+               if f.name not in ICAEConfig._MEMORY_FIELDS and (f.name in given or f.name == "overlong")}
     return dataclasses.replace(saved, **runtime)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import generation
 from ..batching import pad_decoder
 from ..errors import ConfigError
 from ..layout import DecoderExample
@@ -55,10 +56,9 @@ def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int) ->
     pad = model.tokens.pad_id
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device)
-    with torch.no_grad(), model.plain_decoding():  # the base model itself, without slot-side adapters
-        out = model.decoder.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     eos_token_id=model.tokens.stop_ids, pad_token_id=pad, do_sample=False,
-                                     temperature=None, top_p=None, top_k=None)
+    with torch.no_grad(), model.plain_decoding():  # the base itself, no slot-side adapters
+        # greedy as the memory paths decode: hicae's explicit config, not the base's (generation.py)
+        out = generation.generate(model.decoder, model.tokens, max_new_tokens, input_ids=ids, attention_mask=mask)
     return cut_at_stop(out[:, width:].tolist(), model.tokens.stop_ids)
 
 

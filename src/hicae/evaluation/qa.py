@@ -41,9 +41,16 @@ def memory_prompt(r: QARecord) -> str:
     return r.template.memory(r.question) if r.template else r.question
 
 
-def fulltext_prompt(r: QARecord) -> str:
-    """The full-text baseline's user turn: the record's template rendered as is, else ``fulltext_content``."""
-    return r.template.fulltext(r.context, r.question) if r.template else fulltext_content(r.context, r.question)
+def fulltext_prompt(r: QARecord, context: str | None = None) -> str:
+    """The full-text baseline's user turn: the record's template rendered as is, else ``fulltext_content``.
+    ``context``: what the baseline reads instead of ``r.context`` (its head, when the memory holds only that)."""
+    context = r.context if context is None else context
+    return r.template.fulltext(context, r.question) if r.template else fulltext_content(context, r.question)
+
+
+def head_text(model: Any, ids: list[int]) -> str:
+    """The text of a truncated context's token ids (less the BOS that ``text_ids`` puts first, if any)."""
+    return model.tokenizer.decode(ids[len(model.tokens.text_prefix):])
 
 
 def _mean_scores(rows: list[dict[str, Any]], prefix: str) -> dict[str, float]:
@@ -70,6 +77,7 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
     window = getattr(model.base_config, "max_position_embeddings", None)
     over_window = 0
+    truncated: set[str] = set()  # distinct contexts cut to their head
     rows: list[dict[str, Any]] = []
     records = records[: s.limit] if s.limit else records
     if not records:
@@ -78,7 +86,12 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         first: dict[str, str] = {}  # each distinct context once (PwC asks several questions per text)
         for r in batch:
             first.setdefault(r.context, r.where)
-        ctx_ids = [model.check_length(x, where=w) for w, x in zip(first.values(), model.tokens.text_ids(list(first)))]
+        raw = model.tokens.text_ids(list(first))
+        ctx_ids = [model.check_length(x, where=w) for w, x in zip(first.values(), raw)]
+        # --overlong truncate: the memory holds the head of a long context; the full-text baseline reads that
+        # head too, so that both answer from the same text
+        heads = {c: head_text(model, x) for c, x, whole in zip(first, ctx_ids, raw) if len(x) < len(whole)}
+        truncated.update(heads)
         index = {c: i for i, c in enumerate(first)}
         mem = compress_ids(model, ctx_ids, s.max_slots)[[index[r.context] for r in batch]]
         # rows of one batch may have different limits (LongBench datasets): generate to the largest and
@@ -88,7 +101,7 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         mem_ids = model.generate_ids(mem, [memory_prompt(r) for r in batch], max_new_tokens=max_new)
         mem_answers = decode(model, [ids[:n] for ids, n in zip(mem_ids, limits)])
         if fulltext:
-            prompts = [chat_prompt_ids(model, fulltext_prompt(r)) for r in batch]
+            prompts = [chat_prompt_ids(model, fulltext_prompt(r, heads.get(r.context))) for r in batch]
             over_window += sum(1 for p, n in zip(prompts, limits) if window and len(p) + n > window)
             full_ids = generate_plain(model, prompts, max_new)
             full_answers = decode(model, [ids[:n] for ids, n in zip(full_ids, limits)])
@@ -96,7 +109,7 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
             ntok, nslot = len(ctx_ids[index[r.context]]), mem.num_slots[j]
             row: dict[str, Any] = {"where": r.where, "question": r.question, "answers": r.answers,
                                    "context_tokens": ntok, "slots": nslot, "ratio_bucket": ratio_bucket(ntok, nslot),
-                                   "answer_memory": mem_answers[j]}
+                                   "context_truncated": r.context in heads, "answer_memory": mem_answers[j]}
             if r.template:
                 row.update(prompt_template=r.template.source, prompt_memory=memory_prompt(r))
             row.update({f"memory_{k}": v for k, v in metrics.qa_scores(mem_answers[j], r.answers).items()})
@@ -146,6 +159,12 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
     else:
         notes.append("Prompts: after the memory, the question alone; for the full text, the text, a blank line and "
                      "the question (--prompt_templates gives LongBench's per-dataset prompts).")
+    cut = len(truncated)
+    if cut:
+        limit = model.length_limit()[0]
+        summary["contexts_truncated"] = cut
+        notes.append(f"{cut} context(s) over the length limit ({limit} tokens) were cut to their head (--overlong "
+                     "truncate): memory and full-text answers both read only that head.")
     if over_window:
         notes.append(f"{over_window} full-text prompt(s) plus answer exceed the base model's max_position_embeddings "
                      f"({window}): its full-text answers there are out of its trained window.")

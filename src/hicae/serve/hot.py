@@ -58,7 +58,9 @@ class HotMemories:
             raise CheckpointError(f"memory {memory_id}: {e}") from None
         cache = None
         if self.budget > 0:
-            cache = PrefixCache(self.model, mem)
+            # the cached fingerprint: this runs on an HTTP thread, and the adapter may be mid-swap (compression
+            # runs it in the model's dtype, speed.adapter_in_dtype), so it must not be read here
+            cache = PrefixCache(self.model, mem, self.encoder_weights)
             cache = cache if cache.supported else None
         hot = Hot(mem, cache)
         if self.budget > 0:
