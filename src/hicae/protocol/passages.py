@@ -95,11 +95,26 @@ def pack(parts: Sequence[str], count: Counter, max_tokens: int, joiner: str) -> 
     return out
 
 
-def document_passages(text: str, count: Counter, max_tokens: int, min_tokens: int) -> list[str]:
-    """One document's training passages (paragraphs packed, long ones cut; short tails dropped)."""
+def document_passages(text: str, count: Counter, max_tokens: int, min_tokens: int) -> list[tuple[str, int]]:
+    """One document's training passages with their exact token counts (paragraphs packed, long
+    ones cut; passages under ``min_tokens`` dropped)."""
     out = [p.strip() for p in pack(paragraphs(text), count, max_tokens, joiner="\n\n")]
     out = [p for p in out if p]
-    return [p for p, c in zip(out, count(out)) if c >= min_tokens]
+    exact = [pc for p, c in zip(out, count(out)) for pc in ([(p, c)] if c <= max_tokens else _recut(p, c, count, max_tokens))]
+    return [(p, c) for p, c in exact if c >= min_tokens]
+
+
+def _recut(text: str, n: int, count: Counter, max_tokens: int, depth: int = 0) -> list[tuple[str, int]]:
+    """A packed passage whose exact count ``n`` overshot (joins can merge differently than the
+    pieces' counts say): cut again under a budget tightened by the overshoot; given up after a few tries."""
+    if n <= max_tokens:
+        return [(text, n)]
+    if depth >= 4:
+        return []
+    parts = [q.strip() for q in fit_pieces(text, count, max(1, max_tokens - (n - max_tokens))) if q.strip()]
+    if len(parts) < 2 and count(parts) == [n]:
+        return []  # nothing left to cut at
+    return [pc for q, c in zip(parts, count(parts)) for pc in _recut(q, c, count, max_tokens, depth + 1)]
 
 
 @dataclass

@@ -55,10 +55,10 @@ def write_train(train: dict[str, list[Document]], tokenizer: Any, path: Path, ma
     count = token_counter(tokenizer)
     recs, stats = [], {}
     for name, docs in train.items():
-        ps = [p for d in docs for p in document_passages(d.text, count, max_tokens, min_tokens)]
-        n = count(ps)
+        ps = [pc for d in docs for pc in document_passages(d.text, count, max_tokens, min_tokens)]
+        n = [c for _, c in ps]
         stats[name] = {"docs": len(docs), "passages": len(ps), "tokens": sum(n), "max_tokens": max(n, default=0)}
-        recs += [{"text": p, "domain": name} for p in ps]
+        recs += [{"text": p, "domain": name} for p, _ in ps]
     random.Random(seed).shuffle(recs)
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     write_text_atomic(Path(str(path) + ".stats.json"), json.dumps(
