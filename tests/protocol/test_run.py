@@ -98,7 +98,7 @@ def test_end_to_end_tiny(tmp_path, make_icae, no_apt):
 def test_settings_and_flags():
     a = parser().parse_args(["--checkpoint", "x", "--tokens", "128", "--domains", "en_fortunes"])
     s = ProtocolSettings(**vars(a))
-    assert s.tokens == 128 and s.domain_list == ["en_fortunes"] and s.texts_per_domain == 24
+    assert s.tokens == 128 and s.domain_list == ["en_fortunes"] and s.texts_per_domain == 16
     with pytest.raises(ConfigError, match="unknown"):
         ProtocolSettings(checkpoint="x", domains="en_fortunes,klingon")
     with pytest.raises(ConfigError, match="nothing to do"):
