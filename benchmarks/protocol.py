@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        run(s, log=lambda msg: print(f"[protocol {time.time() - t0:6.0f}s] {msg}", flush=True))
+        command = " ".join(["benchmarks/protocol.py", *(argv if argv is not None else sys.argv[1:])])
+        run(s, log=lambda msg: print(f"[protocol {time.time() - t0:6.0f}s] {msg}", flush=True), command=command)
     except HicaeError as e:
         print(f"protocol: error: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hicae.protocol import sources
-from hicae.protocol.run import run
+from hicae.protocol.run import run, summaries
 from hicae.protocol.settings import ProtocolSettings, parser
 from hicae.errors import ConfigError
 
@@ -74,6 +74,7 @@ def test_end_to_end_tiny(tmp_path, make_icae, no_apt):
     assert set(out["ppl"]["zh"]) >= {"memory", "truncated", "full", "none"}
     rows = [json.loads(x) for x in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(r["slots"] == 4 and r["tokens"] == 8 for r in rows)
+    assert summaries(rows, DOMAINS.split(","))["by_domain"] == out["by_domain"]  # a report can be redone from its rows
     md = (tmp_path / "out" / "protocol.md").read_text()
     assert "| en_fortunes | en | 3 |" in md and "reconstruction:" in md and "zh (hard)" in md
     assert out["corpus"]["zh_classical"]["docs"] == 40  # the entry with Latin letters is left out

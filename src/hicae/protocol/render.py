@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .scores import GROUPS
+
 
 def _n(v: Any, fmt: str = ".2f") -> str:
     return "-" if v is None else format(v, fmt)
@@ -15,8 +17,6 @@ def _cell(text: str, limit: int = 400) -> str:
 
 
 def render_markdown(rep: dict[str, Any]) -> str:
-    from .run import GROUPS
-
     s, m = rep["settings"], rep.get("model", {})
     mach = rep.get("machine", {})
     lines = ["# hicae evaluation protocol (issue 17)", "",
@@ -25,7 +25,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
              f"{s['texts_per_domain']} per domain ({s['per_doc']} per document at most), held out by document "
              f"({s['holdout_fraction']:.0%}, seed {s['seed']}). Wall time {_n(rep.get('wall_seconds'), '.0f')} s on "
              f"{mach.get('cpus')} CPUs, {mach.get('threads')} torch threads (torch {mach.get('torch')}, GPU {mach.get('gpu')}).",
-             "",
+             "", *([f"Command: `{rep['command']}`", ""] if rep.get("command") else []),
+             *([rep["note"], ""] if rep.get("note") else []),
              "BLEU-4: sacrebleu corpus BLEU per group (zh tokeniser for Chinese, 13a for English). Token acc.: reference "
              "positions reproduced at the same position. Loops: share of reconstructions whose most frequent 3-gram "
              f"covers more than {s['loop_share']:.0%} of their tokens. Base NLL: the base model's mean NLL per token "

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from . import scores
+from .scores import GROUPS
 from .passages import EvalText, document_passages, eval_texts, token_counter
 from .sources import DOMAINS, Document, load_domain, package_versions
 from .settings import ProtocolSettings
 from .split import split_documents
-
-GROUPS = {"en": "English (all domains)", "zh": "modern Chinese (technical)", "zh_classical": "classical Chinese (hard case)"}
-
 
 def group_of(domain: str) -> str:
     d = DOMAINS[domain]
@@ -80,7 +78,7 @@ def base_nll(model: Any, texts: list[EvalText], batch_size: int) -> None:
 
 
 def evaluate(model: Any, test: dict[str, list[Document]], s: ProtocolSettings, log=print) -> dict[str, Any]:
-    from ..evaluation import EvalSettings, TextRecord, run_ae, run_ppl
+    from ..evaluation import EvalSettings, TextRecord, run_ae
 
     tok = model.tokenizer
     rows: list[dict[str, Any]] = []
@@ -105,7 +103,21 @@ def evaluate(model: Any, test: dict[str, list[Document]], s: ProtocolSettings, l
         log(f"{name}: BLEU {d['bleu']:.2f}, token acc {d['token_accuracy']:.3f}, loops {d['loops']:.2f} "
             f"({len(texts)} texts, {timing[name]:.0f} s)")
 
-    by_domain = {n: scores.summarize([r for r in rows if r["domain"] == n], bleu_tokenize(n)) for n in test
+    report: dict[str, Any] = {**summaries(rows, list(test)), "seconds": {"ae_by_domain": timing}}
+    if s.ppl_texts:
+        t = time.time()
+        report["ppl"] = perplexity(model, test, s)
+        report["seconds"]["ppl"] = time.time() - t
+    report["examples"] = {n: [{k: r[k] for k in ("docs", "bleu", "base_nll", "loop", "reference", "prediction")}
+                              for r in rows if r["domain"] == n][: s.examples_per_domain] for n in report["by_domain"]}
+    report["rows"] = rows
+    return report
+
+
+def summaries(rows: list[dict[str, Any]], domains: list[str]) -> dict[str, Any]:
+    """Per domain, per group, and per group by terciles of the base model's NLL, from the texts' rows
+    (``rows.jsonl`` holds them, so a report can be recomputed, e.g. on the first N texts per domain)."""
+    by_domain = {n: scores.summarize([r for r in rows if r["domain"] == n], bleu_tokenize(n)) for n in domains
                  if any(r["domain"] == n for r in rows)}
     by_group, by_tercile = {}, {}
     for g in GROUPS:
@@ -120,16 +132,7 @@ def evaluate(model: Any, test: dict[str, list[Document]], s: ProtocolSettings, l
             r["nll_tercile"] = scores.tercile_of(r["base_nll"], cuts)
         by_tercile[g] = {"cuts": list(cuts), **{t: scores.summarize([r for r in rs if r["nll_tercile"] == t], tk)
                                                 for t in scores.TERCILES}}
-    report: dict[str, Any] = {"by_domain": by_domain, "by_group": by_group, "by_base_nll_tercile": by_tercile,
-                              "seconds": {"ae_by_domain": timing}}
-    if s.ppl_texts:
-        t = time.time()
-        report["ppl"] = perplexity(model, test, s)
-        report["seconds"]["ppl"] = time.time() - t
-    report["examples"] = {n: [{k: r[k] for k in ("docs", "bleu", "base_nll", "loop", "reference", "prediction")}
-                              for r in rows if r["domain"] == n][: s.examples_per_domain] for n in by_domain}
-    report["rows"] = rows
-    return report
+    return {"by_domain": by_domain, "by_group": by_group, "by_base_nll_tercile": by_tercile}
 
 
 def perplexity(model: Any, test: dict[str, list[Document]], s: ProtocolSettings) -> dict[str, Any]:
@@ -173,16 +176,17 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     write_text_atomic(out / "protocol.md", render_markdown(report))
 
 
-def run(s: ProtocolSettings, model: Any = None, tokenizer: Any = None, log=print) -> dict[str, Any]:
+def run(s: ProtocolSettings, model: Any = None, tokenizer: Any = None, log=print, command: str | None = None) -> dict[str, Any]:
     """The whole protocol. ``model`` (a loaded ICAE) and ``tokenizer`` may be passed in (tests);
-    otherwise ``s.checkpoint`` is loaded on ``s.base``."""
+    otherwise ``s.checkpoint`` is loaded on ``s.base``. ``command``: the command line, for the report."""
     import torch
 
     t0 = time.time()
     if s.threads:
         torch.set_num_threads(s.threads)
     train, test, info = load_corpus(s, log)
-    report: dict[str, Any] = {"settings": asdict(s), "corpus": info, "packages": package_versions(Path(s.cache_dir))}
+    report: dict[str, Any] = {"command": command, "settings": asdict(s), "corpus": info,
+                              "packages": package_versions(Path(s.cache_dir))}
     if s.checkpoint or model is not None:
         if model is None:
             model = load_model(s)

@@ -7,6 +7,9 @@ from typing import Any, Sequence
 
 from ..evaluation import metrics
 
+# the groups reported apart: English, modern Chinese, and classical Chinese (the hard case)
+GROUPS = {"en": "English (all domains)", "zh": "modern Chinese (technical)", "zh_classical": "classical Chinese (hard case)"}
+
 LOOP_NGRAM = 3
 LOOP_SHARE = 0.3
 
