@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -60,13 +59,16 @@ def main() -> None:
             "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)",
             "curve_last": last, "final": {l: {"ae": v["ae"], "ppl": {c: v["ppl"][c]["ppl"] for c in v["ppl"]}}
                                           for l, v in final.items()},
-            "command": a.command, "seed": rep["seed"], "machine": rep.get("machine")}
+            "extra": rep.get("extra", ""), "command": a.command, "seed": rep["seed"], "machine": rep.get("machine")}
     with staged_dir(Path(a.dest)) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2) + "\n")
         adapter = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / ADAPTER_FILE)).items()}
         save_file(adapter, str(tmp / ADAPTER_FILE), metadata={"format": "pt", "note": "bf16 copy for hicae demo"})
-        shutil.copy(src / EMBED_FILE, tmp / EMBED_FILE)
+        # learned embeddings as they are; a decoder-side adapter and a slot projector (stored beside them) in bf16
+        emb = {k: (v if k in ("mem_embeddings", "task_embeddings", "level_embeddings") else v.to(torch.bfloat16)).contiguous()
+               for k, v in load_file(str(src / EMBED_FILE)).items()}
+        save_file(emb, str(tmp / EMBED_FILE), metadata={"format": "hicae-embeddings"})
         (tmp / "demo_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
         (tmp / "TRAINING.md").write_text(
             "# The demo's ICAE adapter\n\n" + summary + ".\n\n"
@@ -74,7 +76,7 @@ def main() -> None:
             f"- Data: {json.dumps(rep['corpus'])}: Debian python3.11-doc reST sources (English) and fortunes-zh "
             "(chinese, tang300, song100; Chinese), held out by document (seed "
             f"{rep['seed']}, 10%); passages cut by benchmarks/real_quality.py.\n"
-            f"- Settings: {json.dumps(s)}.\n"
+            f"- Settings: {json.dumps(s)}; method options (`hicae pretrain` flags): `{rep.get('extra') or 'none'}`.\n"
             f"- Command: `{a.command}` (then `python scripts/export_demo_checkpoint.py {src} --report {a.report}`).\n"
             f"- Machine: {json.dumps(rep.get('machine'))}.\n"
             "- Adapter stored in bf16 (trained in fp32); `hicae demo` runs it in the model's dtype.\n")
