@@ -15,17 +15,20 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from transformers import AsyncTextIteratorStreamer
 
 from ..errors import DataError, HicaeError
 from .engine import Engine, Job
-from .errors import BodyLimit, TooLarge, Unauthorized, classify, error_response, validation_message
+from .errors import BodyLimit, Conflict, TooLarge, Unauthorized, classify, error_response, validation_message
+from .openapi import ID_PATTERN, SSE_EVENT, document, error_responses
 from .schemas import AppendRequest, ChatRequest, CompressRequest, GenerateRequest
 from .settings import ServeConfig
 from .store import check_id
@@ -81,10 +84,15 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
     async def on_http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         if isinstance(e.__cause__, TooLarge):  # a chunked body over the limit, seen while FastAPI parsed it
             return error_response(413, "too_large", str(e.__cause__))
-        message = str(e.detail)
+        message, headers = str(e.detail), getattr(e, "headers", None)
         if e.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
-        return error_response(e.status_code, "http_error", message, getattr(e, "headers", None))
+        elif e.status_code == 405:  # Allow: every method of the path, not only those of the route that matched first
+            allowed = sorted({m for r in app.routes if r.matches(request.scope)[0] != Match.NONE
+                              for m in getattr(r, "methods", None) or ()})
+            headers = {"Allow": ", ".join(allowed)}
+            message = f"{request.method} is not allowed on {request.url.path}: use {', '.join(allowed)}"
+        return error_response(e.status_code, "http_error", message, headers)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Any:
@@ -148,10 +156,14 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
         check_id(memory_id)
         check_decoding(prompts, max_new_tokens)
         hot = await run_in_threadpool(engine.hot.get, memory_id)  # 404 / 409 before anything is queued
+        n = len(hot.mem)
+        if task == "answer" and prompts and 1 < len(prompts) != n > 1:  # depends on the memory: 409, not 400
+            raise Conflict(f"{len(prompts)} prompts for a memory of {n} texts: give one prompt per text, or one prompt")
         rows = len(engine.rows_of(hot.mem, task, prompts)[0])
         if rows != 1 and (stream or one_row):
-            raise DataError(one_row or f"stream: true decodes one row, but this request has {rows} (a memory of "
-                                       f"{len(hot.mem)} texts, {len(prompts or [])} prompts)")
+            if len(prompts or []) > 1:  # the request itself asks for several rows
+                raise DataError(f"stream: true decodes one row, but this request has {len(prompts or [])} prompts")
+            raise Conflict(f"{one_row or 'stream: true decodes one row'}, but memory {memory_id} holds {n} texts")
         streamer = None
         if stream:
             streamer = AsyncTextIteratorStreamer(model.tokenizer, skip_prompt=True, timeout=cfg.request_timeout,
@@ -179,13 +191,17 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
 
     # ---- routes -----------------------------------------------------------------------------------
 
-    @app.get("/health", tags=["service"])
+    @app.get("/health", tags=["service"], responses=error_responses())
     async def health() -> dict[str, Any]:
         return {"status": "ok", "base_model": model.base_model_name, "hierarchical": engine.hierarchical}
 
-    secured = [Depends(auth)]
+    # auth (and its 401) only where a key is set: the document says what the server does
+    secured = [Depends(auth)] if cfg.api_key is not None else []
+    auth401 = (401,) if cfg.api_key is not None else ()
+    MemoryId = Path(description="A memory's id: 32 lowercase hex digits.", json_schema_extra={"pattern": ID_PATTERN})
+    queued = (413, 422, 429, 504)  # what every route that queues model work can answer besides its own
 
-    @app.get("/metrics", tags=["service"], dependencies=secured)
+    @app.get("/metrics", tags=["service"], dependencies=secured, responses=error_responses(*auth401))
     async def metrics() -> dict[str, Any]:
         s = engine.stats.snapshot()
         get = lambda k: s.get(k, 0)  # noqa: E731
@@ -205,39 +221,49 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
             "compressions": get("compressions"),
         }
 
-    @app.post("/v1/memories", tags=["memories"], dependencies=secured, status_code=201)
+    stored = {200: {"description": "Already stored (the same text on the same model): not compressed again."}}
+
+    @app.post("/v1/memories", tags=["memories"], dependencies=secured, status_code=201,
+              responses={**stored, **error_responses(400, *auth401, 409, *queued)})
     async def compress(req: CompressRequest) -> JSONResponse:
         """Compress text(s) into a stored memory; the id is derived from the texts and the model, so the
         same text on the same model is compressed once (then 200 instead of 201)."""
         return await store_memory("compress", req.all_texts, req.max_slots)
 
-    @app.get("/v1/memories", tags=["memories"], dependencies=secured)
+    @app.get("/v1/memories", tags=["memories"], dependencies=secured, responses=error_responses(*auth401))
     async def list_memories() -> dict[str, Any]:
         return {"data": await run_in_threadpool(store.ids)}
 
-    @app.get("/v1/memories/{memory_id}", tags=["memories"], dependencies=secured)
-    async def get_memory(memory_id: str) -> dict[str, Any]:
+    @app.get("/v1/memories/{memory_id}", tags=["memories"], dependencies=secured,
+             responses=error_responses(400, *auth401, 404, 409, 422))
+    async def get_memory(memory_id: str = MemoryId) -> dict[str, Any]:
         check_id(memory_id)
         return await run_in_threadpool(info, memory_id)
 
-    @app.delete("/v1/memories/{memory_id}", tags=["memories"], dependencies=secured)
-    async def delete_memory(memory_id: str) -> dict[str, Any]:
+    @app.delete("/v1/memories/{memory_id}", tags=["memories"], dependencies=secured,
+                responses=error_responses(400, *auth401, 404, 422))
+    async def delete_memory(memory_id: str = MemoryId) -> dict[str, Any]:
         await run_in_threadpool(store.delete, check_id(memory_id))
         engine.hot.drop(memory_id)
         return {"id": memory_id, "deleted": True}
 
-    @app.post("/v1/memories/{memory_id}/append", tags=["memories"], dependencies=secured, status_code=201)
-    async def append(memory_id: str, req: AppendRequest) -> JSONResponse:
+    async def append(req: AppendRequest, memory_id: str = MemoryId) -> JSONResponse:
         """Extend a hierarchical memory with more text (only the new text is compressed). Memories are
         immutable: the result is a new memory (its ``parent`` is this one)."""
         check_id(memory_id)
-        if not engine.hierarchical:
-            raise DataError("append needs a hierarchical checkpoint (hicae pretrain --hierarchical)")
         await run_in_threadpool(engine.hot.get, memory_id)  # 404 / 409 first
         return await store_memory("append", req.all_texts, req.max_slots, parent=memory_id)
 
-    @app.post("/v1/memories/{memory_id}/generate", tags=["decoding"], dependencies=secured)
-    async def generate(memory_id: str, req: GenerateRequest) -> Any:
+    if engine.hierarchical:  # only a hierarchical checkpoint appends: elsewhere the route does not exist
+        app.post("/v1/memories/{memory_id}/append", tags=["memories"], dependencies=secured, status_code=201,
+                 responses={**stored, **error_responses(400, *auth401, 404, 409, *queued)})(append)
+
+    decoded = {200: {"description": "The outputs (JSON), or with stream: true server-sent events.",
+                     "content": {"application/json": {}, "text/event-stream": {"schema": SSE_EVENT}}}}
+
+    @app.post("/v1/memories/{memory_id}/generate", tags=["decoding"], dependencies=secured,
+              responses={**decoded, **error_responses(400, *auth401, 404, 409, *queued)})
+    async def generate(req: GenerateRequest, memory_id: str = MemoryId) -> Any:
         """Answer prompts about a memory, reconstruct it or continue it; ``stream: true`` for SSE."""
         job, streamer = await decode_job(memory_id, req.task, req.all_prompts, req.max_new_tokens, req.sampling(),
                                          req.stream)
@@ -246,7 +272,8 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
         events = stream_events(job, streamer, lambda t: {"text": t}, lambda out: {"done": True, **out}, None)
         return StreamingResponse(events, media_type="text/event-stream")
 
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=secured)
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=secured,
+              responses={**decoded, **error_responses(400, *auth401, 404, 409, *queued)})
     async def chat(req: ChatRequest) -> Any:
         """OpenAI's chat completions with a ``memory_id`` extension: one user message, answered from the memory."""
         if len(req.messages) != 1 or req.messages[0].role != "user":
@@ -282,4 +309,12 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
                                lambda out: chunk({}, out["finish_reason"]), "[DONE]")
         return StreamingResponse(events, media_type="text/event-stream")
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # FastAPI's document, with the rules the server checks itself (openapi.py)
+            app.openapi_schema = document(get_openapi(title=app.title, version=app.version, description=app.description,
+                                                      routes=app.routes), cfg, model.icae_config.mem_size,
+                                          engine.hierarchical)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -1,7 +1,8 @@
 """How ``hicae serve`` answers failures: an HTTP status and one JSON line in OpenAI's error shape.
 
-``{"error": {"message", "type", "code"}}``: 400 bad input, 401 auth, 404 unknown id or route, 409 a
-memory file that is damaged or made by another model, 413 a limit, 422 a body that does not
+``{"error": {"message", "type", "code"}}``: 400 bad input, 401 auth, 404 unknown id or route, 405 a
+method the route does not take (``Allow`` lists those it does), 409 a memory file that is damaged or made
+by another model, or a request that does not fit the memory it names, 413 a limit, 422 a body that does not
 validate, 429 a full queue, 504 a timeout; a bug is a 500 "internal error" whose traceback stays in
 the server log. Also the body-size limit, which must answer in the same shape.
 """
@@ -27,8 +28,13 @@ class Unauthorized(HicaeError):
     """A missing or wrong bearer token (401)."""
 
 
+class Conflict(HicaeError):
+    """A valid request that does not fit the memory it names (409): e.g. several prompts for a memory of
+    another number of texts, or one streamed row asked of a memory of several texts."""
+
+
 _STATUS = [(NotFound, 404, "not_found"), (QueueFull, 429, "queue_full"), (Timeout, 504, "timeout"),
-           (TooLarge, 413, "too_large"), (Unauthorized, 401, "unauthorized"), (OutputError, 500, "server_error"),
+           (TooLarge, 413, "too_large"), (Unauthorized, 401, "unauthorized"), (Conflict, 409, "conflict"), (OutputError, 500, "server_error"),
            (CheckpointError, 409, "unusable_memory"), (HicaeError, 400, "invalid_request")]
 
 

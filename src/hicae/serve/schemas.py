@@ -7,6 +7,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+MIN_TEMPERATURE = 0.001  # smallest sampling temperature (logits / temperature must stay finite)
+MAX_SEED = 2**32 - 1  # a 32-bit seed: exact as a JSON number in any client (torch.manual_seed takes 64 bits)
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, in one line.")
+    type: str = Field(description="invalid_request, unauthorized, not_found, unusable_memory, conflict, too_large, "
+                                  "queue_full, timeout, http_error, server_error or internal_error.")
+    code: int = Field(description="The HTTP status.")
+
+
+class ErrorBody(BaseModel):
+    """Every failure's body (OpenAI's error shape)."""
+
+    error: ErrorDetail
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not silently ignored
 
@@ -39,10 +56,12 @@ class Sampling(_Strict):
     max_new_tokens: int | None = Field(
         None, ge=1, description="Default: 128; reconstruct: the text's length + 8 (both within the server's cap).")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
-    temperature: float | None = Field(None, gt=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=0, description="Seed of the sampler (sampled requests run alone).")
+    # below 0.001 the logits divided by the temperature overflow: greedy decoding is what such a request means
+    temperature: float | None = Field(None, ge=MIN_TEMPERATURE, description="Sampling temperature (needs do_sample).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass (needs do_sample).")
+    top_k: int | None = Field(None, ge=1, description="Sample among the k likeliest tokens (needs do_sample).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the sampler (needs do_sample; sampled requests "
+                                                                 "run alone).")
 
     @model_validator(mode="after")
     def _sampling_options_need_sampling(self) -> "Sampling":
@@ -85,12 +104,13 @@ class ChatMessage(BaseModel):
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(f"message content part of type {part.get('type')!r}: only text parts are supported")
-            parts.append(part["text"])
-        return "".join(parts)
+        if len(self.content) != 1:  # the question is one text: one part (the document says so)
+            raise ValueError(f"message content has {len(self.content)} parts: send the question as one text part "
+                             "(or as a string)")
+        part = self.content[0]
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ValueError(f"message content part of type {part.get('type')!r}: only text parts are supported")
+        return part["text"]
 
 
 class ChatRequest(BaseModel):
@@ -102,8 +122,14 @@ class ChatRequest(BaseModel):
     memory_id: str = Field(description="The memory to answer from (OpenAI client: extra_body={'memory_id': ...}).")
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, description="0 or absent: greedy.")
+    temperature: float | None = Field(None, ge=0, description=f"0 or absent: greedy; else at least {MIN_TEMPERATURE}.")
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     stream: bool = False
+
+    @model_validator(mode="after")
+    def _temperature(self) -> "ChatRequest":
+        if self.temperature and self.temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {self.temperature}")
+        return self
