@@ -36,8 +36,8 @@ class ICAETrainer(Trainer):
     ``allow_partial_resume``. Resuming loads the weights strictly.
 
     ``bf16_adapter`` (default on): a bf16 model training on the CPU computes its LoRA products in bf16
-    from the fp32 weights (``speed.bf16_adapter_training``; 1.2-1.3x faster steps on the real
-    Qwen2.5-0.5B, docs/benchmarks.md); not under gradient checkpointing or FSDP.
+    from the fp32 weights (``speed.bf16_adapter_training``; the real Qwen2.5-0.5B recipe's step in
+    0.88x the CPU time, docs/benchmarks.md); not under gradient checkpointing or FSDP.
     """
 
     def __init__(self, *args: Any, allow_partial_resume: bool = False, bf16_adapter: bool = True, **kwargs: Any):
