@@ -47,28 +47,10 @@ from pathlib import Path
 PACKAGES = ("python3.11-doc", "fortunes-zh")
 RST_DIR = "usr/share/doc/python3.11/html/_sources"
 FORTUNE_FILE = "usr/share/games/fortunes/chinese"
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+from hicae.protocol.text import ANSI, parse_fortunes  # noqa: E402,F401  (one fortune parser)
 
 
 # ---- corpus -------------------------------------------------------------------------------------
-
-def parse_fortunes(text: str) -> list[str]:
-    """Entries of a fortune file: separated by lines holding only '%'; ANSI colour codes removed."""
-    entries, cur = [], []
-    for line in text.splitlines():
-        if line.strip() == "%":
-            entries.append("\n".join(cur))
-            cur = []
-        else:
-            cur.append(line)
-    entries.append("\n".join(cur))
-    out = []
-    for e in entries:
-        e = ANSI.sub("", e).strip()
-        if e:
-            out.append(e)
-    return out
-
 
 def split_documents(docs: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train, test) by whole document: a seeded shuffle of document indices; at least one test document."""
