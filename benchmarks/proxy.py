@@ -37,7 +37,6 @@ import math
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import time
