@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from .assets import cache_dir
@@ -75,11 +75,11 @@ def _shape_of(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_recorded_base(path: Path, meta: dict[str, Any], **load_kwargs: Any) -> tuple[Any, Any]:
+def load_recorded_base(path: Path, meta: dict[str, Any], load_base: Callable[..., tuple[Any, Any]],
+                       **load_kwargs: Any) -> tuple[Any, Any]:
     """The base model and tokenizer of checkpoint ``path`` (its ``hicae_config.json`` is ``meta``); see the module
-    docstring. ``load_kwargs`` go to ``checkpoint.load_base`` (dtype, device, attn_implementation)."""
-    from .checkpoint import load_base
-
+    docstring. ``load_base``: ``checkpoint.load_base`` (passed in: this module sits below the I/O layer), given
+    ``load_kwargs`` (dtype, device, attn_implementation)."""
     name = meta["base_model"]
     if not name:
         raise CheckpointError(f"{path}: the checkpoint names no base model; pass base_model and tokenizer")

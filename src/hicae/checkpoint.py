@@ -172,7 +172,7 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
         if meta.get("has_base"):
             base_model, loaded_tok = load_base(str(path / BASE_DIR), **load_kwargs)
         else:
-            base_model, loaded_tok = load_recorded_base(path, meta, **load_kwargs)
+            base_model, loaded_tok = load_recorded_base(path, meta, load_base, **load_kwargs)
         tokenizer = tokenizer or loaded_tok
     elif tokenizer is None:
         tokenizer = _base_tokenizer(path, meta, base_model)
