@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 MIN_TEMPERATURE = 0.001  # smallest sampling temperature (logits / temperature must stay finite)
 MAX_SEED = 2**32 - 1  # a 32-bit seed: exact as a JSON number in any client (torch.manual_seed takes 64 bits)
+
+
+def _no_bool(v: Any) -> Any:
+    """JSON true/false is not a number (the schema says number): pydantic's lax mode would read it as 1/0."""
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not a boolean")
+    return v
 
 
 class ErrorDetail(BaseModel):
@@ -62,6 +69,8 @@ class Sampling(_Strict):
     top_k: int | None = Field(None, ge=1, description="Sample among the k likeliest tokens (needs do_sample).")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of the sampler (needs do_sample; sampled requests "
                                                                  "run alone).")
+
+    _numbers = field_validator("max_new_tokens", "temperature", "top_p", "top_k", "seed", mode="before")(_no_bool)
 
     @model_validator(mode="after")
     def _sampling_options_need_sampling(self) -> "Sampling":
@@ -127,6 +136,9 @@ class ChatRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     stream: bool = False
+
+    _numbers = field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n",
+                               mode="before")(_no_bool)
 
     @model_validator(mode="after")
     def _temperature(self) -> "ChatRequest":
