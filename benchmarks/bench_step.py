@@ -175,11 +175,8 @@ class Clock:
         self.t = now
 
 
-def icae_step(model: ICAE, opt: torch.optim.Optimizer, batch: dict, ctx: Callable[[], Any] = contextlib.nullcontext) -> dict:
-    """The Trainer's step: ``model(**batch)``, backward, optimizer step."""
-    c = Clock()
-    with ctx():
-        loss = model(**batch)["loss"]
+def backward_and_step(c: Clock, loss: torch.Tensor, opt: torch.optim.Optimizer) -> dict:
+    """What every timed step ends with after its forward: backward and the optimizer step, each a phase."""
     c.lap("forward")
     loss.backward()
     c.lap("backward")
@@ -187,6 +184,14 @@ def icae_step(model: ICAE, opt: torch.optim.Optimizer, batch: dict, ctx: Callabl
     opt.zero_grad(set_to_none=True)
     c.lap("optimizer")
     return {"loss": loss.item(), "phases": c.phases}
+
+
+def icae_step(model: ICAE, opt: torch.optim.Optimizer, batch: dict, ctx: Callable[[], Any] = contextlib.nullcontext) -> dict:
+    """The Trainer's step: ``model(**batch)``, backward, optimizer step."""
+    c = Clock()
+    with ctx():
+        loss = model(**batch)["loss"]
+    return backward_and_step(c, loss, opt)
 
 
 def phases_step(model: ICAE, opt: torch.optim.Optimizer, batch: dict, ctx: Callable[[], Any] = contextlib.nullcontext,
@@ -254,13 +259,7 @@ class Floor:
             sel = target != IGNORE
             head = model.decoder.get_output_embeddings()
             loss = _ce(head, hidden[:, :-1][sel], target[sel]).mean()
-        c.lap("forward")
-        loss.backward()
-        c.lap("backward")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        c.lap("optimizer")
-        return {"loss": loss.item(), "phases": c.phases}
+        return backward_and_step(c, loss, opt)
 
 
 @contextlib.contextmanager

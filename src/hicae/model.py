@@ -422,9 +422,8 @@ class ICAE(nn.Module):
         slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
         num_tokens = None
         if self.icae_config.decoder_positions == "follow":  # each example's text length: its segments' sum
-            per_row = enc_seg_lens.cpu().tolist()
-            starts = [sum(spe[:i]) for i in range(len(spe))] if spe else list(range(len(per_row)))
-            num_tokens = [sum(per_row[s : s + (spe[i] if spe else 1)]) for i, s in enumerate(starts)]
+            per_row = enc_seg_lens.cpu()
+            num_tokens = [int(x.sum()) for x in torch.split(per_row, spe or [1] * len(per_row))]
         return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task, num_tokens)
 
     def decoder_loss(self, slots: torch.Tensor, dec_ids: torch.Tensor, dec_labels: torch.Tensor,
