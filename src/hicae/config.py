@@ -196,16 +196,16 @@ class ICAEConfig:
         "decoder_positions",
         "slot_source",
     )
-    # Memory fields added after the first release: they enter the fingerprint only when set away from these
+    # Memory fields added after the first release: they enter the fingerprint only when set away from their
     # defaults, so every earlier checkpoint and memory file keeps its fingerprint.
-    _OPTIONAL_MEMORY_FIELDS = {"decoder_lora_r": 0, "decoder_lora_alpha": 16, "slot_projector": "none",
-                               "decoder_positions": "sequential", "slot_source": "memory_tokens"}
+    _OPTIONAL_MEMORY_FIELDS = ("decoder_lora_r", "decoder_lora_alpha", "slot_projector", "decoder_positions",
+                               "slot_source")
 
     def memory_fingerprint(self, base_config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         """A short hash of everything that determines the meaning of the slots."""
         payload = {
             "icae": {k: getattr(self, k) for k in self._MEMORY_FIELDS
-                     if k not in self._OPTIONAL_MEMORY_FIELDS or getattr(self, k) != self._OPTIONAL_MEMORY_FIELDS[k]},
+                     if k not in self._OPTIONAL_MEMORY_FIELDS or getattr(self, k) != self.__dataclass_fields__[k].default},
             "base": {k: base_config.get(k) for k in BASE_SHAPE_KEYS},
         }
         if extra:
