@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", default="", help="more `hicae pretrain` flags for the 4x/8x stages, e.g. "
                    "'--decoder_lora_r 8 --lm_ratio 0' (an ablation on the same data in the same order; the last "
                    "of a repeated flag wins)")
+    p.add_argument("--train_jsonl", default=None, help="train the 4x/8x stages on this JSONL's texts (field 'text'; e.g. "
+                   "benchmarks/mix_corpus.py's balanced mix of the protocol's training side) instead of the proxy corpus; "
+                   "the held-out curve texts stay the proxy corpus's")
     a = p.parse_args(argv)
     z = Settings(**(DRY if a.dry_run else {}))
     z = replace(z, **{k: getattr(a, k) for k in ("steps_4x", "steps_8x", "steps_16x", "eval_every") if getattr(a, k)})
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from hicae.checkpoint import load_icae
     from hicae.cli.train import pretrain
     from hicae.config import HierarchyConfig
+    from hicae.data import iter_jsonl
     from hicae.evaluation import EvalSettings, TextRecord, run_ae, run_ppl
     from hicae.fileio import write_text_atomic
     from hicae.real_model import qwen25_path
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"corpus: {info}; base {base}")
     report_path = out / "real.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.update({"settings": asdict(z), "corpus": info, "base": base, "seed": a.seed, "extra": a.extra})
+    report.update({"settings": asdict(z), "corpus": info, "base": base, "seed": a.seed, "extra": a.extra,
+                   "train_jsonl": a.train_jsonl})
     report.setdefault("stages", {})
     from transformers import AutoTokenizer
 
@@ -227,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         if stage in ("4x", "8x"):
             r = int(stage[:-1])
             T = k * r
-            texts = [t for lang in ("en", "zh") for t in train[lang][: z.max_train]]
+            if a.train_jsonl:
+                texts = [r["text"] for _, r in iter_jsonl(a.train_jsonl, ("text",))]
+            else:
+                texts = [t for lang in ("en", "zh") for t in train[lang][: z.max_train]]
             random.Random(a.seed).shuffle(texts)
             n = ntok(texts[: 4 * z.max_train])
             texts = [t for t, m in zip(texts, n) if m >= T * 3 // 4]

@@ -42,7 +42,7 @@ def _argmax_loop(model, mem, layout: list[int], steps: int) -> list[int]:
     with torch.no_grad():
         for _ in range(steps):
             ids = torch.tensor([layout + out])
-            pos = torch.tensor([model.example_positions(layout + out, mem.num_tokens[0])])
+            pos = torch.tensor([model.example_positions(layout + out, model.placements(mem)[0])])
             h = model.decoder.model(inputs_embeds=model._decoder_embeds(ids, slots), position_ids=pos,
                                     attention_mask=torch.ones_like(ids)).last_hidden_state
             nxt = int(model.decoder.get_output_embeddings()(h[0, -1]).argmax())
@@ -113,12 +113,6 @@ def test_follow_is_refused_where_positions_cannot_travel(qwen3_tokenizer):
     model = build_icae(qwen3_tokenizer, "qwen3", **FOLLOW).model
     with pytest.raises(ConfigError, match="positions"):
         decoder_input_embeddings(model, model.compress(TEXTS[0]), task="reconstruct")
-    from hicae.hierarchy import HierarchicalICAE
-    from hicae.config import ICAEConfig
-    from hicae.tiny import tiny_model
-
-    with pytest.raises(ConfigError, match="flat ICAE only"):
-        HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, ICAEConfig(mem_size=4, decoder_positions="follow"))
 
 
 def test_layout_with_text_in_labels_only_is_not_a_slot_run():

@@ -10,7 +10,7 @@ from hicae.errors import ConfigError
 from hicae.evaluation.decoding import example_nll, generate_plain
 from hicae.handoff import decoder_input_embeddings
 
-from conftest import Example, TEXTS, build_batch, build_icae, ids_of, mixed_examples
+from conftest import Example, TEXTS, build_batch, build_icae, ids_of, mixed_examples, perturb_trainable
 
 OPTIONS = [dict(decoder_lora_r=4), dict(slot_projector="mlp"), dict(decoder_lora_r=4, slot_projector="mlp")]
 
@@ -175,9 +175,37 @@ def test_pooled_batched_equals_one_at_a_time_and_trains(qwen3_tokenizer):
     assert all(not torch.equal(p, lora_before[n]) for n, p in model.encoder.named_parameters() if "lora_" in n)
 
 
-def test_hierarchy_refuses_pooled_slots(qwen3_tokenizer):
+def test_pooled_merges_are_part_means_of_the_encoder_states_over_their_inputs(qwen3_tokenizer):
+    """A pooled hierarchy's level-2 slot j = the mean of the j-th part of the encoder's final states over the
+    merged level-1 slots (at their text positions with decoder_positions='follow'): checked by hand."""
+    from hicae.config import HierarchyConfig
     from hicae.hierarchy import HierarchicalICAE
     from hicae.tiny import tiny_model
 
-    with pytest.raises(ConfigError, match="flat ICAE only"):
-        HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, ICAEConfig(mem_size=4, slot_source="pooled"))
+    for follow in (False, True):
+        cfg = ICAEConfig(mem_size=2, compression_rate=4, slot_source="pooled", position_layout="spread",
+                         decoder_positions="follow" if follow else "sequential", lora_r=4, lora_alpha=8)
+        torch.manual_seed(0)
+        h = HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, cfg, HierarchyConfig(levels=2, group_size=2)).eval()
+        perturb_trainable(h)
+        ids = ids_of(qwen3_tokenizer, " ".join(TEXTS))[:16]  # two segments of 8 -> one level-2 block
+        assert len(ids) == 16
+        with torch.no_grad():
+            mem = h.compress_ids([ids])
+            assert mem.blocks == [[[2, 0, 2]]]
+            inputs = h._encode_segments([ids[:8], ids[8:]]).reshape(1, 4, -1)  # the level-1 slots [1, 2k, D]
+            pos = torch.tensor([[1, 5, 9, 13] if follow else [0, 1, 2, 3]])  # their text positions / 0..2k-1
+            states = h.encoder.get_base_model().model(inputs_embeds=inputs, position_ids=pos).last_hidden_state[0]
+        want = torch.stack([states[0:2].mean(0), states[2:4].mean(0)])
+        torch.testing.assert_close(mem.slots[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_with_its_base_keeps_the_base_plain(qwen3_tokenizer, tmp_path):
+    """save_base=True writes the base model itself, not the decoder twin with its adapter wrapped in: the
+    checkpoint reloads on its own base (the fingerprint matches) and decodes as the saved model."""
+    model = build_icae(qwen3_tokenizer, "qwen3", decoder_lora_r=2, decoder_lora_alpha=4).model
+    perturb_trainable(model)
+    model.save_pretrained(tmp_path / "ck", save_base=True)
+    back = ICAE.from_pretrained(tmp_path / "ck")
+    mem = model.compress(TEXTS[0])
+    assert back.reconstruct_ids(back.compress(TEXTS[0]), 6, prefix_cache=False) == model.reconstruct_ids(mem, 6, prefix_cache=False)

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from .base_resolve import load_recorded_base
 from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
 from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
+from .decoder_side import plain_state_dict
 from .errors import CheckpointError
 from .fileio import staged_dir
 from .fingerprint import SEP, check_finite, encoder_fingerprint, weights_match
@@ -150,7 +151,8 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
             metadata={"format": "hicae-embeddings"},
         )
         if save_base:
-            model.decoder.save_pretrained(str(tmp / BASE_DIR))
+            # the base model itself: without the decoder-side adapter (stored with the embeddings) if any
+            model.decoder.save_pretrained(str(tmp / BASE_DIR), state_dict=plain_state_dict(model.decoder))
             model.tokenizer.save_pretrained(str(tmp / BASE_DIR))
 
 

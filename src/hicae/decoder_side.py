@@ -67,6 +67,12 @@ def decoder_lora_parameters(decoder: nn.Module) -> dict[str, nn.Parameter]:
     return {DECODER_LORA_PREFIX + n: p for n, p in decoder.named_parameters() if "lora_" in n}
 
 
+def plain_state_dict(decoder: nn.Module) -> dict[str, torch.Tensor]:
+    """The decoder's state dict as the base model's own (what ``save_pretrained`` of the base writes): the
+    LoRA wrappers' tensors left out and their ``base_layer`` names unwrapped."""
+    return {k.replace(".base_layer.", "."): v for k, v in decoder.state_dict().items() if "lora_" not in k}
+
+
 @contextlib.contextmanager
 def plain_base(decoder: nn.Module) -> Iterator[None]:
     """The decoder without its slot-side adapters: the frozen base model itself (nothing to do without them)."""

@@ -6,6 +6,15 @@ slots (``g*k`` embeddings, positions ``0..g*k-1``) followed by that level's k me
 blocks merge, and when, is decided by ``hierarchy_plan`` (a base-g counter plus a budget rule). The
 decoder reads the retained blocks in text order, exactly as it reads ICAE slots. See
 docs/hierarchy.md.
+
+With ``decoder_positions='follow'`` every block stands for a span of the text (segments ``start`` to
+``end``; the tail block ends with the text) and its k slots sit at the centres of the span's k parts,
+in the decoder as in a flat memory. A merge reads its input slots at those positions (relative to the
+merged span's start) and its memory tokens at the merged span's part centres (``spread``) or after it
+(``contiguous``): the encoder of every level sees the layout level 1 sees.
+
+With ``slot_source='pooled'`` a merge reads its inputs only and slot j of the merged block is the mean of
+the final states of the j-th of k equal parts of them, as level 1 pools its tokens' states.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
 from .errors import CheckpointError, ConfigError, DataError
 from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, push_segments, waves
-from .layout import EncoderRows, MEM
+from .layout import MEM, EncoderRows, Placement, chunk_centres, span_slot_positions
 from .memory import Memory
 from .model import ICAE
 from .tokens import tokenize
@@ -49,12 +58,6 @@ class HierarchicalICAE(ICAE):
                  hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
         """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""
         config = dataclasses.replace(config or ICAEConfig(), segmentation="fixed")
-        if config.decoder_positions != "sequential":  # merged blocks stand for spans no layout places yet
-            raise ConfigError(f"HierarchicalICAE reads merged slots at sequential positions; decoder_positions="
-                              f"{config.decoder_positions!r} is for flat ICAE only")
-        if config.slot_source != "memory_tokens":  # a merge reads its level's memory tokens
-            raise ConfigError(f"HierarchicalICAE merges through memory tokens; slot_source={config.slot_source!r} is "
-                              "for flat ICAE only")
         super().__init__(base_model, tokenizer, config, share_decoder=share_decoder)
         self.hierarchy = hierarchy or HierarchyConfig()
         L = self.hierarchy.levels
@@ -98,22 +101,60 @@ class HierarchicalICAE(ICAE):
 
     # ---- encoding -------------------------------------------------------------------------------
 
-    def encode_blocks(self, inputs: list[torch.Tensor], levels: list[int]) -> torch.Tensor:
-        """One merge per row: ``inputs[i]`` [n_i, D] slots, then level ``levels[i]``'s memory tokens -> [R, k, D]."""
+    def placements(self, mem: Memory) -> list[Placement] | None:
+        """As ICAE's; a hierarchical entry's slots sit block by block at the part centres of each block's span."""
+        if self.icae_config.decoder_positions != "follow" or not mem.hierarchical:
+            return super().placements(mem)
+        S, k = self.icae_config.segment_tokens, self.icae_config.mem_size
+        out = []
+        for blocks, n in zip(mem.blocks, mem.num_tokens):
+            pos: list[int] = []
+            for _, a, b in blocks:  # the tail block's span ends with the text
+                pos += span_slot_positions([min(b * S, n) - a * S], k, start=a * S)
+            out.append(Placement(pos, n))
+        return out
+
+    def _merge_positions(self, merges: list[Merge]) -> list[list[int]] | None:
+        """Encoder positions of merges (inputs, then any memory tokens) under ``decoder_positions='follow'``;
+        None (``0..width-1``) otherwise. Merges read only full segments."""
+        cfg = self.icae_config
+        if cfg.decoder_positions != "follow":
+            return None
+        S, k = cfg.segment_tokens, cfg.mem_size
+        out = []
+        for m in merges:
+            width = (m.output.end - m.output.start) * S  # tokens the merged block stands for
+            pos = span_slot_positions([(b - a) * S for a, b in m.spans], k)
+            if cfg.slot_source == "memory_tokens":
+                pos += chunk_centres(width, k) if cfg.position_layout == "spread" else list(range(width, width + k))
+            out.append(pos)
+        return out
+
+    def encode_blocks(self, inputs: list[torch.Tensor], levels: list[int],
+                      positions: list[list[int]] | None = None) -> torch.Tensor:
+        """One merge per row: ``inputs[i]`` [n_i, D] slots, then level ``levels[i]``'s memory tokens -> [R, k, D].
+        ``positions[i]``: row i's encoder positions (inputs, then memory tokens); default ``0..n_i+k-1``."""
         k = self.icae_config.mem_size
         stop = self.hierarchy.stop_gradient and self.training
+        # slot_source='pooled': a merge pools the states of its inputs as level 1 pools its tokens' (no memory tokens)
+        extra = 0 if self.icae_config.slot_source == "pooled" else k
 
         def make(idx: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
             rows = []
             for i in idx.tolist():
                 x = inputs[i].detach() if stop else inputs[i]
-                mem = self.level_embeddings[levels[i] - 2].to(x.dtype)  # [k, D]
-                pad = x.new_zeros(width - x.shape[0] - k, x.shape[1])
+                mem = self.level_embeddings[levels[i] - 2].to(x.dtype)[:extra]  # [k, D] (or none)
+                pad = x.new_zeros(width - x.shape[0] - extra, x.shape[1])
                 rows.append(torch.cat([x, mem, pad]))
-            pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(rows), -1)  # [C, W]
+            if positions is None:
+                pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(rows), -1)  # [C, W]
+            else:  # pads (masked out) continue after the row's last position
+                rp = [positions[i] for i in idx.tolist()]
+                pos = torch.tensor([p + list(range(max(p) + 1, max(p) + 1 + width - len(p))) for p in rp],
+                                   device=self.device)  # [C, W]
             return torch.stack(rows).to(self.dtype), pos
 
-        return self.run_encoder([x.shape[0] + k for x in inputs], make)
+        return self.run_encoder([x.shape[0] + extra for x in inputs], make)
 
     def _encode_segments(self, segs: list[list[int]]) -> torch.Tensor:
         k = self.icae_config.mem_size
@@ -183,7 +224,8 @@ class HierarchicalICAE(ICAE):
         known = {(i, b) for i, st in enumerate(streams) for b in st.slots}
         for wave in waves(deps, known):
             rows = [torch.cat([streams[i].slots[x] for x in by_key[(i, b)].inputs]) for i, b in wave]  # [n*k, D] each
-            out = self.encode_blocks(rows, [by_key[key].output.level for key in wave])
+            out = self.encode_blocks(rows, [by_key[key].output.level for key in wave],
+                                     self._merge_positions([by_key[key] for key in wave]))
             for (i, b), s in zip(wave, out):
                 streams[i].slots[b] = s
 
@@ -211,7 +253,7 @@ class HierarchicalICAE(ICAE):
         """Training loss: compress each context hierarchically (gradient through the whole tree, or
         stopped at level boundaries with ``stop_gradient``), then the decoder loss as in ICAE."""
         mem = self.compress_ids(contexts, max_slots)  # compress_ids copies the lists into its streams
-        return self.decoder_loss(torch.cat(mem.slots), dec_ids, dec_labels, dec_mask, task)
+        return self.decoder_loss(torch.cat(mem.slots), dec_ids, dec_labels, dec_mask, task, self.placements(mem))
 
     def compress_ids(self, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
         budget = self.budget_blocks(max_slots)

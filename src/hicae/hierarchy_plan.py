@@ -37,6 +37,7 @@ class Merge:
 
     output: Block
     inputs: list[int]
+    spans: list[tuple[int, int]] = field(default_factory=list)  # the inputs' (start, end) segment spans
 
 
 @dataclass
@@ -57,7 +58,7 @@ def _merge(state: PlanState, at: int, n: int, level: int) -> None:
     group = state.blocks[at : at + n]
     out = Block(level, group[0].start, group[-1].end, state.next_id)
     state.next_id += 1
-    state.merges.append(Merge(out, [b.id for b in group]))
+    state.merges.append(Merge(out, [b.id for b in group], [(b.start, b.end) for b in group]))
     state.blocks[at : at + n] = [out]
 
 

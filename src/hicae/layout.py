@@ -92,12 +92,25 @@ def slot_text_positions(num_tokens: int, mem_size: int, compression_rate: int, m
     """Where in its text (0-based) each slot of a ``num_tokens``-token text sits under ``decoder_positions=
     'follow'`` (EPL): slot j of a segment at the centre of the segment's j-th part, offset by the segment's
     start, so slots keep the positions of the tokens they stand for.  -> [n_segments * k]"""
+    return span_slot_positions(segment_lengths(num_tokens, mem_size, compression_rate, mode), mem_size)
+
+
+def span_slot_positions(span_lengths: list[int], mem_size: int, start: int = 0) -> list[int]:
+    """Text positions of the slots of consecutive spans (segments, or the spans merged blocks stand for)
+    of the given lengths, the first beginning at ``start``: k slots per span at its parts' centres."""
     out: list[int] = []
-    start = 0
-    for n in segment_lengths(num_tokens, mem_size, compression_rate, mode):
+    for n in span_lengths:
         out += [start + c for c in chunk_centres(n, mem_size)]
         start += n
     return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one memory entry's slots sit in the text they stand for (``decoder_positions='follow'``)."""
+
+    slots: list[int]  # text position (0-based) of each slot, in slot order
+    num_tokens: int  # the text's length: [LM]/[FT] and what follows them continue after it
 
 
 def follow_position_ids(ids: list[int], slot_positions: list[int], num_tokens: int) -> list[int]:

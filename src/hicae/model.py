@@ -37,6 +37,7 @@ from .layout import (
     MEM,
     SLOT,
     DecoderExample,
+    Placement,
     ae_example,
     chunk_centres,
     encoder_position_ids,
@@ -45,6 +46,7 @@ from .layout import (
     lm_example,
     lm_prefix,
     slot_text_positions,
+    span_slot_positions,
     with_target,
 )
 from .lora_targets import check_lora_targets
@@ -232,28 +234,38 @@ class ICAE(nn.Module):
             x = torch.where((ids == tid).unsqueeze(-1), task[j], x)
         return x
 
-    def example_positions(self, ids: list[int], num_tokens: int) -> list[int] | None:
-        """Decoder position ids of one layout reading a ``num_tokens``-token text's slots; None when they are
-        the plain 0, 1, 2, ... (``decoder_positions='sequential'``)."""
+    def placements(self, mem: Memory) -> list[Placement] | None:
+        """Where each entry's slots sit in its text (``decoder_positions='follow'``), or None (sequential).
+        A flat memory's slots are its segments' (``segmentation``); HierarchicalICAE places merged blocks."""
         cfg = self.icae_config
         if cfg.decoder_positions != "follow":
             return None
-        slots = slot_text_positions(num_tokens, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
-        return follow_position_ids(ids, slots, num_tokens)
+        return [Placement(slot_text_positions(n, cfg.mem_size, cfg.compression_rate, cfg.segmentation), n)
+                for n in mem.num_tokens]
 
-    def batch_positions(self, ids: torch.Tensor, mask: torch.Tensor, num_tokens: list[int] | None) -> torch.Tensor | None:
+    def example_positions(self, ids: list[int], placement: Placement | None) -> list[int] | None:
+        """Decoder position ids of one layout reading the slots of a memory entry placed as ``placement``;
+        None when they are the plain 0, 1, 2, ... (``decoder_positions='sequential'``)."""
+        if self.icae_config.decoder_positions != "follow":
+            return None
+        if placement is None:
+            raise ValueError("decoder_positions='follow' needs where every row's slots sit in its text")
+        return follow_position_ids(ids, placement.slots, placement.num_tokens)
+
+    def batch_positions(self, ids: torch.Tensor, mask: torch.Tensor,
+                        placements: list[Placement] | None) -> torch.Tensor | None:
         """Position ids [B, T] of a padded decoder batch (either side; pads get 0), or None for sequential ones.
 
-        ``num_tokens[b]``: the length of the text whose slots row ``b`` reads.
+        ``placements[b]``: where the slots row ``b`` reads sit in their text (``placements(mem)``).
         """
         if self.icae_config.decoder_positions != "follow":
             return None
-        if num_tokens is None:
-            raise ValueError("decoder_positions='follow' needs the text length of every row's memory")
+        if placements is None:
+            raise ValueError("decoder_positions='follow' needs where every row's slots sit in its text")
         out = torch.zeros_like(ids)
-        for b, n in enumerate(num_tokens):
+        for b, pl in enumerate(placements):
             real = mask[b].bool()
-            out[b, real] = torch.tensor(self.example_positions(ids[b][real].tolist(), n), device=ids.device)
+            out[b, real] = torch.tensor(self.example_positions(ids[b][real].tolist(), pl), device=ids.device)
         return out
 
     # ---- encoder ---------------------------------------------------------------------------------
@@ -420,18 +432,19 @@ class ICAE(nn.Module):
         """
         spe = segments_per_example.tolist() if segments_per_example is not None else []
         slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
-        num_tokens = None
-        if self.icae_config.decoder_positions == "follow":  # each example's text length: its segments' sum
+        placements = None
+        if self.icae_config.decoder_positions == "follow":  # each example's slots at its segments' part centres
             per_row = enc_seg_lens.cpu()
-            num_tokens = [int(x.sum()) for x in torch.split(per_row, spe or [1] * len(per_row))]
-        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task, num_tokens)
+            placements = [Placement(span_slot_positions(x.tolist(), self.icae_config.mem_size), int(x.sum()))
+                          for x in torch.split(per_row, spe or [1] * len(per_row))]
+        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task, placements)
 
     def decoder_loss(self, slots: torch.Tensor, dec_ids: torch.Tensor, dec_labels: torch.Tensor,
                      dec_mask: torch.Tensor, task: torch.Tensor | None = None,
-                     num_tokens: list[int] | None = None) -> dict[str, torch.Tensor]:
+                     placements: list[Placement] | None = None) -> dict[str, torch.Tensor]:
         """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``.
-        ``num_tokens``: each example's compressed text length (needed by ``decoder_positions='follow'``)."""
-        tok_loss, rows = self.token_losses(dec_ids, dec_labels, dec_mask, slots, num_tokens)  # [N], [N]
+        ``placements``: where each example's slots sit in its text (needed by ``decoder_positions='follow'``)."""
+        tok_loss, rows = self.token_losses(dec_ids, dec_labels, dec_mask, slots, placements)  # [N], [N]
         out: dict[str, torch.Tensor] = {"loss": tok_loss.sum() / max(1, tok_loss.numel())}
         if task is not None:
             ex_task = task.to(rows.device)[rows]  # [N]
@@ -443,19 +456,19 @@ class ICAE(nn.Module):
 
     def token_losses(self, dec_ids: torch.Tensor, dec_labels: torch.Tensor, dec_mask: torch.Tensor,
                      slots: torch.Tensor | None = None,
-                     num_tokens: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     placements: list[Placement] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of every labelled token of a decoder batch, and the row each belongs to: [N], [N].
 
         ``slots`` [S, D] fill the SLOT placeholders (and task embeddings their ids); without slots
         the ids are plain vocabulary ids read by the frozen base model (a no-compression baseline).
-        ``num_tokens``: the text length each row's slots stand for (``decoder_positions='follow'``).
+        ``placements``: where each row's slots sit in its text (``decoder_positions='follow'``).
         """
         if slots is None:
             with self.plain_decoding():
                 hidden = self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
         else:
             embeds = self._decoder_embeds(dec_ids, slots)
-            pos = self.batch_positions(dec_ids, dec_mask, num_tokens)  # None: 0, 1, 2, ...
+            pos = self.batch_positions(dec_ids, dec_mask, placements)  # None: 0, 1, 2, ...
             hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, position_ids=pos,
                                         use_cache=False).last_hidden_state
         return self._labelled_loss(hidden, dec_labels)
@@ -538,7 +551,7 @@ class ICAE(nn.Module):
                 slots = torch.cat([s.to(self.device) for s in mem.slots])
                 embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
                 fast = generation_kwargs(self.decoding, self, embeds.shape[1] + max_new_tokens)
-                pos = self.batch_positions(batch.ids, batch.attention_mask, mem.num_tokens)
+                pos = self.batch_positions(batch.ids, batch.attention_mask, self.placements(mem))
                 if pos is not None:  # generate continues them: each new token at the previous position + 1
                     fast["position_ids"] = pos.to(self.device)
                 out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device),

@@ -90,7 +90,7 @@ class PrefixCache:
         model.check_memory(mem, encoder_weights=encoder_weights)
         self.slots = list(mem.slots)  # references to the memory's tensors: identifies its entries
         self.fingerprint = mem.fingerprint
-        self.num_tokens = list(mem.num_tokens)  # text length per entry: decoder positions may depend on it
+        self.placements = model.placements(mem)  # where each entry's slots sit: decoder positions may depend on it
         self._model = weakref.ref(model)
         self._kv: dict[Key, KV] = {}
         self._state: tuple | None = None
@@ -171,7 +171,7 @@ class PrefixCache:
             embeds = model._decoder_embeds(ids.to(device), slots)
             # Right padding: causal attention keeps every real position exact; positions are 0..p-1 or, with
             # decoder_positions='follow', the layout's own (a prefix's positions do not depend on what follows).
-            pos = model.batch_positions(ids, mask, [self.num_tokens[e] for e, _ in ks])
+            pos = model.batch_positions(ids, mask, None if self.placements is None else [self.placements[e] for e, _ in ks])
             out = model.decoder.model(inputs_embeds=embeds, attention_mask=mask.to(device), use_cache=True,
                                       position_ids=None if pos is None else pos.to(device),
                                       past_key_values=DynamicCache(config=model.decoder.config))
@@ -339,8 +339,9 @@ def generate_cached(model: Any, mem: Memory, examples: list[DecoderExample], pre
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() derives them from a mask
     if model.icae_config.decoder_positions == "follow":  # the rest's own positions (the layout's, after p_r)
         A = batch.ids.shape[1]
+        placements = model.placements(mem)
         for r, (ex, p) in enumerate(zip(examples, prefix_lens)):
-            rest = model.example_positions(ex.ids, mem.num_tokens[r])[p:]
+            rest = model.example_positions(ex.ids, placements[r])[p:]
             positions[r, P + A - len(rest):] = torch.tensor(rest, device=positions.device)
     # dynamic decoding: past as is; static/compiled: copied into a StaticCache (speed.py)
     fast = generation_kwargs(model.decoding, model, inputs.shape[1] + gen_kwargs["max_new_tokens"], prefix=past)

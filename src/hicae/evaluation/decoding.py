@@ -32,7 +32,7 @@ def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None =
         model.check_memory(mem)
         slots = torch.cat([s.to(model.device) for s in mem.slots])
     with torch.no_grad():
-        losses, rows = model.token_losses(ids, labels, mask, slots, mem.num_tokens if mem is not None else None)
+        losses, rows = model.token_losses(ids, labels, mask, slots, model.placements(mem) if mem is not None else None)
     B = len(examples)
     sums = torch.zeros(B, dtype=torch.float64, device=losses.device).index_add_(0, rows, losses.double())
     counts = torch.bincount(rows, minlength=B)
