@@ -55,6 +55,9 @@ class HierarchicalICAE(ICAE):
         if config.slot_source != "memory_tokens":  # a merge reads its level's memory tokens
             raise ConfigError(f"HierarchicalICAE merges through memory tokens; slot_source={config.slot_source!r} is "
                               "for flat ICAE only")
+        if config.lm_distill:  # its LM heads run to max_text_tokens: no teacher reads them whole
+            raise ConfigError(f"HierarchicalICAE has no distillation teacher; lm_distill={config.lm_distill} is for "
+                              "flat ICAE only")
         super().__init__(base_model, tokenizer, config, share_decoder=share_decoder)
         self.hierarchy = hierarchy or HierarchyConfig()
         L = self.hierarchy.levels
