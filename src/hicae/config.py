@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +129,22 @@ class ICAEConfig:
                           "segment's j-th part, as LCLM and ARC-Encoder do; no memory tokens are read)."},
     )
 
+    # ---- training-only options (issue 17 point 3): they change how the adapter learns, not what a slot
+    # means (a memory reads the same with or without them), so they stay out of the memory fingerprint
+    lm_distill: float = field(
+        default=0.0,
+        metadata={"help": "LM objective: weight w of distillation from the plain base model reading the whole text "
+                          "(head + continuation as ordinary tokens, no adapters) into the decoder reading "
+                          "[slots] [LM] continuation. Each labelled continuation token's loss is "
+                          "(1-w)*CE + w*T^2*KL(teacher || student); AE and FT tokens keep their CE. One extra "
+                          "no-grad base forward per LM example. 0: off (plain CE, the paper). Flat ICAE only."},
+    )
+    distill_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Temperature T of lm_distill: both distributions are softened by T and the KL is "
+                          "scaled by T^2 (Hinton et al.), so its gradient keeps its size as T changes."},
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -158,6 +175,10 @@ class ICAEConfig:
             raise ConfigError(f"decoder_positions must be one of {DECODER_POSITIONS}, got {self.decoder_positions!r}")
         if self.slot_source not in SLOT_SOURCES:
             raise ConfigError(f"slot_source must be one of {SLOT_SOURCES}, got {self.slot_source!r}")
+        if not 0.0 <= self.lm_distill <= 1.0:
+            raise ConfigError(f"lm_distill must be in [0, 1] (the KL's share of the LM loss), got {self.lm_distill}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ConfigError(f"distill_temperature must be a positive number, got {self.distill_temperature}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:

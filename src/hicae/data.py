@@ -29,7 +29,7 @@ from .batching import pad_decoder, pad_encoder
 from .config import HierarchyConfig, ICAEConfig
 from .errors import DataError
 from .hierarchy_plan import budget_to_blocks, num_blocks
-from .layout import ae_example, encoder_rows, lm_example
+from .layout import ae_example, encoder_rows, lm_example, with_target
 from .tokens import SpecialTokens, fit_length, tokenize
 
 PRETRAIN_FIELDS = ("text",)
@@ -285,6 +285,14 @@ class Collator:
             "dec_mask": dec.attention_mask,
             "task": torch.tensor([TASK_INDEX[t] for t in tasks], dtype=torch.long),
         }
+        if cfg.lm_distill and "lm" in tasks:
+            # The teacher (the plain base) reads each LM example's whole text, head + continuation, labelled as the
+            # student's continuation is (the first leave_tokens_for_lm tokens free): both label sets, read row-major,
+            # list the same tokens in the same order. Only with lm_distill (the batch is unchanged without it).
+            teach = pad_decoder([with_target(c, t, cfg.leave_tokens_for_lm)
+                                 for task, c, t in zip(tasks, contexts, targets) if task == "lm"],
+                                self.tokens.pad_id, side="right")
+            batch.update(teacher_ids=teach.ids, teacher_labels=teach.labels, teacher_mask=teach.attention_mask)
         if rows is None:  # the hierarchy plans and encodes its contexts itself
             batch["contexts"] = contexts
         else:

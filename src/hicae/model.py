@@ -57,6 +57,7 @@ from .tokens import SpecialTokens, cut_at_stop, fit_length
 from .speed import DecodingOptions, adapter_in_dtype, compile_encoder, contiguous_head_input, generation_kwargs
 
 TASKS = ("ae", "lm", "ft")
+LOGGED = TASKS + ("distill",)  # per-token losses the trainer logs: each task's CE, and lm_distill's KL
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
 
 
@@ -423,12 +424,16 @@ class ICAE(nn.Module):
         dec_mask: torch.Tensor,
         task: torch.Tensor | None = None,
         segments_per_example: torch.Tensor | None = None,
+        teacher_ids: torch.Tensor | None = None,
+        teacher_labels: torch.Tensor | None = None,
+        teacher_mask: torch.Tensor | None = None,
         **_: Any,
     ) -> dict[str, torch.Tensor]:
         """Loss of a collated batch (see ``data.Collator``): mean over all labelled tokens.
 
         Also returns per-task token-loss sums and counts (``ae_loss_sum``, ``ae_tokens``, ...) so the
-        trainer can log AE and LM losses separately.
+        trainer can log AE and LM losses separately. ``teacher_*`` (``lm_distill``): the LM examples'
+        whole texts, labelled at their continuations (see ``distill_losses``).
         """
         spe = segments_per_example.tolist() if segments_per_example is not None else []
         slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
@@ -437,22 +442,69 @@ class ICAE(nn.Module):
             per_row = enc_seg_lens.cpu()
             placements = [Placement(span_slot_positions(x.tolist(), self.icae_config.mem_size), int(x.sum()))
                           for x in torch.split(per_row, spe or [1] * len(per_row))]
-        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task, placements)
+        teacher = None if teacher_ids is None else (teacher_ids, teacher_labels, teacher_mask)
+        return self.decoder_loss(slots.reshape(-1, slots.shape[-1]), dec_ids, dec_labels, dec_mask, task, placements,
+                                 teacher)
 
     def decoder_loss(self, slots: torch.Tensor, dec_ids: torch.Tensor, dec_labels: torch.Tensor,
                      dec_mask: torch.Tensor, task: torch.Tensor | None = None,
-                     placements: list[Placement] | None = None) -> dict[str, torch.Tensor]:
+                     placements: list[Placement] | None = None,
+                     teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``.
-        ``placements``: where each example's slots sit in its text (needed by ``decoder_positions='follow'``)."""
-        tok_loss, rows = self.token_losses(dec_ids, dec_labels, dec_mask, slots, placements)  # [N], [N]
-        out: dict[str, torch.Tensor] = {"loss": tok_loss.sum() / max(1, tok_loss.numel())}
-        if task is not None:
-            ex_task = task.to(rows.device)[rows]  # [N]
+        ``placements``: where each example's slots sit in its text (needed by ``decoder_positions='follow'``).
+        ``teacher``: ``(ids, labels, mask)`` of the LM examples' whole texts, for ``lm_distill``."""
+        hidden = self._decoder_hidden(dec_ids, dec_mask, slots, placements)  # [B, T, D]
+        tok_loss, rows = self._labelled_loss(hidden, dec_labels)  # [N], [N]
+        ex_task = task.to(rows.device)[rows] if task is not None else None  # [N]
+        loss = tok_loss
+        w = self.icae_config.lm_distill
+        kl = None
+        if w and teacher is not None and ex_task is not None:
+            lm = ex_task == TASKS.index("lm")  # [N]
+            kl = self.distill_losses(hidden, dec_labels, lm, *teacher)  # [N_lm]
+            # LM tokens learn (1-w) * CE + w * KL; the mean stays over all labelled tokens, as without distillation
+            loss = tok_loss.masked_scatter(lm, (1 - w) * tok_loss[lm] + w * kl)
+        out: dict[str, torch.Tensor] = {"loss": loss.sum() / max(1, loss.numel())}
+        if ex_task is not None:
             for j, name in enumerate(TASKS):
                 sel = ex_task == j
-                out[f"{name}_loss_sum"] = tok_loss.detach()[sel].sum()
+                out[f"{name}_loss_sum"] = tok_loss.detach()[sel].sum()  # the CE, with or without distillation
                 out[f"{name}_tokens"] = sel.sum()
+        if kl is not None:
+            out["distill_loss_sum"] = kl.detach().sum()
+            out["distill_tokens"] = torch.tensor(kl.numel(), device=kl.device)
         return out
+
+    def distill_losses(self, hidden: torch.Tensor, labels: torch.Tensor, lm: torch.Tensor, teacher_ids: torch.Tensor,
+                       teacher_labels: torch.Tensor, teacher_mask: torch.Tensor) -> torch.Tensor:
+        """``T^2 * KL(teacher || student)`` at each LM example's labelled continuation token (``lm_distill``).
+
+        Student: the decoder's states ``hidden`` [B, T, D] (it read ``[slots] [LM] continuation``) at the
+        labelled positions that ``lm`` [N] marks. Teacher: the plain base model (no adapters, no grad)
+        reading ``teacher_ids`` [B_lm, T'] (``head + continuation``, right-padded, plain positions 0..n-1),
+        at the positions ``teacher_labels`` marks: row-major, the same tokens in the same order.  -> [N_lm]
+        """
+        target = labels[:, 1:]  # [B, T-1]; position i predicts token i+1
+        student = hidden[:, :-1][target != IGNORE][lm]  # [N_lm, D]
+        t_target = teacher_labels[:, 1:]
+        t_sel = t_target != IGNORE  # [B_lm, T'-1]
+        if not torch.equal(target[target != IGNORE][lm], t_target[t_sel]):
+            raise DataError("lm_distill: the teacher's labelled tokens are not the LM examples' continuations "
+                            "(teacher_ids must hold the LM examples' texts, in batch order)")
+        with torch.no_grad(), self.plain_decoding():
+            t_hidden = self.decoder.model(input_ids=teacher_ids, attention_mask=teacher_mask,
+                                          use_cache=False).last_hidden_state  # [B_lm, T', D]
+        t_states = t_hidden[:, :-1][t_sel]  # [N_lm, D]: only these reach the 152k-wide output layer
+        head = self.decoder.get_output_embeddings()
+        T = self.icae_config.distill_temperature
+        out = []
+        for s in range(0, student.shape[0], _CE_CHUNK):  # chunks, as _labelled_loss: never all [N, V] logits
+            hs, ts = student[s : s + _CE_CHUNK], t_states[s : s + _CE_CHUNK]
+            if torch.is_grad_enabled() and hs.requires_grad and hs.shape[0] * head.weight.shape[0] > (1 << 26):
+                out.append(checkpoint(_kl, head, hs, ts, T, use_reentrant=False))
+            else:
+                out.append(_kl(head, hs, ts, T))
+        return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
     def token_losses(self, dec_ids: torch.Tensor, dec_labels: torch.Tensor, dec_mask: torch.Tensor,
                      slots: torch.Tensor | None = None,
@@ -463,15 +515,18 @@ class ICAE(nn.Module):
         the ids are plain vocabulary ids read by the frozen base model (a no-compression baseline).
         ``placements``: where each row's slots sit in its text (``decoder_positions='follow'``).
         """
+        return self._labelled_loss(self._decoder_hidden(dec_ids, dec_mask, slots, placements), dec_labels)
+
+    def _decoder_hidden(self, dec_ids: torch.Tensor, dec_mask: torch.Tensor, slots: torch.Tensor | None,
+                        placements: list[Placement] | None) -> torch.Tensor:
+        """The decoder's final states of a batch (see ``token_losses``).  -> [B, T, D]"""
         if slots is None:
             with self.plain_decoding():
-                hidden = self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
-        else:
-            embeds = self._decoder_embeds(dec_ids, slots)
-            pos = self.batch_positions(dec_ids, dec_mask, placements)  # None: 0, 1, 2, ...
-            hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, position_ids=pos,
-                                        use_cache=False).last_hidden_state
-        return self._labelled_loss(hidden, dec_labels)
+                return self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
+        embeds = self._decoder_embeds(dec_ids, slots)
+        pos = self.batch_positions(dec_ids, dec_mask, placements)  # None: 0, 1, 2, ...
+        return self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, position_ids=pos,
+                                  use_cache=False).last_hidden_state
 
     def _labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token cross-entropy only at labelled positions.  hidden: [B, T, D] -> losses [N], example index [N].
@@ -657,3 +712,13 @@ def broadcast_rows(n: int, prompts: list[str] | str) -> tuple[list[int], list[st
 
 def _ce(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(h).float(), y, reduction="none")
+
+
+def _kl(head: nn.Module, h: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(head(t)/T) || softmax(head(h)/T))`` per row; t (the teacher's states) without grad.
+    h, t: [n, D] -> [n]. The teacher's logits are computed here, not passed in, so under checkpointing
+    only its [n, D] states are kept for backward, never [n, V] logits."""
+    with torch.no_grad():
+        p = F.log_softmax(head(t).float() / temperature, dim=-1)  # [n, V]
+    q = F.log_softmax(head(h).float() / temperature, dim=-1)  # [n, V]
+    return F.kl_div(q, p, log_target=True, reduction="none").sum(-1) * temperature**2

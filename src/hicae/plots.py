@@ -8,7 +8,7 @@ from typing import Any
 
 from .fileio import atomic_path, write_text_atomic
 
-CURVE_KEYS = ("loss", "ae_loss", "lm_loss", "ft_loss", "eval_loss")
+CURVE_KEYS = ("loss", "ae_loss", "lm_loss", "ft_loss", "distill_loss", "eval_loss")
 
 
 def loss_series(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:

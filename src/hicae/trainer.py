@@ -18,7 +18,7 @@ from .errors import CheckpointError
 from .fileio import write_text_atomic
 from .errors import ConfigError
 from .fsdp import enable_on_cpu, full_trained_parameters, is_sharded, shard_for_training
-from .model import TASKS
+from .model import LOGGED
 from .speed import bf16_adapter_training
 from .run_folder import STAGING, TRAINER_STATE, TRAINING_ARGS, commit_checkpoint, resolve_resume, rng_file, rotate
 
@@ -26,7 +26,8 @@ HOST_KEYS = ("enc_seg_lens", "segments_per_example")  # batch entries the model 
 
 
 class ICAETrainer(Trainer):
-    """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` beside the total loss.
+    """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` (cross-entropies) and, with ``lm_distill``,
+    ``distill_loss`` (the KL on LM tokens) beside the total loss.
 
     Checkpoints hold only what is trained (adapter, memory and task embeddings, config), written
     by ``ICAE.save_pretrained``, beside the Trainer's optimizer, scheduler, RNG and trainer state.
@@ -84,7 +85,7 @@ class ICAETrainer(Trainer):
             out = model(**inputs)
         split = "train" if model.training else "eval"
         acc = self._sums[split]
-        for name in TASKS:
+        for name in LOGGED:
             if f"{name}_tokens" in out:
                 # summed on the device; read back only when logging (no host sync per step)
                 acc[f"{name}_loss_sum"] = acc[f"{name}_loss_sum"] + out[f"{name}_loss_sum"].detach().double()
@@ -101,7 +102,7 @@ class ICAETrainer(Trainer):
         split = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         acc = self._summed_over_processes(self._sums[split])
         prefix = "eval_" if split == "eval" else ""
-        for name in TASKS:
+        for name in LOGGED:
             n = acc.get(f"{name}_tokens", 0.0)
             if n:
                 logs[f"{prefix}{name}_loss"] = round(acc[f"{name}_loss_sum"] / n, 4)
@@ -114,7 +115,7 @@ class ICAETrainer(Trainer):
         ``Trainer`` calls ``log`` on every process (after gathering the loss), so this collective is
         reached by all of them.
         """
-        keys = [f"{name}_{what}" for name in TASKS for what in ("loss_sum", "tokens")]
+        keys = [f"{name}_{what}" for name in LOGGED for what in ("loss_sum", "tokens")]
         local = torch.stack([torch.as_tensor(acc.get(k, 0.0), dtype=torch.float64, device=self.args.device).reshape(())
                              for k in keys])
         if self.args.world_size > 1:

@@ -29,6 +29,18 @@ def test_pretrain_writes_trained_only_checkpoint_and_logs(base_dir, pretrain_fil
     assert cfg["icae"]["mem_size"] == 4 and cfg["base_model"] == str(base_dir)
 
 
+def test_pretrain_lm_distill_logs_distill_loss(base_dir, pretrain_file, tmp_path, run_cli):
+    out = tmp_path / "run"
+    code, _, err = run_cli("pretrain", *tiny_args(base_dir, out, pretrain_file, "--max_steps", "3", "--lm_ratio", "1",
+                                                  "--min_tokens_for_lm", "4", "--leave_tokens_for_lm", "1",
+                                                  "--lm_distill", "0.5", "--distill_temperature", "2"))
+    assert code == 0, err
+    hist = json.loads((out / "loss_history.json").read_text())
+    assert "distill_loss" in hist and "lm_loss" in hist
+    cfg = json.loads((out / "hicae_config.json").read_text())
+    assert (cfg["icae"]["lm_distill"], cfg["icae"]["distill_temperature"]) == (0.5, 2.0)
+
+
 def test_resume_reproduces_uninterrupted_run(base_dir, pretrain_file, tmp_path, run_cli):
     full, part = tmp_path / "full", tmp_path / "part"
     args = ("--max_steps", "4", "--save_steps", "2", "--seed", "3")
