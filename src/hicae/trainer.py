@@ -18,7 +18,7 @@ from .errors import CheckpointError
 from .fileio import write_text_atomic
 from .errors import ConfigError
 from .fsdp import enable_on_cpu, full_trained_parameters, is_sharded, shard_for_training
-from .model import TASKS
+from .tasks import TASKS
 from .speed import bf16_adapter_training
 from .run_folder import STAGING, TRAINER_STATE, TRAINING_ARGS, commit_checkpoint, resolve_resume, rng_file, rotate
 

@@ -101,15 +101,12 @@ def compress(argv: list[str]) -> int:
     texts = read_texts(args.input)
     over = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
     model = _load(args, over)
-    hierarchical = hasattr(model, "append")
-    if (args.max_slots is not None or args.append_to) and not hierarchical:
+    if (args.max_slots is not None or args.append_to) and not model.hierarchical:
         raise DataError("--max_slots and --append_to need a hierarchical checkpoint (hicae pretrain --hierarchical)")
     if args.append_to:
         mem = model.append(load_memory(model, args.append_to), texts, max_slots=args.max_slots)
-    elif hierarchical:
-        mem = model.compress(texts, max_slots=args.max_slots)
     else:
-        mem = model.compress(texts)
+        mem = model.compress(texts, max_slots=args.max_slots)
     mem.save(args.output)
     print(json.dumps({"output": args.output, "texts": len(mem), "tokens": mem.num_tokens, "slots": mem.num_slots,
                       "levels": mem.levels}))

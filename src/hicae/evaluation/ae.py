@@ -17,7 +17,7 @@ from . import metrics
 from .decoding import decode
 from .records import TextRecord
 from .report import Bars, Table, TaskResult
-from .runtime import EvalSettings, bucket_key, compress_ids, group_by, is_hierarchical, progress_batches, ratio_bucket, text_levels
+from .runtime import EvalSettings, bucket_key, compress_ids, group_by, progress_batches, ratio_bucket, text_levels
 
 
 def _aggregate(rows: list[dict[str, Any]], tokenize: str = "auto") -> dict[str, Any]:
@@ -35,7 +35,7 @@ def _aggregate(rows: list[dict[str, Any]], tokenize: str = "auto") -> dict[str, 
 
 def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult:
     metrics.require_bleu()
-    hier = is_hierarchical(model)
+    hier = model.hierarchical
     rows: list[dict[str, Any]] = []
     records = records[: s.limit] if s.limit else records
     if not records:

@@ -28,7 +28,7 @@ from . import metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
 from .qa import fulltext_content
 from .report import Heatmap, Table, TaskResult
-from .runtime import EvalSettings, compress_ids, is_hierarchical, progress_batches, text_levels
+from .runtime import EvalSettings, compress_ids, progress_batches, text_levels
 
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 KEYS = ("apple", "river", "violin", "lantern", "falcon", "marble", "orchid", "compass", "glacier", "harbor", "saffron",
@@ -167,7 +167,7 @@ def run_retrieval(task: str, model: Any, s: EvalSettings, lengths: list[int], de
     too_long = [n for n in lengths if n > limit]
     if too_long:
         what = option.lstrip("-")
-        hint = "" if is_hierarchical(model) else "; use a hierarchical checkpoint for longer contexts (or raise --model_max_length)"
+        hint = "" if model.hierarchical else "; use a hierarchical checkpoint for longer contexts (or raise --model_max_length)"
         raise ConfigError(f"--lengths {','.join(map(length_label, too_long))}: over this checkpoint's {what} of {limit} tokens{hint}")
     max_new = s.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     work = make_samples(task, model.tokenizer, lengths, depths, samples, s.seed, distractors)
