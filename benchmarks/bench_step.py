@@ -499,9 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="every row (floor, icae, the options) with hicae.speed.bf16_adapter_training, as ICAETrainer "
                          "trains a bf16 model on a CPU; without it the rows run peft's fp32-adapter path")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--mem-size", type=int, default=16)
-    ap.add_argument("--compression-rate", type=int, default=4)
-    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--mem_size", "--mem-size", type=int, default=16)
+    ap.add_argument("--compression_rate", "--compression-rate", type=int, default=4)
+    ap.add_argument("--lora_r", "--lora-r", type=int, default=8)
     ap.add_argument("--lora-alpha", type=int, default=16)
     ap.add_argument("--lm-ratio", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared 2-core machine; 0: torch's default, i.e. OMP_NUM_THREADS)")

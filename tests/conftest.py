@@ -14,7 +14,7 @@ from hicae import ICAE, ICAEConfig
 from hicae.assets import load_qwen3_tokenizer
 from hicae.batching import pad_decoder, pad_encoder
 from hicae.layout import encoder_rows
-from hicae.model import TASKS
+from hicae.tasks import TASKS
 from hicae.tiny import tiny_model
 
 # Tiny models gain nothing from intra-op threads, and on a small shared machine OpenMP threads that

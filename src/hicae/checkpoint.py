@@ -141,7 +141,7 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
             "weights": {"base": model.base_weights, "encoder": model.encoder_weights()},
             "has_base": save_base,
         }
-        if getattr(model, "hierarchy", None) is not None:
+        if model.hierarchical:
             meta["hierarchy"] = model.hierarchy.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         model.encoder.save_pretrained(str(tmp))  # adapter_model.safetensors + adapter_config.json

@@ -1,7 +1,7 @@
 """Per-GPU memory of hicae training under per-layer FSDP (fsdp.py), computed from a model's config.
 
 An estimate from parameter counts and tensor shapes, not a measurement; every term is listed so
-it can be checked (``python -m hicae.fsdp_memory`` prints the README's table). Assumptions:
+it can be checked (``python -m hicae.fsdp_memory`` prints the table of docs/training.md). Assumptions:
 - base weights in bf16, fully sharded over ``gpus`` (FSDP2, ``reshard_after_forward``);
 - the root group (embeddings, LM head, final norm, LoRA, memory and task embeddings) stays
   gathered from forward to the end of backward (FSDP2's default for the root);
@@ -100,7 +100,7 @@ def fsdp_memory(shape: Shape, gpus: int, *, seq_len: int = 5120, batch: int = 1,
     return parts
 
 
-# Released configs (config.json on the Hugging Face hub; see README "Memory under FSDP").
+# Released configs (config.json on the Hugging Face hub; see docs/training.md, "Memory under FSDP").
 QWEN25 = {
     "Qwen2.5-32B": dict(hidden_size=5120, num_hidden_layers=64, intermediate_size=27648, vocab_size=152064,
                         num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
@@ -110,7 +110,7 @@ QWEN25 = {
 
 
 def table(gpus: tuple[int, ...] = (4, 8, 16), **kw: Any) -> str:
-    """The README's markdown table: GB per GPU for Qwen2.5-32B and -72B."""
+    """The markdown table of docs/training.md: GB per GPU for Qwen2.5-32B and -72B."""
     from transformers import Qwen2Config
 
     head = None

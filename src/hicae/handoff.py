@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .memory import Memory
-
-TASKS = {"answer": "ft", "reconstruct": "ae", "continue": "lm"}
+from .tasks import model_task
 
 
 def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None = None,
@@ -28,8 +27,7 @@ def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None
     the decoder for that row, without the left padding a batch adds (tests/test_handoff.py checks
     it against the embeddings the transformers ``generate`` call receives).
     """
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    decoder_task = model_task(task)
     if model.icae_config.decoder_lora_r:
         raise ConfigError("this checkpoint has a decoder-side LoRA (decoder_lora_r > 0): its slots are read by the "
                           "base model *with* that adapter, so input embeddings alone do not reproduce its decoding; "
@@ -39,7 +37,7 @@ def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None
                           f"{model.icae_config.decoder_positions!r}); an engine fed input embeddings numbers them "
                           "0, 1, 2, ..., so decode with hicae (generate, hicae serve) instead")
     model.check_memory(mem)
-    mem, examples = model.decoder_examples(mem, TASKS[task], prompts)
+    mem, examples = model.decoder_examples(mem, decoder_task, prompts)
     out = []
     with torch.no_grad():
         for slots, ex in zip(mem.slots, examples):

@@ -28,7 +28,7 @@ from torch import nn
 from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
 from .errors import CheckpointError, ConfigError, DataError
-from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, push_segments, waves
+from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, num_blocks, push_segments, waves
 from .layout import MEM, EncoderRows, Placement, chunk_centres, span_slot_positions
 from .memory import Memory
 from .model import ICAE
@@ -97,6 +97,17 @@ class HierarchicalICAE(ICAE):
         return self.hierarchy.max_text_tokens, "--max_text_tokens"
 
     # ---- budget -------------------------------------------------------------------------------
+
+    @property
+    def hierarchical(self) -> bool:
+        """True: memory is kept under a slot budget by merging blocks (see ``ICAE.hierarchical``)."""
+        return True
+
+    def num_slots(self, num_tokens: int, max_slots: int | None = None) -> int:
+        """Slots of the memory of a text of ``num_tokens`` tokens under ``max_slots`` (default: the config's budget)."""
+        h, k = self.hierarchy, self.icae_config.mem_size
+        return k * num_blocks(num_tokens, self.icae_config.segment_tokens, h.group_size, h.levels,
+                              self.budget_blocks(max_slots))
 
     def budget_blocks(self, max_slots: int | None) -> int | None:
         """Blocks the plan may retain (the budget less one block reserved for a trailing partial segment)."""

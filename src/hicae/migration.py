@@ -31,7 +31,8 @@ from .checkpoint import _check_keys, _read_safetensors, load_adapter
 from .config import ICAEConfig
 from .errors import CheckpointError
 from .fingerprint import check_finite
-from .model import ICAE, TASKS
+from .model import ICAE
+from .tasks import TASKS
 
 log = logging.getLogger("hicae")
 

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .decoder_side import PROJECTOR_PREFIX, SlotProjector, decoder_lora_parameters, inject_decoder_lora, plain_base
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
 from .generation import explicit_generation, hicae_generation_config
 from .layout import (
@@ -349,8 +349,9 @@ class ICAE(nn.Module):
         limit, option = self.length_limit()
         return fit_length(ids, limit, self.icae_config.overlong, where, option)
 
-    def compress_ids(self, token_lists: list[list[int]]) -> Memory:
+    def compress_ids(self, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
         """Slots of tokenized texts (training and evaluation use it as is; ``compress`` adds the checks)."""
+        self.check_budget(token_lists, max_slots)
         cfg = self.icae_config
         rows = encoder_rows(token_lists, cfg.mem_size, cfg.compression_rate, cfg.segmentation)
         batch = pad_encoder(rows, self.tokens.pad_id)
@@ -367,11 +368,11 @@ class ICAE(nn.Module):
             base_weights=self.base_weights,
         )
 
-    def compress(self, texts: list[str] | str) -> Memory:
-        """Compress texts (batched over all their segments) into memory slots."""
+    def compress(self, texts: list[str] | str, max_slots: int | None = None) -> Memory:
+        """Compress texts (batched over all their segments) into memory slots (``max_slots``: see ``check_budget``)."""
         ids = self.prepare_texts(texts)
         with self._eval_mode():
-            return self.finish_memory(self.compress_ids(ids))
+            return self.finish_memory(self.compress_ids(ids, max_slots))
 
     def finish_memory(self, mem: Memory) -> Memory:
         """Record the encoder's weights fingerprint in a new memory, and refuse non-finite slots
@@ -677,6 +678,30 @@ class ICAE(nn.Module):
     def lm_example(self, num_slots: int, continuation: list[int]) -> DecoderExample:
         cfg = self.icae_config
         return lm_example(num_slots, continuation, cfg.leave_tokens_for_lm, cfg.add_special_token_for_lm)
+
+    # ---- one interface with HierarchicalICAE: callers ask these rather than the class ------------------
+
+    @property
+    def hierarchical(self) -> bool:
+        """False: a flat memory grows with its text (``HierarchicalICAE`` keeps it under a slot budget)."""
+        return False
+
+    def num_slots(self, num_tokens: int, max_slots: int | None = None) -> int:
+        """Slots of the memory of a text of ``num_tokens`` tokens (as compressed): k per segment of k*r
+        tokens, whatever ``max_slots`` (flat memory does not shrink; ``check_budget`` refuses it instead)."""
+        cfg = self.icae_config
+        return -(-num_tokens // cfg.segment_tokens) * cfg.mem_size
+
+    def check_budget(self, token_lists: list[list[int]], max_slots: int | None) -> None:
+        """Refuse a slot budget that a text's flat memory would exceed (None: no budget)."""
+        if max_slots is None:
+            return
+        if max_slots < 1:
+            raise ConfigError(f"max_slots must be >= 1, got {max_slots}")
+        for i, ids in enumerate(token_lists):
+            if (n := self.num_slots(len(ids))) > max_slots:
+                raise DataError(f"text {i} needs {n} slots, over max_slots={max_slots}: a flat ICAE model cannot fit a "
+                                "memory budget; use a hierarchical checkpoint (hicae pretrain --hierarchical)")
 
 
 def pooling_weights(lengths: list[int], k: int, width: int) -> torch.Tensor:

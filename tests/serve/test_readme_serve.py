@@ -1,4 +1,4 @@
-"""The README's curl and OpenAI-client examples, run verbatim against the real server."""
+"""The serving page's (docs/serve.md) curl and OpenAI-client examples, run verbatim against the real server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .conftest import API_KEY
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "serve.md"  # the serving page; the README links to it
 
 
 def _example_blocks() -> tuple[str, str]:

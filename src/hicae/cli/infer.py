@@ -38,6 +38,18 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "by other weights (refused otherwise)")
 
 
+def length_args(p: argparse.ArgumentParser, overlong_help: str = "refuse (default) or truncate texts over the limit",
+                length_help: str = LENGTH_HELP) -> None:
+    """``--model_max_length`` and ``--overlong``: the length policy of the commands that load a checkpoint to
+    read texts (compress, eval, serve); ``length_overrides`` turns them into config overrides for ``_load``."""
+    p.add_argument("--model_max_length", type=int, default=None, help=length_help)
+    p.add_argument("--overlong", choices=["error", "truncate"], default="error", help=overlong_help)
+
+
+def length_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
+
+
 def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
     device = pick_device(args.device)
     base = tok = None
@@ -87,9 +99,7 @@ def compress(argv: list[str]) -> int:
     _model_args(p)
     p.add_argument("--input", required=True, help="a text file (one text) or a .jsonl file of {'text': ...}")
     p.add_argument("--output", required=True, help="memory file to write (.mem.safetensors)")
-    p.add_argument("--model_max_length", type=int, default=None, help=LENGTH_HELP)
-    p.add_argument("--overlong", choices=["error", "truncate"], default="error",
-                   help="refuse (default) or truncate texts over the limit, whatever the checkpoint was trained with")
+    length_args(p, "refuse (default) or truncate texts over the limit, whatever the checkpoint was trained with")
     p.add_argument("--max_slots", type=int, default=None, help="hierarchical checkpoints: memory budget per text, in slots")
     p.add_argument("--append_to", default=None,
                    help="hierarchical checkpoints: a memory file to extend (streaming); only the new text is compressed")
@@ -99,17 +109,13 @@ def compress(argv: list[str]) -> int:
                               [("--input", args.input), ("--append_to", args.append_to), *model_inputs(args)])
     pick_device(args.device)
     texts = read_texts(args.input)
-    over = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
-    model = _load(args, over)
-    hierarchical = hasattr(model, "append")
-    if (args.max_slots is not None or args.append_to) and not hierarchical:
+    model = _load(args, length_overrides(args))
+    if (args.max_slots is not None or args.append_to) and not model.hierarchical:
         raise DataError("--max_slots and --append_to need a hierarchical checkpoint (hicae pretrain --hierarchical)")
     if args.append_to:
         mem = model.append(load_memory(model, args.append_to), texts, max_slots=args.max_slots)
-    elif hierarchical:
-        mem = model.compress(texts, max_slots=args.max_slots)
     else:
-        mem = model.compress(texts)
+        mem = model.compress(texts, max_slots=args.max_slots)
     mem.save(args.output)
     print(json.dumps({"output": args.output, "texts": len(mem), "tokens": mem.num_tokens, "slots": mem.num_slots,
                       "levels": mem.levels}))

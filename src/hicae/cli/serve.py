@@ -9,7 +9,7 @@ import os
 
 from ..errors import ConfigError
 from .common import pick_device
-from .infer import LENGTH_HELP, _load, _model_args
+from .infer import _load, _model_args, length_args, length_overrides
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
@@ -27,9 +27,7 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--store", required=True, help="folder of the memory files (created if missing; kept across restarts)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model_max_length", type=int, default=None, help=LENGTH_HELP)
-    p.add_argument("--overlong", choices=["error", "truncate"], default="error",
-                   help="refuse (default) or truncate texts over the limit")
+    length_args(p)
     p.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _settings_args(p)
     args = p.parse_args(argv)
@@ -51,8 +49,7 @@ def serve(argv: list[str]) -> int:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     pick_device(args.device)
     store = MemoryStore(args.store)
-    over = {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
-    model = _load(args, over)
+    model = _load(args, length_overrides(args))
     app = create_app(Engine(model, store, cfg), cfg)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

@@ -258,7 +258,7 @@ def run(mode: str, argv: list[str]) -> int:
         model = ICAE(base, tok, cfg) if hier is None else HierarchicalICAE(base, tok, cfg, hier)
 
     collator = Collator(model.tokenizer, model.tokens, model.icae_config, mode, dargs.lm_ratio, seed=targs.seed,
-                        hierarchy=getattr(model, "hierarchy", None))
+                        hierarchy=model.hierarchy if model.hierarchical else None)
     trainer = ICAETrainer(model=model, args=targs, train_dataset=train, eval_dataset=evals, data_collator=collator,
                           allow_partial_resume=rargs.allow_partial_resume)
     result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)

@@ -15,9 +15,10 @@ from typing import Any
 from ..errors import DataError
 from . import metrics
 from .decoding import decode
-from .records import TextRecord
+from .eval_task import EvalTask
+from .records import TextRecord, read_texts
 from .report import Bars, Table, TaskResult
-from .runtime import EvalSettings, bucket_key, compress_ids, group_by, is_hierarchical, progress_batches, ratio_bucket, text_levels
+from .runtime import EvalSettings, bucket_key, compress_ids, group_by, progress_batches, ratio_bucket, text_levels
 
 
 def _aggregate(rows: list[dict[str, Any]], tokenize: str = "auto") -> dict[str, Any]:
@@ -35,7 +36,7 @@ def _aggregate(rows: list[dict[str, Any]], tokenize: str = "auto") -> dict[str, 
 
 def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult:
     metrics.require_bleu()
-    hier = is_hierarchical(model)
+    hier = model.hierarchical
     rows: list[dict[str, Any]] = []
     records = records[: s.limit] if s.limit else records
     if not records:
@@ -91,3 +92,12 @@ def run_ae(model: Any, records: list[TextRecord], s: EvalSettings) -> TaskResult
              "else 13a), corpus level per group; sentence BLEU: mean of per-text scores.",
              "token accuracy: reference positions reproduced at the same position, pooled over all reference tokens."]
     return TaskResult("ae", overall, breakdowns, rows, tables, plots, notes)
+
+
+def _prepare(args: Any) -> list[TextRecord]:
+    metrics.require_bleu()
+    return read_texts(args.data, args.limit)
+
+
+TASK = EvalTask("ae", "reconstruct texts from memory: BLEU-4, exact match, token accuracy (by compression ratio, by level)",
+                reads_data=True, prepare=_prepare, run=lambda model, s, args, records: run_ae(model, records, s))

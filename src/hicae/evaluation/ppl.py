@@ -26,7 +26,8 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..layout import lm_prefix, with_target
 from .decoding import example_nll
-from .records import TextRecord
+from .eval_task import EvalTask
+from .records import TextRecord, read_texts
 from .report import Bars, Table, TaskResult
 from .runtime import EvalSettings, bucket_key, compress_ids, context_limit, group_by, progress_batches, ratio_bucket
 
@@ -130,3 +131,22 @@ def run_ppl(model: Any, records: list[TextRecord], s: EvalSettings, continuation
              "'full', 'truncated' and 'no context' run the base model (no adapter) on plain tokens; 'memory' runs "
              "[slots] [LM] continuation."]
     return TaskResult("ppl", summary, breakdowns, rows, tables, plots, notes)
+
+
+def add_flags(p: Any) -> None:
+    g = p.add_argument_group("ppl")
+    g.add_argument("--continuation_tokens", type=int, default=64, help="the last N tokens of each text are the continuation")
+    g.add_argument("--leave_tokens", type=int, default=1, help="the first N continuation tokens are read but not scored (>= 1)")
+    g.add_argument("--conditions", default="none,memory,full,truncated", help="comma-separated subset of none,memory,full,truncated")
+
+
+def _prepare(args: Any) -> tuple[list[TextRecord], list[str]]:
+    conditions = parse_conditions(args.conditions)
+    check_settings(args.continuation_tokens, args.leave_tokens)
+    return read_texts(args.data, args.limit), conditions
+
+
+TASK = EvalTask(
+    "ppl", "perplexity of a continuation: no context / memory / full text / text truncated to as many tokens as slots",
+    reads_data=True, prepare=_prepare, add_flags=add_flags,
+    run=lambda model, s, args, prep: run_ppl(model, prep[0], s, args.continuation_tokens, args.leave_tokens, prep[1]))

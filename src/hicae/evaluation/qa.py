@@ -22,7 +22,10 @@ from ..errors import ConfigError, DataError
 from ..fileio import write_text_atomic
 from . import longbench, metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
-from .records import QARecord
+from .eval_task import EvalTask
+from .prompts import assign_templates, load_templates
+from .prompts import parse as parse_template
+from .records import QARecord, read_qa
 from .report import Bars, Table, TaskResult
 from .runtime import EvalSettings, bucket_key, compress_ids, group_by, progress_batches, ratio_bucket
 
@@ -175,3 +178,42 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
         write_text_atomic(judge_file, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
         notes.append(f"Pairwise-judging file: {judge_file} ({len(lines)} lines).")
     return TaskResult("qa", summary, {"by_ratio": by_ratio}, rows, tables, plots, notes)
+
+
+def add_flags(p: Any) -> None:
+    g = p.add_argument_group("qa")
+    g.add_argument("--format", default="auto", choices=["auto", "pwc", "longbench"], help="QA data format (auto: from the first record)")
+    g.add_argument("--longbench_dataset", default=None,
+                   help="LongBench data: the dataset whose official metric scores the answers (default: each record's "
+                        "'dataset' field), e.g. hotpotqa, multifieldqa_zh, dureader, trec")
+    g.add_argument("--prompt_templates", default=None, metavar="FILE.json",
+                   help="JSON object dataset -> template with {context} and {input} (LongBench's "
+                        "config/dataset2prompt.json): each record's prompt from its dataset's template; memory gets "
+                        "the template without {context}; a record whose dataset has none is refused")
+    g.add_argument("--prompt_template", default=None, metavar="TEXT",
+                   help="one template with {context} and {input} for every record (instead of --prompt_templates)")
+    g.add_argument("--skip_fulltext", action="store_true", help="qa: no full-text baseline")
+    g.add_argument("--judge_file", default=None, help="qa: write a pairwise-judging JSONL (question, reference, both answers)")
+
+
+def _assign_templates(args: Any, records: list[QARecord]) -> None:
+    if args.prompt_templates and args.prompt_template is not None:
+        raise ConfigError("give --prompt_templates (per dataset) or --prompt_template (one for all), not both")
+    if args.prompt_templates:
+        assign_templates(records, load_templates(args.prompt_templates), f"--prompt_templates {args.prompt_templates}")
+    elif args.prompt_template is not None:
+        assign_templates(records, parse_template(args.prompt_template, "--prompt_template"), "--prompt_template")
+
+
+def _prepare(args: Any) -> list[QARecord]:
+    records = read_qa(args.data, args.limit, args.format, args.longbench_dataset)
+    _assign_templates(args, records)
+    if args.judge_file and args.skip_fulltext:
+        raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
+    return records
+
+
+TASK = EvalTask(
+    "qa", "answers from memory vs from the full text: ROUGE-L, token F1, exact match (PwC or LongBench JSONL)",
+    reads_data=True, prepare=_prepare, add_flags=add_flags,
+    run=lambda model, s, args, records: run_qa(model, records, s, fulltext=not args.skip_fulltext, judge_file=args.judge_file))

@@ -26,9 +26,10 @@ from ..errors import ConfigError
 from ..tokens import tokenize_one
 from . import metrics
 from .decoding import chat_prompt_ids, decode, generate_plain
+from .eval_task import EvalTask
 from .qa import fulltext_content
 from .report import Heatmap, Table, TaskResult
-from .runtime import EvalSettings, compress_ids, is_hierarchical, progress_batches, text_levels
+from .runtime import EvalSettings, compress_ids, progress_batches, text_levels
 
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 KEYS = ("apple", "river", "violin", "lantern", "falcon", "marble", "orchid", "compass", "glacier", "harbor", "saffron",
@@ -167,7 +168,7 @@ def run_retrieval(task: str, model: Any, s: EvalSettings, lengths: list[int], de
     too_long = [n for n in lengths if n > limit]
     if too_long:
         what = option.lstrip("-")
-        hint = "" if is_hierarchical(model) else "; use a hierarchical checkpoint for longer contexts (or raise --model_max_length)"
+        hint = "" if model.hierarchical else "; use a hierarchical checkpoint for longer contexts (or raise --model_max_length)"
         raise ConfigError(f"--lengths {','.join(map(length_label, too_long))}: over this checkpoint's {what} of {limit} tokens{hint}")
     max_new = s.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     work = make_samples(task, model.tokenizer, lengths, depths, samples, s.seed, distractors)
@@ -211,3 +212,29 @@ def run_retrieval(task: str, model: Any, s: EvalSettings, lengths: list[int], de
                      "needle depth") for src, g in grids.items()]
     notes = [f"{samples} sample(s) per cell; correct = the expected number appears in the answer as a whole number."]
     return TaskResult(task, summary, {}, rows, tables, plots, notes)
+
+
+def add_flags(p: Any) -> None:
+    g = p.add_argument_group("passkey / needle")
+    g.add_argument("--lengths", default="1k,4k,16k", help="context lengths in tokens (k = 1024), e.g. 1k,4k,16k,128k")
+    g.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths as fractions of the haystack")
+    g.add_argument("--samples", type=int, default=5, help="samples per (length, depth) cell")
+    g.add_argument("--distractors", type=int, default=0, help="needle: other keyed numbers in the haystack")
+    g.add_argument("--fulltext", action="store_true", help="passkey/needle: also ask the base model with the haystack inline")
+
+
+def _prepare(args: Any) -> tuple[list[int], list[float]]:
+    lengths, depths = parse_lengths(args.lengths), parse_depths(args.depths)
+    check_settings(args.samples, args.distractors)
+    return lengths, depths
+
+
+def _task(name: str, summary: str) -> EvalTask:
+    def run(model: Any, s: EvalSettings, args: Any, prep: tuple[list[int], list[float]]) -> TaskResult:
+        return run_retrieval(name, model, s, prep[0], prep[1], args.samples, args.distractors, args.fulltext)
+
+    return EvalTask(name, summary, reads_data=False, prepare=_prepare, run=run, add_flags=add_flags)
+
+
+PASSKEY = _task("passkey", "find a 5-digit pass key in a filler haystack, over --lengths x --depths")
+NEEDLE = _task("needle", "find a keyed 7-digit number (optionally among --distractors), over --lengths x --depths")

@@ -74,14 +74,9 @@ def progress_batches(items: Sequence[T], size: int, desc: str, enabled: bool = T
         bar.close()
 
 
-def is_hierarchical(model: Any) -> bool:
-    from ..hierarchy import HierarchicalICAE
-
-    return isinstance(model, HierarchicalICAE)
-
-
 def check_max_slots(model: Any, max_slots: int | None) -> None:
-    if max_slots is not None and not is_hierarchical(model):
+    """``--max_slots`` is a hierarchical checkpoint's option (a flat one would refuse most texts anyway)."""
+    if max_slots is not None and not model.hierarchical:
         raise ConfigError("--max_slots needs a hierarchical checkpoint (hicae pretrain --hierarchical)")
 
 
@@ -93,9 +88,7 @@ def context_limit(model: Any) -> int:
 def compress_ids(model: Any, token_lists: list[list[int]], max_slots: int | None = None) -> Memory:
     """Batched compression of already-checked token lists (no gradient), ICAE or hierarchical."""
     with torch.no_grad():
-        if is_hierarchical(model):
-            return model.compress_ids(token_lists, max_slots)
-        return model.compress_ids(token_lists)
+        return model.compress_ids(token_lists, max_slots)
 
 
 def text_levels(mem: Memory) -> list[int]:
@@ -124,10 +117,10 @@ def model_info(model: Any, max_slots: int | None) -> dict[str, Any]:
         "weights": {"base": model.base_weights, "encoder": model.encoder_weights()},  # which weights were scored
         "mem_size": cfg.mem_size,
         "compression_rate": cfg.compression_rate,
-        "hierarchical": is_hierarchical(model),
+        "hierarchical": model.hierarchical,
         "dtype": str(model.dtype).replace("torch.", ""),
     }
-    if is_hierarchical(model):
+    if model.hierarchical:
         h = model.hierarchy
         info.update(levels=h.levels, group_size=h.group_size,
                     max_slots=max_slots if max_slots is not None else h.max_slots)

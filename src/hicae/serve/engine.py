@@ -38,13 +38,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..errors import DataError, HicaeError
 from ..memory import Memory
 from ..model import broadcast_rows
+from ..tasks import PROMPTED, model_task
 from .hot import HotMemories
 from .settings import ServeConfig
 from .stats import Stats
 from .store import MemoryStore, memory_id
 
 log = logging.getLogger("hicae.serve")
-TASKS = {"answer": "ft", "reconstruct": "ae", "continue": "lm"}
 
 
 class QueueFull(HicaeError):
@@ -90,7 +90,7 @@ class Engine:
         self.encoder_weights = model.encoder_weights()
         self.hot = HotMemories(model, store, cfg.prefix_cache_bytes, self.encoder_weights)
         self.stats = Stats()
-        self.hierarchical = hasattr(model, "append")
+        self.hierarchical = model.hierarchical
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -234,11 +234,10 @@ class Engine:
         if self.store.exists(mid):  # an identical request finished while this one waited
             return {"id": mid, "created": False}
         model = self.model
-        kw = {"max_slots": args["max_slots"]} if self.hierarchical else {}
-        if args.get("parent"):
-            mem = model.append(self.hot.get(args["parent"]).mem, args["texts"], **kw)
+        if args.get("parent"):  # app.py offers append on a hierarchical checkpoint only
+            mem = model.append(self.hot.get(args["parent"]).mem, args["texts"], max_slots=args["max_slots"])
         else:
-            mem = model.compress(args["texts"], **kw)
+            mem = model.compress(args["texts"], max_slots=args["max_slots"])
         mem.extra.update(created=_now(), **({"parent": args["parent"]} if args.get("parent") else {}))
         self.store.save(mid, mem)
         self.stats.add("compressions")
@@ -250,7 +249,7 @@ class Engine:
     @staticmethod
     def rows_of(mem: Any, task: str, prompts: list[str] | None) -> tuple[list[int], list[str] | None]:
         """Memory entries and prompts of one request's rows (prompts broadcast as ``model.generate`` does)."""
-        if task != "answer":
+        if task != PROMPTED:
             if prompts:
                 raise DataError(f"task {task!r} takes no prompts")
             return list(range(len(mem))), None
@@ -289,7 +288,7 @@ class Engine:
             gen["streamer"] = live[0].streamer
         before = {id(c): c.prefix_tokens for c in caches if c is not None}
         started = time.perf_counter()
-        if task == "answer":
+        if task == PROMPTED:
             ids = model.generate_ids(rows, prompts, limit, prefix_cache=cache, **gen)
         elif task == "reconstruct":
             ids = model.reconstruct_ids(rows, limit, prefix_cache=cache, **gen)
@@ -299,14 +298,14 @@ class Engine:
         steps = max((len(x) for x in ids), default=0)
         own = [job.args["max_new_tokens"] for job, _, entries, _ in parts for _ in entries]
         ids = [x[:n] for x, n in zip(ids, own)]  # greedy: a row's first tokens do not depend on the call's length
-        _, examples = model.decoder_examples(rows, TASKS[task], prompts if task == "answer" else None)
+        _, examples = model.decoder_examples(rows, model_task(task), prompts if task == PROMPTED else None)
         self._count(parts, ids, steps, seconds, before)
         texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         start = 0
         for job, _, entries, _ in parts:
             outputs = [{
                 "index": i,
-                "prompt": prompts[r] if task == "answer" else None,
+                "prompt": prompts[r] if task == PROMPTED else None,
                 "text": texts[r],
                 "tokens": len(ids[r]),
                 "prompt_tokens": len(examples[r].ids),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..tasks import PROMPTED, UserTask
 
 
 MIN_TEMPERATURE = 0.001  # smallest sampling temperature (logits / temperature must stay finite)
@@ -92,7 +94,7 @@ class GenerateRequest(Sampling):
 
     prompt: str | None = None
     prompts: list[str] | None = Field(None, min_length=1)
-    task: Literal["answer", "reconstruct", "continue"] = "answer"
+    task: UserTask = PROMPTED
     stream: bool = Field(False, description="Server-sent events: one event per piece of text, then a final one.")
 
     @model_validator(mode="after")

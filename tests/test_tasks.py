@@ -1,0 +1,22 @@
+"""One task vocabulary: every older copy agrees with ``hicae.tasks``, and names resolve or fail clearly."""
+
+import typing
+
+import pytest
+
+from hicae import DataError, data, layout, model, tasks
+from hicae.serve import schemas
+
+
+def test_older_copies_agree_with_the_vocabulary():
+    assert model.TASKS == tasks.TASKS  # the order of the task embeddings' rows
+    assert data.TASK_INDEX == tasks.TASK_INDEX
+    assert layout.TASK_IDS == tasks.PLACEHOLDER
+    assert set(tasks.USER_TASKS.values()) == set(tasks.TASKS)
+    assert typing.get_args(schemas.GenerateRequest.model_fields["task"].annotation) == tuple(tasks.USER_TASKS)
+
+
+def test_user_names_resolve_and_unknown_ones_fail_in_one_line():
+    assert [tasks.model_task(n) for n in ("answer", "reconstruct", "continue")] == ["ft", "ae", "lm"]
+    with pytest.raises(DataError, match=r"^unknown task 'ft' \(choose from answer, reconstruct, continue\)$"):
+        tasks.model_task("ft")
