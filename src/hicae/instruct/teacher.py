@@ -37,6 +37,10 @@ class PlainBase:
     def device(self) -> Any:
         return next(self.decoder.parameters()).device
 
+    @property
+    def base_config(self) -> Any:
+        return self.decoder.config
+
     def plain_decoding(self) -> Any:
         return contextlib.nullcontext()  # a bare base has no adapter to switch off
 
