@@ -14,6 +14,7 @@ COMMANDS = {
     "eval": ("hicae.cli.eval", "evaluate", "evaluate a checkpoint: ae | ppl | qa | passkey | needle (JSON, markdown, plots)"),
     "serve": ("hicae.cli.serve", "serve", "HTTP service: compress once, ask many (OpenAI-style chat endpoint; needs hicae[serve])"),
     "import-icae-v2": ("hicae.cli.import_v2", "import_v2", "convert an ICAE v2 checkpoint (getao/icae) into a hicae checkpoint"),
+    "build-qa": ("hicae.cli.build_qa", "build_qa", "instruction records from a corpus: questions from the text, answers by the base model reading it"),
     "demo": ("hicae.cli.demo", "demo", "offline demo: the real Qwen2.5-0.5B compresses held-out text (--tiny: train a tiny model)"),
 }
 

@@ -50,15 +50,18 @@ def chat_prompt_ids(model: Any, content: str) -> list[int]:
     return model.tokens.chat_ids(content)
 
 
-def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy decoding of the base model from token ids (left-padded batch); new tokens up to the first stop id."""
+def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int, **gen_kwargs: Any) -> list[list[int]]:
+    """Greedy decoding of the base model from token ids (left-padded batch); new tokens up to the first stop id.
+
+    ``gen_kwargs``: more options for ``generate`` (e.g. a logits processor that times the first token)."""
     width = max(len(p) for p in prompts)
     pad = model.tokens.pad_id
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device)
     with torch.no_grad(), model.plain_decoding():  # the base itself, no slot-side adapters
         # greedy as the memory paths decode: hicae's explicit config, not the base's (generation.py)
-        out = generation.generate(model.decoder, model.tokens, max_new_tokens, input_ids=ids, attention_mask=mask)
+        out = generation.generate(model.decoder, model.tokens, max_new_tokens, input_ids=ids, attention_mask=mask,
+                                  **gen_kwargs)
     return cut_at_stop(out[:, width:].tolist(), model.tokens.stop_ids)
 
 

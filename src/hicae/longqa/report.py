@@ -1,0 +1,76 @@
+"""The long-document QA tables: per language, length and condition; n/a where a condition cannot run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import CONDITIONS, MEMORY
+
+LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)", "full": "full text",
+          "last_n": "last N tokens", "bm25": "BM25 chunks", "none": "no context"}
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
+    """``{lang: {tokens: {condition: cell}}}``; a cell holds n, accuracy (gold contained), F1, mean times,
+    context tokens, the memory's compress time, and ``na`` (how many questions could not be asked)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        cell = out.setdefault(r["lang"], {}).setdefault(str(r["tokens"]), {}).setdefault(r["condition"], {"rows": []})
+        cell["rows"].append(r)
+    for lang in out.values():
+        for by_cond in lang.values():
+            for cond, cell in by_cond.items():
+                rs = cell.pop("rows")
+                ok = [r for r in rs if "na" not in r]
+                cell.update(n=len(ok), na=len(rs) - len(ok), accuracy=_mean([r["contains"] for r in ok]),
+                            f1=_mean([r["f1"] for r in ok]), ttft_s=_mean([r["ttft_s"] for r in ok]),
+                            answer_s=_mean([r["answer_s"] for r in ok]),
+                            context_tokens=_mean([r["context_tokens"] for r in ok]),
+                            budget=_mean([r["budget"] for r in rs]))
+                if cond in MEMORY:
+                    per_doc = {r["doc"]: r["compress_s"] for r in ok}
+                    cell["compress_s"] = _mean(list(per_doc.values()))
+                if cond == "bm25":
+                    cell["gold_retrieved"] = _mean([float(r["gold_retrieved"]) for r in ok])
+                if rs and rs[0].get("na"):
+                    cell["na_reason"] = rs[0]["na"]
+    return out
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render_markdown(report: dict[str, Any], s: Any) -> str:
+    lines = ["# Long-document QA", "",
+             "Cloze questions (the words that follow a quoted cue) spread evenly over each held-out document; "
+             "accuracy = the gold span is contained in the answer after LongBench's normalisation; F1 = LongBench's "
+             "qa_f1 (qa_f1_zh for Chinese). Same questions and greedy decoding for every condition. N (the budget "
+             "of last N tokens and BM25) = the largest memory slot count on that document. Times: seconds, one "
+             "question at a time; TTFT = time to the first answer token; memory conditions compress each document "
+             "once (compress s), then answer every question from it.", ""]
+    if report.get("command"):
+        lines += ["```", report["command"], "```", ""]
+    reasons: list[str] = []
+    for lang, by_len in report["summary"].items():
+        lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | F1 | TTFT s | s/answer | context tokens | "
+                  "N | compress s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for tokens in sorted(by_len, key=int):
+            for cond in [c for c in CONDITIONS if c in by_len[tokens]]:
+                c = by_len[tokens][cond]
+                if c["n"] == 0:
+                    reasons.append(f"{lang}, {tokens} tokens, {LABELS[cond]}: n/a: {c.get('na_reason', '')}")
+                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | n/a | | | | {_fmt(c['budget'], '.0f')} | |")
+                    continue
+                lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | {_fmt(c['f1'])} | "
+                             f"{_fmt(c['ttft_s'])} | {_fmt(c['answer_s'])} | {_fmt(c['context_tokens'], '.0f')} | "
+                             f"{_fmt(c['budget'], '.0f')} | {_fmt(c.get('compress_s'))} |")
+        lines.append("")
+    notes = list(report.get("notes") or []) + reasons
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)

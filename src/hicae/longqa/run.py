@@ -1,0 +1,183 @@
+"""The long-document QA run: documents -> questions -> every condition's answers -> scores and tables.
+
+Same questions and the same greedy decoding for every condition; one question at a time, so the
+time to the first answer token is that question's own. Memory conditions compress each document
+once (``compress_s``) and answer every question from that memory (``answer_s`` per question):
+the cost of "compress once, ask many". ``full`` rereads the whole text for every question.
+
+Rows go to ``rows.jsonl`` one (document, condition) at a time; a rerun skips those done, so an
+interrupted run continues. ``long_qa.json`` and ``long_qa.md`` are rewritten from all rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import LogitsProcessorList
+
+from ..evaluation import longbench
+from ..evaluation.decoding import chat_prompt_ids, decode, generate_plain
+from ..evaluation.qa import fulltext_content
+from ..evaluation.runtime import compress_ids
+from ..fileio import write_text_atomic
+from ..instruct.build import text_rng
+from ..instruct.questions import Question, cloze_questions
+from .contexts import FirstTokenClock, bm25_ids, last_n_ids
+from .documents import LongDoc
+from .report import render_markdown, summarise
+from .settings import MEMORY, LongQASettings
+
+
+def contains(answer: str, gold: str, lang: str) -> float:
+    """1.0 when the normalised gold span is inside the normalised answer (LongBench's normalisations)."""
+    norm = longbench.normalize_zh_answer if lang == "zh" else longbench.normalize_answer
+    g = norm(gold)
+    return float(bool(g) and g in norm(answer))
+
+
+def f1(answer: str, gold: str, lang: str) -> float:
+    return (longbench.qa_f1_zh if lang == "zh" else longbench.qa_f1)(answer, gold)
+
+
+def questions_of(doc: LongDoc, s: LongQASettings) -> list[Question]:
+    return cloze_questions(doc.text, s.questions, text_rng(s.seed, doc.id), doc.lang)
+
+
+def _timed(fn: Callable[[LogitsProcessorList], list[list[int]]]) -> tuple[list[int], float, float]:
+    clock = FirstTokenClock()
+    out = fn(LogitsProcessorList([clock]))[0]
+    total = time.perf_counter() - clock.start
+    return out, clock.first if clock.first is not None else total, total
+
+
+def _plain_answer(model: Any, content: str, s: LongQASettings) -> tuple[str, float, float, int]:
+    prompt = chat_prompt_ids(model, content)
+    ids, ttft, total = _timed(lambda lp: generate_plain(model, [prompt], s.max_new_tokens, logits_processor=lp))
+    return decode(model, [ids])[0], ttft, total, len(prompt)
+
+
+def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str, Any], plain: Any,
+                  s: LongQASettings, budget: int, memory_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one condition on one document (one per question)."""
+    tok = plain.tokenizer
+    doc_ids = tok(doc.text, add_special_tokens=False)["input_ids"]
+    window = s.full_max_tokens or getattr(plain.base_config, "max_position_embeddings", None)
+    rows = []
+    mem = None
+    if cond in MEMORY:
+        model = models[cond]
+        ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
+        t = time.perf_counter()
+        mem = compress_ids(model, [ids], s.max_slots if cond == "memory_hier" else None)
+        memory_info[cond] = {"slots": int(mem.num_slots[0]), "compress_s": time.perf_counter() - t}
+    for k, q in enumerate(qs):
+        row: dict[str, Any] = {"doc": doc.id, "lang": doc.lang, "tokens": doc.tokens, "condition": cond, "q": k,
+                               "question": q.prompt, "gold": q.gold, "gold_offset": q.extra["offset"],
+                               "gold_depth": q.extra["offset"] / max(1, len(doc.text)), "budget": budget}
+        if mem is not None:
+            model = models[cond]
+            out, ttft, total = _timed(lambda lp: model.generate_ids(mem, [q.prompt], max_new_tokens=s.max_new_tokens,
+                                                                   prefix_cache=False, logits_processor=lp))
+            answer, ctx = decode(model, [out])[0], memory_info[cond]["slots"]
+            row.update(memory_info[cond], budget=memory_info[cond]["slots"])  # a memory's budget is its own size
+        elif cond == "full":
+            prompt_len = len(chat_prompt_ids(plain, fulltext_content(doc.text, q.prompt)))
+            if window and prompt_len + s.max_new_tokens > window:
+                row.update(na=f"prompt of {prompt_len} tokens + answer over the window of {window}")
+                rows.append(row)
+                continue
+            answer, ttft, total, _ = _plain_answer(plain, fulltext_content(doc.text, q.prompt), s)
+            ctx = len(doc_ids)
+        elif cond in ("last_n", "bm25"):
+            if cond == "last_n":
+                ctx_ids = last_n_ids(doc_ids, budget)
+            else:
+                ctx_ids, taken = bm25_ids(doc_ids, q.prompt, budget, s.chunk_tokens, tok)
+                row["chunks"] = taken
+                # did retrieval bring the gold's place? (the chunk holding the cue's end)
+                cue_end = len(tok(doc.text[: q.extra["offset"]], add_special_tokens=False)["input_ids"])
+                row["gold_retrieved"] = (max(0, cue_end - 1) // s.chunk_tokens) in taken
+            answer, ttft, total, _ = _plain_answer(plain, fulltext_content(tok.decode(ctx_ids), q.prompt), s)
+            ctx = len(ctx_ids)
+        else:  # none
+            answer, ttft, total, _ = _plain_answer(plain, q.prompt, s)
+            ctx = 0
+        row.update(answer=answer, contains=contains(answer, q.gold, doc.lang), f1=f1(answer, q.gold, doc.lang),
+                   ttft_s=ttft, answer_s=total, context_tokens=ctx)
+        rows.append(row)
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):  # an interrupted write: that (document, condition) is redone
+                break
+            raise
+    return out
+
+
+def evaluate(docs: list[LongDoc], models: dict[str, Any], plain: Any, s: LongQASettings, notes: list[str],
+             log: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
+    """Every condition on every document; ``models``: memory condition -> loaded model; ``plain``: the model
+    whose base answers the text conditions (its adapter off)."""
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    rows = read_rows(rows_path)
+    with open(rows_path, "w", encoding="utf-8") as f:  # rewritten without a cut last line, then appended
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    done = {(r["doc"], r["condition"]) for r in rows}
+    conditions = [c for c in s.condition_list if c not in MEMORY or c in models]
+    skipped = [c for c in s.condition_list if c not in conditions]
+    if skipped:
+        notes.append(f"conditions without a checkpoint, not run: {', '.join(skipped)}")
+    memory_first = [c for c in conditions if c in MEMORY] + [c for c in conditions if c not in MEMORY]
+    for doc in docs:
+        qs = questions_of(doc, s)
+        if not qs:
+            notes.append(f"{doc.id}: no cloze question could be made")
+            continue
+        info: dict[str, Any] = {}
+        prev = [r for r in rows if r["doc"] == doc.id and r["condition"] in MEMORY and "slots" in r]
+        for r in prev:
+            info[r["condition"]] = {"slots": r["slots"], "compress_s": r["compress_s"]}
+        for cond in memory_first:
+            if (doc.id, cond) in done:
+                continue
+            # N: the largest memory among the conditions run (generous to the baselines), else --budget
+            budget = max((v["slots"] for v in info.values()), default=s.budget or 0)
+            t = time.perf_counter()
+            new = run_condition(cond, doc, qs, models, plain, s, budget, info)
+            with open(rows_path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+            rows += new
+            scored = [r for r in new if "na" not in r]
+            acc = sum(r["contains"] for r in scored) / len(scored) if scored else float("nan")
+            log(f"{doc.id} {cond}: accuracy {acc:.2f} over {len(scored)} ({time.perf_counter() - t:.1f} s)")
+    report = {"command": command, "settings": dataclasses.asdict(s), "notes": notes,
+              "documents": [{"id": d.id, "lang": d.lang, "tokens": d.tokens, "sources": d.sources[:50],
+                             "n_sources": len(d.sources)} for d in docs],
+              "summary": summarise(rows, s), "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                                         "threads": torch.get_num_threads(), "platform": platform.platform()}}
+    write_text_atomic(out / "long_qa.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "long_qa.md", render_markdown(report, s))
+    return report
+
+
+def seeded(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
