@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train_jsonl", default=None, help="train the 4x/8x stages on this JSONL's texts (field 'text'; e.g. "
                    "benchmarks/mix_corpus.py's balanced mix of the protocol's training side) instead of the proxy corpus; "
                    "the held-out curve texts stay the proxy corpus's")
+    p.add_argument("--warm_start", default=None, help="a 4x ICAE checkpoint (e.g. src/hicae/demo_checkpoint) the 4x stage "
+                   "starts from when its folder holds no checkpoint yet, instead of from the base model: a new "
+                   "machine without the last run's folder carries the best committed adapter on")
     a = p.parse_args(argv)
     z = Settings(**(DRY if a.dry_run else {}))
     z = replace(z, **{k: getattr(a, k) for k in ("steps_4x", "steps_8x", "steps_16x", "eval_every") if getattr(a, k)})
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         del model
         return pt
 
-    def train_stage(stage: str, target: int, args: list[str], batch: int, recs: dict, **load_kw) -> dict:
+    def train_stage(stage: str, target: int, args: list[str], batch: int, recs: dict, warm: str | None = None,
+                    **load_kw) -> dict:
         """Train ``stage`` to ``target`` steps in chunks of eval_every, a curve point after each."""
         sdir = work / stage
         rep = report["stages"].setdefault(stage, {})
@@ -207,9 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             nxt = min(target, (done // z.eval_every + 1) * z.eval_every)
             t = time.time()
             resume = complete_checkpoints(sdir)
+            if not resume and warm:
+                log(f"{stage}: warm start from {warm}")
             pretrain([*args, "--output_dir", str(sdir), *common(nxt, batch),
                       # no complete checkpoint: what an interrupted first chunk left is removed
-                      *(["--resume_from_checkpoint", str(resume[-1])] if resume else ["--overwrite_output_dir", "true"])])
+                      *(["--resume_from_checkpoint", str(resume[-1])] if resume else ["--overwrite_output_dir", "true"]),
+                      *(["--restore_from", warm] if warm and not resume else [])])
             rep["train_seconds"] = rep.get("train_seconds", 0.0) + time.time() - t
             done = nxt
             hist = json.loads((sdir / "loss_history.json").read_text()) if (sdir / "loss_history.json").exists() else {}
@@ -246,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                     "--lora_r", str(z.lora_r), "--lora_alpha", str(z.lora_alpha), "--lora_dropout", "0.0",
                     "--lora_target_modules", *PROJECTIONS, "--lm_ratio", str(z.lm_ratio),
                     "--min_tokens_for_lm", str(T // 4), "--leave_tokens_for_lm", "1", *shlex.split(a.extra)]
-            rep = train_stage(stage, getattr(z, f"steps_{stage}"), args, z.batch, curve_recs)
+            rep = train_stage(stage, getattr(z, f"steps_{stage}"), args, z.batch, curve_recs,
+                              warm=a.warm_start if stage == "4x" else None)
+            if a.warm_start and stage == "4x":
+                rep["warm_start"] = a.warm_start
             rep.update({"mem_size": k, "compression_rate": r, "text_tokens": T, "train_texts": len(texts)})
             if not a.skip_final_eval and rep.get("final_step") != rep["steps"]:
                 t = time.time()

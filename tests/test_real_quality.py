@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "real_quality.py"
@@ -61,3 +62,22 @@ def test_stages_curve_resume_and_report(tiny_base, tmp_path):
     rep = json.loads((out / "real.json").read_text())
     assert [c["step"] for c in rep["stages"]["4x"]["curve"]] == [2, 4, 6] and rep["stages"]["4x"]["final_step"] == 6
     assert rep["stages"]["8x"]["final_step"] == 2  # other stages' results are kept
+
+    # a new machine without the run's folder starts the 4x stage from a committed checkpoint, not from zero:
+    # a source trained from another seed (other random LoRA A), then a seed-0 run warm-started from it
+    src = tmp_path / "src"
+    run(src, tiny_base, "--stages", "4x", "--steps_4x", "2", "--seed", "1", "--skip_final_eval")
+    warm = tmp_path / "warm"
+    log = run(warm, tiny_base, "--stages", "4x", "--steps_4x", "2", "--warm_start", str(src / "work" / "4x"),
+              "--skip_final_eval")
+    assert f"4x: warm start from {src / 'work' / '4x'}" in log
+    from safetensors.torch import load_file
+
+    def lora_a(folder: Path) -> torch.Tensor:
+        t = load_file(folder / "adapter_model.safetensors")
+        return torch.cat([v.float().flatten() for k, v in sorted(t.items()) if "lora_A" in k])
+
+    start, fresh = lora_a(src / "work" / "4x"), lora_a(out / "work" / "4x")
+    assert (start - fresh).abs().max() > 0.05  # the seeds' random LoRA A differ
+    assert (lora_a(warm / "work" / "4x" / "checkpoint-1") - start).abs().max() < 0.01  # one step from the source
+    assert json.loads((warm / "real.json").read_text())["stages"]["4x"]["warm_start"] == str(src / "work" / "4x")
