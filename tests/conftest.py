@@ -233,3 +233,20 @@ def memory_argmax(model, mem, task: str, prompt: str | None = None, n: int = 8) 
     with torch.no_grad():
         embeds = model._decoder_embeds(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
     return argmax_loop(model, embeds, n)
+
+
+def placed_argmax_loop(model, mem, layout: list[int], steps: int) -> list[int]:
+    """Greedy decoding by hand from a one-entry memory: the whole sequence again at every step, positions
+    from the layout rule of the model's placements (``decoder_positions='follow'``)."""
+    out: list[int] = []
+    slots = mem.slots[0].to(model.device)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.tensor([layout + out])
+            pos = torch.tensor([model.example_positions(layout + out, model.placements(mem)[0])])
+            h = model.decoder.model(inputs_embeds=model._decoder_embeds(ids, slots), position_ids=pos,
+                                    attention_mask=torch.ones_like(ids)).last_hidden_state
+            out.append(int(model.decoder.get_output_embeddings()(h[0, -1]).argmax()))
+            if out[-1] in model.tokens.stop_ids:
+                break
+    return out

@@ -10,7 +10,7 @@ from hicae.evaluation.decoding import example_nll
 from hicae.handoff import decoder_input_embeddings
 from hicae.layout import AE, FT, LM, SLOT, follow_position_ids, slot_text_positions, with_target
 
-from conftest import Example, TEXTS, build_batch, build_icae, ids_of
+from conftest import Example, TEXTS, build_batch, build_icae, ids_of, placed_argmax_loop
 
 FOLLOW = dict(decoder_positions="follow", position_layout="spread")
 
@@ -35,22 +35,6 @@ def test_follow_layouts_by_hand():
         follow_position_ids([SLOT, AE], s, 6)
 
 
-def _argmax_loop(model, mem, layout: list[int], steps: int) -> list[int]:
-    """Greedy decoding by hand: the whole sequence again at every step, positions from the layout rule."""
-    out: list[int] = []
-    slots = mem.slots[0].to(model.device)
-    with torch.no_grad():
-        for _ in range(steps):
-            ids = torch.tensor([layout + out])
-            pos = torch.tensor([model.example_positions(layout + out, model.placements(mem)[0])])
-            h = model.decoder.model(inputs_embeds=model._decoder_embeds(ids, slots), position_ids=pos,
-                                    attention_mask=torch.ones_like(ids)).last_hidden_state
-            nxt = int(model.decoder.get_output_embeddings()(h[0, -1]).argmax())
-            out.append(nxt)
-            if nxt in model.tokens.stop_ids:
-                break
-    return out
-
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
 def test_generation_continues_the_trained_positions(qwen3_tokenizer, arch):
@@ -61,7 +45,7 @@ def test_generation_continues_the_trained_positions(qwen3_tokenizer, arch):
     mem = model.compress(TEXTS[0])
     n = mem.num_slots[0]
     got = model.reconstruct_ids(mem, 8, prefix_cache=False)[0]
-    want = _argmax_loop(model, mem, [SLOT] * n + [AE], 8)
+    want = placed_argmax_loop(model, mem, [SLOT] * n + [AE], 8)
     assert got == want[: len(got)] and len(got) >= min(len(want), 1)
     assert len(set(got)) > 1  # not a degenerate repeat, so the comparison means something
     # the same weights with sequential positions score the reconstruction differently

@@ -11,7 +11,7 @@ from hicae.hierarchy_plan import Block, Merge
 from hicae.layout import AE, SLOT, slot_text_positions
 from hicae.tiny import tiny_model
 
-from conftest import TINY_ICAE, perturb_trainable
+from conftest import TINY_ICAE, perturb_trainable, placed_argmax_loop
 
 FOLLOW = dict(TINY_ICAE, mem_size=2, compression_rate=4, decoder_positions="follow", position_layout="spread")  # S = 8
 
@@ -83,21 +83,6 @@ def test_merges_read_text_positions(qwen3_tokenizer):
     assert not torch.allclose(a.slots[0], b.slots[0], atol=1e-4)
 
 
-def _argmax_loop(model, mem, layout, steps):
-    """Greedy decoding by hand, the whole sequence at every step, positions from the layout rule."""
-    out: list[int] = []
-    slots = mem.slots[0]
-    with torch.no_grad():
-        for _ in range(steps):
-            seq = torch.tensor([layout + out])
-            pos = torch.tensor([model.example_positions(layout + out, model.placements(mem)[0])])
-            h = model.decoder.model(inputs_embeds=model._decoder_embeds(seq, slots), position_ids=pos,
-                                    attention_mask=torch.ones_like(seq)).last_hidden_state
-            out.append(int(model.decoder.get_output_embeddings()(h[0, -1]).argmax()))
-            if out[-1] in model.tokens.stop_ids:
-                break
-    return out
-
 
 @pytest.mark.parametrize("source", ["memory_tokens", "pooled"])
 def test_generation_batching_and_cache_agree(qwen3_tokenizer, source):
@@ -107,7 +92,7 @@ def test_generation_batching_and_cache_agree(qwen3_tokenizer, source):
         mem = h.compress_ids(texts)
     assert max(mem.levels, 1) >= 2
     got = h.reconstruct_ids(mem[2], 8, prefix_cache=False)[0]
-    assert got == _argmax_loop(h, mem[2], [SLOT] * mem.num_slots[2] + [AE], 8)[: len(got)]
+    assert got == placed_argmax_loop(h, mem[2], [SLOT] * mem.num_slots[2] + [AE], 8)[: len(got)]
     one = [h.reconstruct_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
     assert h.reconstruct_ids(mem, 8, prefix_cache=False) == one
     cache = h.prefix_cache(mem, tasks=("ae", "lm", "ft"))
