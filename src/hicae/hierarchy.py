@@ -29,7 +29,7 @@ from .batching import pad_encoder
 from .config import HierarchyConfig, ICAEConfig, base_shape
 from .errors import CheckpointError, ConfigError, DataError
 from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, num_blocks, push_segments, waves
-from .layout import MEM, EncoderRows, Placement, chunk_centres, span_slot_positions
+from .layout import MEM, EncoderRows, Placement, encoder_position_ids, span_slot_positions
 from .memory import Memory
 from .model import ICAE
 from .tokens import tokenize
@@ -120,13 +120,9 @@ class HierarchicalICAE(ICAE):
         if self.icae_config.decoder_positions != "follow" or not mem.hierarchical:
             return super().placements(mem)
         S, k = self.icae_config.segment_tokens, self.icae_config.mem_size
-        out = []
-        for blocks, n in zip(mem.blocks, mem.num_tokens):
-            pos: list[int] = []
-            for _, a, b in blocks:  # the tail block's span ends with the text
-                pos += span_slot_positions([min(b * S, n) - a * S], k, start=a * S)
-            out.append(Placement(pos, n))
-        return out
+        # blocks cover the text's segments in order, from the first; the tail block's span ends with the text
+        return [Placement(span_slot_positions([min(b * S, n) - a * S for _, a, b in blocks], k), n)
+                for blocks, n in zip(mem.blocks, mem.num_tokens)]
 
     def _merge_positions(self, merges: list[Merge]) -> list[list[int]] | None:
         """Encoder positions of merges (inputs, then any memory tokens) under ``decoder_positions='follow'``;
@@ -139,8 +135,8 @@ class HierarchicalICAE(ICAE):
         for m in merges:
             width = (m.output.end - m.output.start) * S  # tokens the merged block stands for
             pos = span_slot_positions([(b - a) * S for a, b in m.spans], k)
-            if cfg.slot_source == "memory_tokens":
-                pos += chunk_centres(width, k) if cfg.position_layout == "spread" else list(range(width, width + k))
+            if cfg.slot_source == "memory_tokens":  # placed as level 1 places them after a segment of `width` tokens
+                pos += encoder_position_ids(width, k, cfg.position_layout)[width:]
             out.append(pos)
         return out
 

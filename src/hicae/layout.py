@@ -95,10 +95,11 @@ def slot_text_positions(num_tokens: int, mem_size: int, compression_rate: int, m
     return span_slot_positions(segment_lengths(num_tokens, mem_size, compression_rate, mode), mem_size)
 
 
-def span_slot_positions(span_lengths: list[int], mem_size: int, start: int = 0) -> list[int]:
+def span_slot_positions(span_lengths: list[int], mem_size: int) -> list[int]:
     """Text positions of the slots of consecutive spans (segments, or the spans merged blocks stand for)
-    of the given lengths, the first beginning at ``start``: k slots per span at its parts' centres."""
+    of the given lengths, the first beginning at 0: k slots per span at its parts' centres."""
     out: list[int] = []
+    start = 0
     for n in span_lengths:
         out += [start + c for c in chunk_centres(n, mem_size)]
         start += n
