@@ -250,3 +250,22 @@ def placed_argmax_loop(model, mem, layout: list[int], steps: int) -> list[int]:
             if out[-1] in model.tokens.stop_ids:
                 break
     return out
+
+
+def check_batched_cached_static(model, mem, prompts: list[str] | None = None, row: int = 0) -> None:
+    """Decoding ``mem`` batched, with a prefix cache and with static decoding equals decoding each entry alone
+    (reconstruct and continue; with ``prompts``, questions about entry ``row`` too). Leaves decoding static."""
+    one = [model.reconstruct_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
+    assert model.reconstruct_ids(mem, 8, prefix_cache=False) == one
+    cache = model.prefix_cache(mem, tasks=("ae", "lm", "ft"))
+    assert model.reconstruct_ids(mem, 8, prefix_cache=cache) == one
+    cont = [model.continue_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
+    assert model.continue_ids(mem, 8, prefix_cache=cache) == cont
+    if prompts:
+        ans = model.generate_ids(mem[row], prompts, 8, prefix_cache=False)
+        assert model.generate_ids(mem[row], prompts, 8, prefix_cache=cache) == ans
+        assert [model.generate_ids(mem[row], p, 8, prefix_cache=False)[0] for p in prompts] == ans
+    model.set_decoding("static", bucket=32)
+    assert model.reconstruct_ids(mem, 8, prefix_cache=False) == one
+    if prompts:
+        assert model.generate_ids(mem[row], prompts, 8, prefix_cache=cache) == ans

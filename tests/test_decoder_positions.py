@@ -10,7 +10,7 @@ from hicae.evaluation.decoding import example_nll
 from hicae.handoff import decoder_input_embeddings
 from hicae.layout import AE, FT, LM, SLOT, follow_position_ids, slot_text_positions, with_target
 
-from conftest import Example, TEXTS, build_batch, build_icae, ids_of, placed_argmax_loop
+from conftest import Example, TEXTS, build_batch, build_icae, ids_of, check_batched_cached_static, placed_argmax_loop
 
 FOLLOW = dict(decoder_positions="follow", position_layout="spread")
 
@@ -60,19 +60,7 @@ def test_generation_continues_the_trained_positions(qwen3_tokenizer, arch):
 def test_batched_cached_static_equal_one_at_a_time(qwen3_tokenizer):
     model = build_icae(qwen3_tokenizer, "qwen3", **FOLLOW).model
     mem = model.compress(TEXTS)  # different lengths: different slot counts and positions per row
-    one = [model.reconstruct_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
-    assert model.reconstruct_ids(mem, 8, prefix_cache=False) == one
-    cache = model.prefix_cache(mem, tasks=("ae", "lm", "ft"))
-    assert model.reconstruct_ids(mem, 8, prefix_cache=cache) == one
-    cont = [model.continue_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
-    assert model.continue_ids(mem, 8, prefix_cache=cache) == cont
-    prompts = ["What is it about?", "Why?"]
-    ans = model.generate_ids(mem[2], prompts, 8, prefix_cache=False)
-    assert model.generate_ids(mem[2], prompts, 8, prefix_cache=cache) == ans
-    assert [model.generate_ids(mem[2], p, 8, prefix_cache=False)[0] for p in prompts] == ans
-    model.set_decoding("static", bucket=32)
-    assert model.reconstruct_ids(mem, 8, prefix_cache=False) == one
-    assert model.generate_ids(mem[2], prompts, 8, prefix_cache=cache) == ans
+    check_batched_cached_static(model, mem, ["What is it about?", "Why?"], row=2)
 
 
 def test_training_loss_equals_evaluation_nll(qwen3_tokenizer):

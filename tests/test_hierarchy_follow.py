@@ -11,7 +11,7 @@ from hicae.hierarchy_plan import Block, Merge
 from hicae.layout import AE, SLOT, slot_text_positions
 from hicae.tiny import tiny_model
 
-from conftest import TINY_ICAE, perturb_trainable, placed_argmax_loop
+from conftest import TINY_ICAE, check_batched_cached_static, perturb_trainable, placed_argmax_loop
 
 FOLLOW = dict(TINY_ICAE, mem_size=2, compression_rate=4, decoder_positions="follow", position_layout="spread")  # S = 8
 
@@ -93,14 +93,7 @@ def test_generation_batching_and_cache_agree(qwen3_tokenizer, source):
     assert max(mem.levels, 1) >= 2
     got = h.reconstruct_ids(mem[2], 8, prefix_cache=False)[0]
     assert got == placed_argmax_loop(h, mem[2], [SLOT] * mem.num_slots[2] + [AE], 8)[: len(got)]
-    one = [h.reconstruct_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
-    assert h.reconstruct_ids(mem, 8, prefix_cache=False) == one
-    cache = h.prefix_cache(mem, tasks=("ae", "lm", "ft"))
-    assert h.reconstruct_ids(mem, 8, prefix_cache=cache) == one
-    cont = [h.continue_ids(mem[i], 8, prefix_cache=False)[0] for i in range(len(mem))]
-    assert h.continue_ids(mem, 8, prefix_cache=cache) == cont
-    h.set_decoding("static", bucket=32)
-    assert h.reconstruct_ids(mem, 8, prefix_cache=False) == one
+    check_batched_cached_static(h, mem)
 
 
 @pytest.mark.parametrize("source", ["memory_tokens", "pooled"])
