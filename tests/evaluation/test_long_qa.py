@@ -92,3 +92,18 @@ def test_dry_run_every_condition_and_resume(tmp_path, corpus, icae_ckpt, hier_ck
     assert "## en" in md and "## zh" in md and "BM25 chunks" in md and "n/a" in md
     data = (out / "rows.jsonl").read_bytes()
     assert _script().main(argv) == 0 and (out / "rows.jsonl").read_bytes() == data  # nothing redone
+
+
+def test_memory_answers_are_the_same_with_the_prefix_computed_once(tmp_path, corpus, icae_ckpt):
+    rows = {}
+    for flag in ("--prefix_cache", "--no-prefix_cache"):
+        out = tmp_path / flag.strip("-")
+        argv = ["--dry_run", "--checkpoint", str(icae_ckpt), "--corpus", str(corpus), "--out_dir", str(out),
+                "--conditions", "memory_flat", "--languages", "en", flag]
+        assert _script().main(argv) == 0
+        rows[flag] = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    cached, uncached = rows["--prefix_cache"], rows["--no-prefix_cache"]
+    assert len(cached) == len(uncached) > 0
+    assert [r["answer"] for r in cached] == [r["answer"] for r in uncached]
+    assert all(r["prefix_s"] > 0 for r in cached) and not any("prefix_s" in r for r in uncached)
+    assert "prefix s" in (tmp_path / "prefix_cache" / "long_qa.md").read_text()

@@ -63,6 +63,10 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--checkpoint", default=None, help="real demo: an ICAE checkpoint instead of the shipped one")
     p.add_argument("--dtype", default="bf16", help="real demo: bf16 (fast on CPUs with bf16 support) or fp32")
     p.add_argument("--question", default=None, help="real demo: the question asked about the first passage")
+    p.add_argument("--long_document", default=None,
+                   help="real demo: the long document compressed once and asked 3 questions (default: the GPL-3 text "
+                        "of Debian's base-files, /usr/share/common-licenses/GPL-3)")
+    p.add_argument("--no_long_document", action="store_true", help="real demo: skip the long-document part")
     p.add_argument("--allow_other_weights", action="store_true",
                    help="real demo: run --checkpoint on a base model whose weights differ from those it was trained on")
     p.add_argument("--output_dir", default="outputs/demo")

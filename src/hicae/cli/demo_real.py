@@ -96,6 +96,10 @@ def real_demo(args: Any) -> int:
     if info.get("objectives") == "AE + LM":
         print("  (this adapter was pretrained on AE + LM only, without instruction fine-tuning: answers from memory"
               " use the untrained [FT] prompt; `hicae finetune` teaches them)")
+    if not args.no_long_document:
+        from .demo_long import long_document_part
+
+        long_document_part(model, args.long_document, answer_from_text)
     out.mkdir(parents=True, exist_ok=True)
     mem.save(out / "demo.mem.safetensors")
     print(f"\n[demo] memory file: {out / 'demo.mem.safetensors'}; done in {time.time() - t0:.0f} s")

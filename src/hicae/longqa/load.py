@@ -17,6 +17,12 @@ from .settings import LongQASettings
 def held_out_docs(s: LongQASettings, lang: str) -> list[tuple[str, str]]:
     """``(source id, text)`` of one language: the corpus's documents of that script, or the held-out documents
     of the language's protocol domains, each domain in a seeded order, domain after domain."""
+    return protocol_docs(s, lang, held_out=True)
+
+
+def protocol_docs(s: Any, lang: str, held_out: bool) -> list[tuple[str, str]]:
+    """``held_out_docs``, or (``held_out=False``) the training side of the same split: what fine-tuning reads.
+    ``s``: any settings with ``corpus``, ``en_domains``, ``zh_domains``, ``seed``, ``holdout_fraction``, ``cache_dir``."""
     from ..instruct.build import read_sources
     from ..instruct.questions import lang_of
 
@@ -27,14 +33,15 @@ def held_out_docs(s: LongQASettings, lang: str) -> list[tuple[str, str]]:
 
     out = []
     for name in [d.strip() for d in (s.en_domains if lang == "en" else s.zh_domains).split(",") if d.strip()]:
-        _, test = split_documents(load_domain(name, Path(s.cache_dir)), s.seed, s.holdout_fraction)
-        test = sorted(test, key=lambda d: d.doc_id)
+        train, test = split_documents(load_domain(name, Path(s.cache_dir)), s.seed, s.holdout_fraction)
+        test = sorted(test if held_out else train, key=lambda d: d.doc_id)
         random.Random(f"{s.seed}:{name}").shuffle(test)
         out += [(f"{name}:{d.doc_id}", d.text) for d in test]
     return out
 
 
-def _load(path: str, s: LongQASettings, limit: int) -> Any:
+def load_checkpoint(path: str, s: Any, limit: int) -> Any:
+    """A checkpoint with its length limit raised to ``limit`` tokens (``s``: ``base``, ``dtype``)."""
     from ..checkpoint import load_base, load_icae, read_checkpoint_config
     from ..config import HierarchyConfig
     from ..real_model import qwen25_path
@@ -56,6 +63,6 @@ def load_models(s: LongQASettings, longest: int) -> tuple[dict[str, Any], Any]:
 
     limit = longest + 16  # room for a BOS and a cut character's bytes
     paths = {"memory_flat": s.checkpoint, "memory_hier": s.hier_checkpoint}
-    models = {c: _load(paths[c], s, limit) for c in s.memory_conditions}
+    models = {c: load_checkpoint(paths[c], s, limit) for c in s.memory_conditions}
     plain = next(iter(models.values()), None) or PlainBase.load(s.base or str(qwen25_path()), dtype=s.dtype)
     return models, plain

@@ -34,6 +34,8 @@ def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
                 if cond in MEMORY:
                     per_doc = {r["doc"]: r["compress_s"] for r in ok}
                     cell["compress_s"] = _mean(list(per_doc.values()))
+                    prefix = {r["doc"]: r["prefix_s"] for r in ok if "prefix_s" in r}
+                    cell["prefix_s"] = _mean(list(prefix.values()))
                 if cond == "bm25":
                     cell["gold_retrieved"] = _mean([float(r["gold_retrieved"]) for r in ok])
                 if rs and rs[0].get("na"):
@@ -52,23 +54,24 @@ def render_markdown(report: dict[str, Any], s: Any) -> str:
              "qa_f1 (qa_f1_zh for Chinese). Same questions and greedy decoding for every condition. N (the budget "
              "of last N tokens and BM25) = the largest memory slot count on that document. Times: seconds, one "
              "question at a time; TTFT = time to the first answer token; memory conditions compress each document "
-             "once (compress s), then answer every question from it.", ""]
+             "once (compress s) and run the decoder over the memory once (prefix s: its KV cache), then answer every "
+             "question from it.", ""]
     if report.get("command"):
         lines += ["```", report["command"], "```", ""]
     reasons: list[str] = []
     for lang, by_len in report["summary"].items():
         lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | F1 | TTFT s | s/answer | context tokens | "
-                  "N | compress s |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "N | compress s | prefix s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for tokens in sorted(by_len, key=int):
             for cond in [c for c in CONDITIONS if c in by_len[tokens]]:
                 c = by_len[tokens][cond]
                 if c["n"] == 0:
                     reasons.append(f"{lang}, {tokens} tokens, {LABELS[cond]}: n/a: {c.get('na_reason', '')}")
-                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | n/a | | | | {_fmt(c['budget'], '.0f')} | |")
+                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | n/a | | | | {_fmt(c['budget'], '.0f')} | | |")
                     continue
                 lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | {_fmt(c['f1'])} | "
                              f"{_fmt(c['ttft_s'])} | {_fmt(c['answer_s'])} | {_fmt(c['context_tokens'], '.0f')} | "
-                             f"{_fmt(c['budget'], '.0f')} | {_fmt(c.get('compress_s'))} |")
+                             f"{_fmt(c['budget'], '.0f')} | {_fmt(c.get('compress_s'))} | {_fmt(c.get('prefix_s'))} |")
         lines.append("")
     notes = list(report.get("notes") or []) + reasons
     if notes:

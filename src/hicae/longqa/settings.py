@@ -30,6 +30,9 @@ class LongQASettings:
     questions: int = _f(4, "cloze questions per document, one from each of this many equal stretches of it")
     max_new_tokens: int = _f(16, "answer length limit (the gold spans are 2 words / 4 characters)")
     chunk_tokens: int = _f(128, "bm25: chunk size in tokens")
+    prefix_cache: bool = _f(True, "memory conditions: the decoder's pass over the memory runs once per document "
+                                  "(prefix s; compress once, ask many) and each question reads its cache; "
+                                  "--no-prefix_cache: every question rereads the memory")
     conditions: str = _f(",".join(CONDITIONS), f"comma-separated subset of {', '.join(CONDITIONS)}; memory "
                                                "conditions run when their checkpoint is given")
     full_max_tokens: int | None = _f(None, "full: only prompts of at most this many tokens (default: the base's "
@@ -79,13 +82,16 @@ class LongQASettings:
 DRY = dict(lengths="96,160", questions=2, max_new_tokens=4, chunk_tokens=16, max_slots=16, dtype="fp32")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(settings: type = None) -> argparse.ArgumentParser:  # type: ignore[assignment]
+    """A ``--flag`` per field of a settings dataclass (default: ``LongQASettings``), its help the field's."""
     p = argparse.ArgumentParser(add_help=True)
-    for f in fields(LongQASettings):
+    for f in fields(settings or LongQASettings):
         default = f.default if f.default is not MISSING else None
         if str(f.type) == "bool":
-            p.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+            action = argparse.BooleanOptionalAction if default else "store_true"  # on by default: --no-<flag>
+            p.add_argument(f"--{f.name}", action=action, default=bool(default), help=f.metadata["help"])
             continue
-        kind = {"int | None": int, "str | None": str, "int": int, "float": float, "str": str}[str(f.type)]
+        kind = {"int | None": int, "str | None": str, "int": int, "float": float, "str": str,
+                "float | None": float}[str(f.type)]
         p.add_argument(f"--{f.name}", type=kind, default=default, help=f.metadata["help"] + f" (default: {default})")
     return p
