@@ -222,3 +222,12 @@ def test_fine_tuning_loss_with_bos_never_equals_the_reference_script(model, ref,
             want.append(ref.token_losses(ids, prompt + answer, [-100] * len(prompt) + answer))
         got = model(**col(RECORDS))["loss"]
     torch.testing.assert_close(got, torch.cat(want).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_tokenizer_without_bos_needs_no_probe_call():
+    from hicae.tokens import bos_prefix
+
+    class Minimal:  # no bos_token_id, not callable: benchmarks' stub tokenizer
+        pass
+
+    assert bos_prefix(Minimal(), "auto") == [] and bos_prefix(Minimal(), "never") == []

@@ -60,7 +60,7 @@ def bos_prefix(tokenizer: Any, mode: str = "auto") -> list[int]:
     as ICAE v2 tokenises (``tokenizer(text)``); Qwen has no BOS, so nothing. ``always``: the
     tokenizer's BOS, which must exist. ``never``: nothing.
     """
-    bos = tokenizer.bos_token_id
+    bos = getattr(tokenizer, "bos_token_id", None)
     if mode == "never":
         return []
     if mode == "always":
@@ -69,6 +69,8 @@ def bos_prefix(tokenizer: Any, mode: str = "auto") -> list[int]:
         return [bos]
     if mode != "auto":
         raise ConfigError(f"bos must be auto, always or never, got {mode!r}")
+    if bos is None:  # nothing to add (Qwen; a minimal tokenizer that cannot even be called)
+        return []
     probe = "a"
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     default = tokenizer(probe)["input_ids"]
