@@ -98,14 +98,14 @@ def build(args: argparse.Namespace, **overrides: Any) -> ICAE:
     if _SPARE.get("base") is not None and _SPARE.get("args") == vars(args):
         base, tok = twin_module(_SPARE["base"]), _SPARE["tok"]
     elif args.tiny:
-        from hicae.tiny import tiny_model
+        from hicae.demo.tiny import tiny_model
 
-        from hicae.assets import load_qwen3_tokenizer
+        from hicae.demo.assets import load_qwen3_tokenizer
 
         base, tok = tiny_model("qwen3", seed=args.seed, dtype=torch.bfloat16), load_qwen3_tokenizer()
     else:
         from hicae.checkpoint import load_base
-        from hicae.real_model import qwen25_path
+        from hicae.demo.real_model import qwen25_path
 
         base, tok = load_base(str(qwen25_path(fetch=False)), dtype="bf16")
     torch.manual_seed(args.seed + 1)

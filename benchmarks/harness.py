@@ -1,6 +1,6 @@
 """What every benchmark here shares: model flags and building, timing, memory, environment, reports.
 
-``run.py`` drives the benchmarks; each ``bench_*.py`` (and ``probe_compress_gap.py``) also runs on
+``run.py`` drives the benchmarks; each ``bench_*.py`` (and ``probes/probe_compress_gap.py``) also runs on
 its own through ``main_single``: its flags plus the model flags below, its result printed as
 markdown, written as JSON (``--out``) and appended to a markdown file (``--append-md``).
 """
@@ -74,7 +74,7 @@ def build_base(shape: str, device: str, dtype: torch.dtype, seed: int) -> torch.
 
     torch.manual_seed(seed)
     if shape == "tiny":
-        from hicae.tiny import tiny_config
+        from hicae.demo.tiny import tiny_config
 
         cfg = tiny_config("qwen3")
         name = "tiny-qwen3"
@@ -111,7 +111,7 @@ def load_tokenizer(spec: str) -> tuple[Any, str]:
         return StubTokenizer(), "stub"
     if spec != "auto":
         os.environ["HICAE_TOKENIZER"] = spec
-    from hicae.assets import load_qwen3_tokenizer
+    from hicae.demo.assets import load_qwen3_tokenizer
 
     try:
         return load_qwen3_tokenizer(), "qwen3"
@@ -412,7 +412,7 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mem_size", "--mem-size", type=int, default=None, help="k (default 16 tiny, 128 otherwise)")
     ap.add_argument("--compression_rate", "--compression-rate", type=int, default=None, help="r (default 4)")
     ap.add_argument("--lora_r", "--lora-r", type=int, default=None, help="LoRA rank (default 4 tiny, 128 otherwise)")
-    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
+    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.demo.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
 

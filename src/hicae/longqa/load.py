@@ -37,7 +37,7 @@ def held_out_docs(s: LongQASettings, lang: str) -> list[tuple[str, str]]:
 def _load(path: str, s: LongQASettings, limit: int) -> Any:
     from ..checkpoint import load_base, load_icae, read_checkpoint_config
     from ..config import HierarchyConfig
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     meta = read_checkpoint_config(path)
     kw: dict[str, Any] = {"config_overrides": {"model_max_length": limit, "overlong": "truncate"}}
@@ -52,7 +52,7 @@ def _load(path: str, s: LongQASettings, limit: int) -> Any:
 def load_models(s: LongQASettings, longest: int) -> tuple[dict[str, Any], Any]:
     """Memory condition -> model, and the model whose plain base answers the text conditions."""
     from ..instruct.teacher import PlainBase
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     limit = longest + 16  # room for a BOS and a cut character's bytes
     paths = {"memory_flat": s.checkpoint, "memory_hier": s.hier_checkpoint}
