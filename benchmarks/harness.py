@@ -32,32 +32,13 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from hicae import ICAE, ICAEConfig  # noqa: E402
+from hicae.shapes import MODEL_SHAPES  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # shapes
 
-# Real shapes of Qwen2.5 (config.json of Qwen/Qwen2.5-0.5B and Qwen/Qwen2.5-7B); weights are random.
-QWEN25 = {
-    "qwen2.5-0.5b": dict(
-        hidden_size=896,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        intermediate_size=4864,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "qwen2.5-7b": dict(
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-}
-SHAPES = ("tiny", *QWEN25)
+# The tiny model and real shapes of Qwen2.5 (hicae.shapes, the one table of shapes); weights are random.
+SHAPES = ("tiny", "qwen2.5-0.5b", "qwen2.5-7b")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TEXT_VOCAB = 151643  # ids 0..151642 are ordinary Qwen tokens (151643.. are special)
 
@@ -80,7 +61,7 @@ def build_base(shape: str, device: str, dtype: torch.dtype, seed: int) -> torch.
         name = "tiny-qwen3"
     else:
         cfg = Qwen2Config(
-            **QWEN25[shape],
+            **MODEL_SHAPES[shape],
             max_position_embeddings=32768,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             rms_norm_eps=1e-6,
