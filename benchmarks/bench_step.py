@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of one ICAE training step on the CPU against its floor (issue 17, point 2).
 
-The step is the real-model recipe of ``real_quality.py``: ICAE with k=16 slots per 64-token text
+The step is the real-model recipe of ``experiments/real_quality.py``: ICAE with k=16 slots per 64-token text
 (r=4), LoRA r=8 (alpha 16, no dropout) on all seven projections, a batch of 8 texts (AE and, with
 ``--lm-ratio``, LM examples laid out as the Collator does), bf16 base weights, fp32 trainable tensors
 and torch's AdamW on them (fused on the CPU, as the Trainer's default ``adamw_torch_fused``); no
