@@ -124,7 +124,7 @@ def markdown(report: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="a tiny random model instead of the real Qwen2.5-0.5B")
-    p.add_argument("--checkpoint", default=None, help="default: the demo adapter (src/hicae/demo_checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="default: the demo adapter (src/hicae/demo/checkpoint)")
     p.add_argument("--model_name_or_path", default=None, help="default: the real Qwen2.5-0.5B setup.sh fetched")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--memories", type=int, default=2, help="memories asked about (<= %d)" % len(PASSAGES))
@@ -144,8 +144,8 @@ def main() -> int:
         checkpoint, model_args = save_tiny_checkpoint(work / "ck"), []
         setting = "tiny random Qwen2 (2 x 64), fp32"
     else:
-        from hicae.cli.demo_real import DEMO_CHECKPOINT
-        from hicae.real_model import qwen25_path
+        from hicae.demo import DEMO_CHECKPOINT
+        from hicae.demo.real_model import qwen25_path
 
         checkpoint = Path(args.checkpoint) if args.checkpoint else DEMO_CHECKPOINT
         model_args = ["--model_name_or_path", args.model_name_or_path or str(qwen25_path(fetch=False)),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of one ICAE training step on the CPU against its floor (issue 17, point 2).
 
-The step is the real-model recipe of ``real_quality.py``: ICAE with k=16 slots per 64-token text
+The step is the real-model recipe of ``experiments/real_quality.py``: ICAE with k=16 slots per 64-token text
 (r=4), LoRA r=8 (alpha 16, no dropout) on all seven projections, a batch of 8 texts (AE and, with
 ``--lm-ratio``, LM examples laid out as the Collator does), bf16 base weights, fp32 trainable tensors
 and torch's AdamW on them (fused on the CPU, as the Trainer's default ``adamw_torch_fused``); no
@@ -98,14 +98,14 @@ def build(args: argparse.Namespace, **overrides: Any) -> ICAE:
     if _SPARE.get("base") is not None and _SPARE.get("args") == vars(args):
         base, tok = twin_module(_SPARE["base"]), _SPARE["tok"]
     elif args.tiny:
-        from hicae.tiny import tiny_model
+        from hicae.demo.tiny import tiny_model
 
-        from hicae.assets import load_qwen3_tokenizer
+        from hicae.demo.assets import load_qwen3_tokenizer
 
         base, tok = tiny_model("qwen3", seed=args.seed, dtype=torch.bfloat16), load_qwen3_tokenizer()
     else:
         from hicae.checkpoint import load_base
-        from hicae.real_model import qwen25_path
+        from hicae.demo.real_model import qwen25_path
 
         base, tok = load_base(str(qwen25_path(fetch=False)), dtype="bf16")
     torch.manual_seed(args.seed + 1)

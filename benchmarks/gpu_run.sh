@@ -9,7 +9,7 @@
 #                   floor at the copy bandwidth measured there), training step at 5120 tokens (peak
 #                   memory, MFU against the matmul roofline measured there), compression (loop vs
 #                   batched vs torch.compile'd encoder, share of the roofline).
-#   PART=proxy (~5 min): benchmarks/proxy.py --gpu, the quality proxy's larger configuration.
+#   PART=proxy (~5 min): experiments/proxy.py --gpu, the quality proxy's larger configuration.
 #
 # Carry: .cache/hicae (the Qwen3 tokenizer: mkdir -p .cache/hicae && cp -r ~/.cache/hicae/qwen3-tokenizer
 # .cache/hicae/; without it stub special-token ids are used, which changes no timing) and, for the
@@ -72,7 +72,7 @@ if [ "$PART" = bench ]; then
     --roofline --compile --bandwidth --out-dir "$OUT/qwen2.5-7b"
 elif [ "$PART" = proxy ]; then
   if [ "${DRY_RUN:-0}" = 1 ]; then EXTRA=(--device cpu --dry_run); LP=300; else EXTRA=(); LP=300; fi
-  step proxy_gpu $LP "$PY" benchmarks/proxy.py --gpu --seed 0 --cache_dir .cache/proxy --out_dir "$OUT/proxy-gpu" "${EXTRA[@]}"
+  step proxy_gpu $LP "$PY" experiments/proxy.py --gpu --seed 0 --cache_dir .cache/proxy --out_dir "$OUT/proxy-gpu" "${EXTRA[@]}"
   rm -rf "$OUT/proxy-gpu/work"  # checkpoints: too large to bring back, and not needed
 fi
 

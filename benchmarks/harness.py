@@ -1,6 +1,6 @@
 """What every benchmark here shares: model flags and building, timing, memory, environment, reports.
 
-``run.py`` drives the benchmarks; each ``bench_*.py`` (and ``probe_compress_gap.py``) also runs on
+``run.py`` drives the benchmarks; each ``bench_*.py`` (and ``probes/probe_compress_gap.py``) also runs on
 its own through ``main_single``: its flags plus the model flags below, its result printed as
 markdown, written as JSON (``--out``) and appended to a markdown file (``--append-md``).
 """
@@ -32,32 +32,13 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from hicae import ICAE, ICAEConfig  # noqa: E402
+from hicae.shapes import MODEL_SHAPES  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # shapes
 
-# Real shapes of Qwen2.5 (config.json of Qwen/Qwen2.5-0.5B and Qwen/Qwen2.5-7B); weights are random.
-QWEN25 = {
-    "qwen2.5-0.5b": dict(
-        hidden_size=896,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        intermediate_size=4864,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "qwen2.5-7b": dict(
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-}
-SHAPES = ("tiny", *QWEN25)
+# The tiny model and real shapes of Qwen2.5 (hicae.shapes, the one table of shapes); weights are random.
+SHAPES = ("tiny", "qwen2.5-0.5b", "qwen2.5-7b")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TEXT_VOCAB = 151643  # ids 0..151642 are ordinary Qwen tokens (151643.. are special)
 
@@ -74,13 +55,13 @@ def build_base(shape: str, device: str, dtype: torch.dtype, seed: int) -> torch.
 
     torch.manual_seed(seed)
     if shape == "tiny":
-        from hicae.tiny import tiny_config
+        from hicae.demo.tiny import tiny_config
 
         cfg = tiny_config("qwen3")
         name = "tiny-qwen3"
     else:
         cfg = Qwen2Config(
-            **QWEN25[shape],
+            **MODEL_SHAPES[shape],
             max_position_embeddings=32768,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             rms_norm_eps=1e-6,
@@ -111,7 +92,7 @@ def load_tokenizer(spec: str) -> tuple[Any, str]:
         return StubTokenizer(), "stub"
     if spec != "auto":
         os.environ["HICAE_TOKENIZER"] = spec
-    from hicae.assets import load_qwen3_tokenizer
+    from hicae.demo.assets import load_qwen3_tokenizer
 
     try:
         return load_qwen3_tokenizer(), "qwen3"
@@ -412,7 +393,7 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mem_size", "--mem-size", type=int, default=None, help="k (default 16 tiny, 128 otherwise)")
     ap.add_argument("--compression_rate", "--compression-rate", type=int, default=None, help="r (default 4)")
     ap.add_argument("--lora_r", "--lora-r", type=int, default=None, help="LoRA rank (default 4 tiny, 128 otherwise)")
-    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
+    ap.add_argument("--tokenizer", default="auto", help="'auto' (hicae.demo.assets' Qwen3 tokenizer, stub ids if missing), 'stub', or a folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
 

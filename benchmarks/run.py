@@ -14,7 +14,7 @@ Sections (``--sections``, default all):
   checkpointing): time, peak memory and model FLOPs utilisation, the shared-weights decoder vs two
   model copies (bench_train.py).
 * ``hierarchy`` and ``gap`` (not in the default set): bench_hierarchy.py and
-  probe_compress_gap.py with their own defaults on the model chosen here (run them on their own
+  probes/probe_compress_gap.py with their own defaults on the model chosen here (run them on their own
   for their other flags).
 
 Each section is a module with the same interface (see ``harness.main_single``), so every file
@@ -48,7 +48,7 @@ import bench_decode as bd  # noqa: E402
 import bench_prefix as bp  # noqa: E402
 import bench_hierarchy  # noqa: E402
 import bench_train as bt  # noqa: E402
-import probe_compress_gap  # noqa: E402
+from probes import probe_compress_gap  # noqa: E402  (benchmarks/probes/)
 from hicae.config import ICAEConfig  # noqa: E402
 from hicae.fileio import write_text_atomic  # noqa: E402
 

@@ -1,9 +1,9 @@
-"""Copy a trained ICAE checkpoint into ``src/hicae/demo_checkpoint`` (what ``hicae demo`` loads).
+"""Copy a trained ICAE checkpoint into ``src/hicae/demo/checkpoint`` (what ``hicae demo`` loads).
 
 The adapter is stored in bf16 (it runs in the model's dtype at inference anyway; r=8 on all seven
 projections of Qwen2.5-0.5B is 4.4M parameters: 8.8 MB instead of 17.6 MB), the memory and task
 embeddings as they are. ``demo_info.json`` and ``TRAINING.md`` record how it was trained and what it
-reaches, from ``benchmarks/real_quality.py``'s report.
+reaches, from ``experiments/real_quality.py``'s report.
 
     python scripts/export_demo_checkpoint.py outputs/real/work/4x --report outputs/real/real.json
 """
@@ -18,20 +18,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
+from hicae.demo.real_model import qwen25_path
 from hicae.fileio import staged_dir
-from hicae.real_model import qwen25_path
 
-DEST = Path(__file__).resolve().parent.parent / "src" / "hicae" / "demo_checkpoint"
+DEST = Path(__file__).resolve().parent.parent / "src" / "hicae" / "demo" / "checkpoint"
 BASE_NAME = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
-    p.add_argument("--report", required=True, help="real.json of benchmarks/real_quality.py")
+    p.add_argument("--report", required=True, help="real.json of experiments/real_quality.py")
     p.add_argument("--stage", default="4x")
     p.add_argument("--dest", default=str(DEST))
-    p.add_argument("--command", default="nohup .venv/bin/python benchmarks/real_quality.py --out_dir outputs/real "
+    p.add_argument("--command", default="nohup .venv/bin/python experiments/real_quality.py --out_dir outputs/real "
                                         "--steps_4x 350 > outputs/real.log 2>&1 &")
     a = p.parse_args()
     src, rep = Path(a.checkpoint), json.loads(Path(a.report).read_text())
@@ -55,7 +55,7 @@ def main() -> None:
                   if final else f"(16 texts): en {last['en']['bleu']:.1f}, zh {last['zh']['bleu']:.1f}")
                + " (docs/results.md)")
     info = {"summary": summary, "objectives": "AE + LM", "stage": a.stage, "steps": last["step"], "settings": s,
-            "corpus": rep["corpus"], "base": "the real Qwen2.5-0.5B-Instruct of hicae.real_model "
+            "corpus": rep["corpus"], "base": "the real Qwen2.5-0.5B-Instruct of hicae.demo.real_model "
             "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)",
             "curve_last": last, "final": {l: {"ae": v["ae"], "ppl": {c: v["ppl"][c]["ppl"] for c in v["ppl"]}}
                                           for l, v in final.items()},
@@ -75,7 +75,7 @@ def main() -> None:
             f"- Base: {info['base']}, frozen.\n"
             f"- Data: {json.dumps(rep['corpus'])}: Debian python3.11-doc reST sources (English) and fortunes-zh "
             "(chinese, tang300, song100; Chinese), held out by document (seed "
-            f"{rep['seed']}, 10%); passages cut by benchmarks/real_quality.py.\n"
+            f"{rep['seed']}, 10%); passages cut by experiments/real_quality.py.\n"
             f"- Settings: {json.dumps(s)}; method options (`hicae pretrain` flags): `{rep.get('extra') or 'none'}`.\n"
             f"- Command: `{a.command}` (then `python scripts/export_demo_checkpoint.py {src} --report {a.report}`).\n"
             f"- Machine: {json.dumps(rep.get('machine'))}.\n"

@@ -14,5 +14,5 @@ fi
 # Pinned first: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,gguf,serve]"
-.venv/bin/python -c "from hicae.assets import qwen3_tokenizer_path; print('hicae: Qwen3 tokenizer at', qwen3_tokenizer_path())"
-.venv/bin/python -m hicae.real_model
+.venv/bin/python -c "from hicae.demo.assets import qwen3_tokenizer_path; print('hicae: Qwen3 tokenizer at', qwen3_tokenizer_path())"
+.venv/bin/python -m hicae.demo.real_model

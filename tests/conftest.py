@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hicae import ICAE, ICAEConfig
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.batching import pad_decoder, pad_encoder
 from hicae.layout import encoder_rows
 from hicae.tasks import TASKS
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 # Tiny models gain nothing from intra-op threads, and on a small shared machine OpenMP threads that
 # spin-wait for a busy core slow every op down by up to 10x. One thread keeps timings steady.

@@ -14,7 +14,7 @@ from hicae import CheckpointError, ICAE, ICAEConfig, Memory
 from hicae.base_resolve import hub_reachable, local_folders
 from hicae.checkpoint import load_icae
 from hicae.cli.main import main
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import TEXTS, TINY_ICAE, perturb_trainable
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from hicae import ICAE, CheckpointError, HicaeError, ICAEConfig
 from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, read_checkpoint_config
 from hicae.checkpoint_meta import check_adapter_config
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 VARIED = dict(initializer_range=0.3)
 PROMPTS = ["What is this about?", "Why?", "Who", "Tell me more."]

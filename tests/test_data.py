@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hicae import ICAEConfig
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, iter_jsonl
 from hicae.errors import DataError
 from hicae.layout import AE, FT, IGNORE, LM, MEM, SLOT, segment_lengths

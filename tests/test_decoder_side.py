@@ -180,7 +180,7 @@ def test_pooled_merges_are_part_means_of_the_encoder_states_over_their_inputs(qw
     merged level-1 slots (at their text positions with decoder_positions='follow'): checked by hand."""
     from hicae.config import HierarchyConfig
     from hicae.hierarchy import HierarchicalICAE
-    from hicae.tiny import tiny_model
+    from hicae.demo.tiny import tiny_model
 
     for follow in (False, True):
         cfg = ICAEConfig(mem_size=2, compression_rate=4, slot_source="pooled", position_layout="spread",

@@ -12,7 +12,7 @@ from hicae.cli.train import build_parser
 from hicae.data import Collator
 from hicae.errors import ConfigError
 from hicae.hierarchy import HierarchicalICAE
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import TEXTS, build_icae
 

@@ -28,7 +28,7 @@ from cli.conftest import tiny_args
 from safetensors.torch import load_file
 
 from hicae.cli.main import main
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"

@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 from hicae import ICAE, ICAEConfig
 from hicae.data import Collator
 from hicae.fsdp import full_trained_parameters, layer_pairs, shard_icae
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 TEXTS = ["the quick brown fox jumps over the lazy dog again and again", "alpha beta gamma delta river stone"]
 

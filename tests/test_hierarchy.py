@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hicae import CheckpointError, ConfigError, DataError, HierarchicalICAE, HierarchyConfig, ICAE, ICAEConfig, Memory
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import ARCHS, TINY_ICAE, perturb_trainable
 

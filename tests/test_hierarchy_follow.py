@@ -9,7 +9,7 @@ from hicae.batching import pad_decoder
 from hicae.evaluation.decoding import example_nll
 from hicae.hierarchy_plan import Block, Merge
 from hicae.layout import AE, SLOT, slot_text_positions
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import TINY_ICAE, check_batched_cached_static, perturb_trainable, placed_argmax_loop
 

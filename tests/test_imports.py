@@ -131,3 +131,24 @@ def test_layers_of_docs_architecture():
             if dst == "hicae.cli":
                 crossings.add((mod, dst))
     assert crossings == KNOWN_CROSSINGS
+
+
+# Demo fixtures (tiny random models, the fetched Qwen3 tokenizer and Qwen2.5, the demo corpus and checkpoint)
+# serve tests, the demo, benchmarks and experiments. Inside the package only these wings use them: the CLI's
+# demo and build-qa commands (tiny models, the shipped adapter), the protocol and long-document QA (the real
+# Qwen2.5 as their default base).
+DEMO = "hicae.demo"
+DEMO_USERS = ("hicae.cli", "hicae.protocol", "hicae.longqa")
+
+
+def test_demo_fixtures_stay_out_of_the_library():
+    """The core, evaluation, the server and instruct import no demo fixture; the fixtures import only the core."""
+    graph = import_graph()
+    assert DEMO in graph and f"{DEMO}.tiny" in graph
+    for mod, targets in graph.items():
+        in_demo = mod == DEMO or mod.startswith(DEMO + ".")
+        for t in targets:
+            if in_demo:
+                assert _wing(t) is None, f"demo fixture {mod} imports the {_wing(t)} wing ({t})"
+            elif t == DEMO or t.startswith(DEMO + "."):
+                assert _wing(mod) in DEMO_USERS, f"{mod} imports the demo fixture {t}"

@@ -6,7 +6,7 @@ import pytest
 
 from hicae import ConfigError
 from hicae.lora_targets import outside_layers
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -246,7 +246,7 @@ def test_missing_metadata_and_bad_slot_tensors_are_errors(qwen3_memory, tmp_path
 def test_hierarchical_memory_slot_count_is_checked_against_blocks(make_icae, qwen3_tokenizer, tmp_path):
     from conftest import TINY_ICAE
     from hicae import HierarchicalICAE, HierarchyConfig
-    from hicae.tiny import tiny_model
+    from hicae.demo.tiny import tiny_model
 
     model = HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, ICAEConfig(**TINY_ICAE),
                              HierarchyConfig(levels=3, max_slots=16))

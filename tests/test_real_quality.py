@@ -1,4 +1,4 @@
-"""benchmarks/real_quality.py: every stage's code path at toy sizes on a tiny base, and resumption.
+"""experiments/real_quality.py: every stage's code path at toy sizes on a tiny base, and resumption.
 
 Slow (it needs the Debian corpus of the proxy, fetched with apt-get download, and ~1 min); CI runs
 it beside the proxy's quick mode.
@@ -16,14 +16,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "real_quality.py"
+SCRIPT = ROOT / "experiments" / "real_quality.py"
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory, qwen3_tokenizer):
-    from hicae.tiny import tiny_model
+    from hicae.demo.tiny import tiny_model
 
     path = tmp_path_factory.mktemp("base")
     tiny_model("qwen3").save_pretrained(path)

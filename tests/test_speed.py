@@ -102,7 +102,7 @@ def test_compiled_encoder_equals_eager(make_icae):
 def bf16_icae(tokenizer):
     """A tiny bf16 ICAE whose adapter (fp32, as peft keeps it) is non-zero."""
     from hicae import ICAE, ICAEConfig
-    from hicae.tiny import tiny_model
+    from hicae.demo.tiny import tiny_model
 
     torch.manual_seed(0)
     model = ICAE(tiny_model("qwen3", dtype=torch.bfloat16), tokenizer,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from hicae import ICAE, CheckpointError, ICAEConfig, Memory
 from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
 from hicae.fingerprint import SAMPLE, base_fingerprint, base_fingerprints, encoder_fingerprint, weights_match
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 
 def test_base_fingerprint_is_the_weights_not_the_path_or_dtype(qwen3_tokenizer, tmp_path):

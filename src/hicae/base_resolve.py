@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from .assets import cache_dir
+from .cache import cache_dir
 from .config import base_shape, shape_mismatches
 from .errors import CheckpointError
 from .fingerprint import base_fingerprints, weights_match

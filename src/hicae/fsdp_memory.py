@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .shapes import MODEL_SHAPES
+
 GB = 1e9
 CE_CHUNK = 2048  # model._CE_CHUNK
 
@@ -100,13 +102,8 @@ def fsdp_memory(shape: Shape, gpus: int, *, seq_len: int = 5120, batch: int = 1,
     return parts
 
 
-# Released configs (config.json on the Hugging Face hub; see docs/training.md, "Memory under FSDP").
-QWEN25 = {
-    "Qwen2.5-32B": dict(hidden_size=5120, num_hidden_layers=64, intermediate_size=27648, vocab_size=152064,
-                        num_attention_heads=40, num_key_value_heads=8, tie_word_embeddings=False),
-    "Qwen2.5-72B": dict(hidden_size=8192, num_hidden_layers=80, intermediate_size=29568, vocab_size=152064,
-                        num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False),
-}
+# The models of docs/training.md's table, "Memory under FSDP" (their released shapes: shapes.py).
+TABLE_MODELS = ("Qwen2.5-32B", "Qwen2.5-72B")
 
 
 def table(gpus: tuple[int, ...] = (4, 8, 16), **kw: Any) -> str:
@@ -115,8 +112,8 @@ def table(gpus: tuple[int, ...] = (4, 8, 16), **kw: Any) -> str:
 
     head = None
     rows = []
-    for name, cfg in QWEN25.items():
-        shape = Shape.from_config(Qwen2Config(**cfg))
+    for name in TABLE_MODELS:
+        shape = Shape.from_config(Qwen2Config(**MODEL_SHAPES[name.lower()]))
         for n in gpus:
             parts = fsdp_memory(shape, n, **kw)
             head = head or ["model (params)", "GPUs", *parts]

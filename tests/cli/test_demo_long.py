@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from hicae import ICAE, ICAEConfig
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.cli.demo_long import long_document_part
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 TEXT = " ".join(f"Clause {i}. Whoever conveys copies number {i} must keep notice {i * 3} intact and offer "
                 f"source code for {i + 2} years." for i in range(30))

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 from hicae import CheckpointError, ICAE
 from hicae.checkpoint import CONFIG_FILE
 from hicae.migration import import_icae_v2, read_icae_v2
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 from hicae.tokens import tokenize
 
 K, R, RANK = 4, 2, 8

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hicae import Memory
-from hicae.assets import load_qwen3_tokenizer
-from hicae.tiny import tiny_model
+from hicae.demo.assets import load_qwen3_tokenizer
+from hicae.demo.tiny import tiny_model
 
 from .conftest import tiny_args
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hicae import HierarchicalICAE, HierarchyConfig, ICAE, ICAEConfig
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.cli.main import main
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import perturb_trainable
 

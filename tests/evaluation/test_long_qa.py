@@ -1,4 +1,4 @@
-"""benchmarks/long_qa.py: every condition in a dry run on tiny checkpoints; the baselines' contexts exactly."""
+"""experiments/long_qa.py: every condition in a dry run on tiny checkpoints; the baselines' contexts exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.longqa.contexts import bm25_ids, chunks, last_n_ids
 from hicae.longqa.documents import build_long_docs, parse_lengths
 from hicae.longqa.run import contains, f1
@@ -24,7 +24,7 @@ ZH = ["".join(_POOL[(i * 31 + k * k * 7 + k) % len(_POOL)] for k in range(60)) +
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("long_qa", ROOT / "benchmarks" / "long_qa.py")
+    spec = importlib.util.spec_from_file_location("long_qa", ROOT / "experiments" / "long_qa.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from hicae import ICAE, ICAEConfig
-from hicae.assets import load_qwen3_tokenizer
+from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.batching import pad_decoder
 from hicae.errors import ConfigError
 from hicae.longqa.documents import LongDoc
 from hicae.longqa.finetune import (DocMemory, combined_loss, memorise, question_rows, segment_rows,
                                    shared_prefix_losses, step_losses, trainable_decoder_side)
-from hicae.tiny import tiny_model
+from hicae.demo.tiny import tiny_model
 
 from conftest import TINY_ICAE, perturb_trainable
 
@@ -105,7 +105,7 @@ def test_a_checkpoint_without_a_decoder_adapter_is_refused():
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("longdoc_ft", ROOT / "benchmarks" / "longdoc_ft.py")
+    spec = importlib.util.spec_from_file_location("longdoc_ft", ROOT / "experiments" / "longdoc_ft.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

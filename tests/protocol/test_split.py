@@ -46,8 +46,8 @@ def test_translations_share_their_side():
 
 
 def test_proxy_rule_is_the_shipped_adapters_split():
-    """Same test documents as benchmarks/proxy.py's split_documents (the shipped adapter never trained on them)."""
-    spec = importlib.util.spec_from_file_location("hicae_bench_proxy_split", ROOT / "benchmarks" / "proxy.py")
+    """Same test documents as experiments/proxy.py's split_documents (the shipped adapter never trained on them)."""
+    spec = importlib.util.spec_from_file_location("hicae_bench_proxy_split", ROOT / "experiments" / "proxy.py")
     proxy = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = proxy  # its dataclasses look their module up
     spec.loader.exec_module(proxy)

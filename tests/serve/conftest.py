@@ -15,8 +15,8 @@ import pytest
 
 import hicae
 from hicae import HierarchicalICAE, HierarchyConfig, ICAE, ICAEConfig
-from hicae.assets import load_qwen3_tokenizer
-from hicae.tiny import tiny_model
+from hicae.demo.assets import load_qwen3_tokenizer
+from hicae.demo.tiny import tiny_model
 
 from conftest import TINY_ICAE, perturb_trainable
 

@@ -32,11 +32,11 @@ def parser() -> argparse.ArgumentParser:
 
 def load_teacher(s: BuildSettings):
     if s.dry_run:
-        from ..assets import load_qwen3_tokenizer
-        from ..tiny import tiny_model
+        from ..demo.assets import load_qwen3_tokenizer
+        from ..demo.tiny import tiny_model
 
         return PlainBase.wrap(tiny_model("qwen3", initializer_range=0.5).eval(), load_qwen3_tokenizer())
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     return PlainBase.load(s.base or str(qwen25_path()), dtype=s.dtype)
 

@@ -1,8 +1,8 @@
 """``hicae demo``: compression on the real Qwen2.5-0.5B-Instruct, offline on a CPU, in about a minute.
 
 Default (real weights): loads the real Qwen2.5-0.5B-Instruct that ``scripts/setup.sh`` fetched
-(``hicae.real_model``; ``--model_name_or_path`` for another copy of that model) and the ICAE adapter
-this project trained on it (shipped in ``hicae/demo_checkpoint``; how it was trained is recorded
+(``hicae.demo.real_model``; ``--model_name_or_path`` for another copy of that model) and the ICAE adapter
+this project trained on it (shipped in ``hicae/demo/checkpoint``; how it was trained is recorded
 in its ``TRAINING.md``), then compresses held-out passages (written for the demo, in no training
 data) into memory slots, prints each beside its reconstruction with BLEU, answers a question from
 memory and from the full text, and times both.
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..corpus import demo_corpus, long_document
+from ..demo.corpus import demo_corpus, long_document
 from ..fileio import write_text_atomic
 from ..tokens import tokenize
 from .common import pick_device
@@ -99,8 +99,8 @@ def demo(argv: list[str]) -> int:
     if args.model_name_or_path:
         base_path = args.model_name_or_path
     else:
-        from ..assets import load_qwen3_tokenizer
-        from ..tiny import tiny_model
+        from ..demo.assets import load_qwen3_tokenizer
+        from ..demo.tiny import tiny_model
 
         tok = load_qwen3_tokenizer()
         base = tiny_model("qwen3", seed=args.seed, hidden_size=64, intermediate_size=128, num_hidden_layers=2)

@@ -4,7 +4,7 @@ three questions answered from its memory beside the full text and BM25-retrieved
 The document is the GPL-3 text that every Debian system carries (``/usr/share/common-licenses/GPL-3``,
 base-files; in none of the adapter's training data), or ``--long_document FILE``. The questions are
 cloze questions (which words follow a quoted phrase): their answer is a span of the text, so each
-answer is marked right or wrong, as in ``benchmarks/long_qa.py``. BM25 reads as many tokens as the
+answer is marked right or wrong, as in ``experiments/long_qa.py``. BM25 reads as many tokens as the
 memory has slots (the same budget).
 """
 

@@ -2,7 +2,7 @@
 
 Compresses held-out passages, prints each beside its reconstruction with BLEU, answers a question
 from memory and from the full text, and times both. The passages were written for the demo and are
-in no training data; the adapter's training is recorded in ``hicae/demo_checkpoint/TRAINING.md``.
+in no training data; the adapter's training is recorded in ``hicae/demo/checkpoint/TRAINING.md``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "demo_checkpoint"
+from ..demo import DEMO_CHECKPOINT
 
-# The first held-out passage of each language in benchmarks/real_quality.py's split (seed 0; the
+# The first held-out passage of each language in experiments/real_quality.py's split (seed 0; the
 # documents they come from were never trained on), cut to 60 tokens: a Python 3.11 HOWTO (urllib,
 # Debian python3.11-doc) and the Debian Reference (Chinese, via fortunes-zh's corpus). Then a
 # passage written for the demo, unlike anything in the training data (English prose).
@@ -55,7 +55,7 @@ def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) 
 def real_demo(args: Any) -> int:
     from ..checkpoint import load_base, load_icae, read_checkpoint_config
     from ..evaluation.metrics import sentence_bleu
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
     from .common import pick_device
 
     t0 = time.time()

@@ -36,7 +36,7 @@ class LongDocFTSettings:
     zh_domains: str = _f("zh_debian_reference,zh_manpages", "Chinese: the same")
     corpus: str | None = _f(None, "instead of the protocol: JSONL {'text'} documents (language by script)")
     seed: int = _f(0, "seed of the split, the documents, the order and the questions")
-    holdout_fraction: float = _f(0.1, "the protocol's held-out share (as in benchmarks/protocol.py): those "
+    holdout_fraction: float = _f(0.1, "the protocol's held-out share (as in experiments/protocol.py): those "
                                       "documents are never trained on")
     cache_dir: str = _f(os.path.expanduser("~/.cache/hicae/protocol"), "the protocol's package cache")
     dtype: str = _f("bf16", "model dtype")

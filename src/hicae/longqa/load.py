@@ -44,7 +44,7 @@ def load_checkpoint(path: str, s: Any, limit: int) -> Any:
     """A checkpoint with its length limit raised to ``limit`` tokens (``s``: ``base``, ``dtype``)."""
     from ..checkpoint import load_base, load_icae, read_checkpoint_config
     from ..config import HierarchyConfig
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     meta = read_checkpoint_config(path)
     kw: dict[str, Any] = {"config_overrides": {"model_max_length": limit, "overlong": "truncate"}}
@@ -59,7 +59,7 @@ def load_checkpoint(path: str, s: Any, limit: int) -> Any:
 def load_models(s: LongQASettings, longest: int) -> tuple[dict[str, Any], Any]:
     """Memory condition -> model, and the model whose plain base answers the text conditions."""
     from ..instruct.teacher import PlainBase
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     limit = longest + 16  # room for a BOS and a cut character's bytes
     paths = {"memory_flat": s.checkpoint, "memory_hier": s.hier_checkpoint}

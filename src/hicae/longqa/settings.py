@@ -46,7 +46,7 @@ class LongQASettings:
     out_dir: str = _f("outputs/long_qa", "where long_qa.json, long_qa.md and rows.jsonl go; rerunning continues "
                                          "from rows.jsonl (each document x condition done is skipped)")
     seed: int = _f(0, "seed of the held-out split, the documents and the questions")
-    holdout_fraction: float = _f(0.1, "the protocol's held-out share (as in benchmarks/protocol.py)")
+    holdout_fraction: float = _f(0.1, "the protocol's held-out share (as in experiments/protocol.py)")
     cache_dir: str = _f(os.path.expanduser("~/.cache/hicae/protocol"), "the protocol's package cache")
     dtype: str = _f("bf16", "model dtype")
     threads: int | None = _f(None, "torch threads (1-2 on a shared 2-core machine)")

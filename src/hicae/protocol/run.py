@@ -215,7 +215,7 @@ def run(s: ProtocolSettings, model: Any = None, tokenizer: Any = None, log=print
 def load_tokenizer(base: str | None) -> Any:
     from transformers import AutoTokenizer
 
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     path = base or str(qwen25_path())
     if path.endswith(".gguf"):
@@ -226,7 +226,7 @@ def load_tokenizer(base: str | None) -> Any:
 def load_model(s: ProtocolSettings) -> Any:
     from ..checkpoint import load_base, load_icae
     from ..cli.common import pick_device
-    from ..real_model import qwen25_path
+    from ..demo.real_model import qwen25_path
 
     base, tok = load_base(s.base or str(qwen25_path()), dtype=s.dtype, device=pick_device(None))
     # every held-out text is s.tokens long: the checkpoint's length limit follows it

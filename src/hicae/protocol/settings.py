@@ -18,7 +18,7 @@ def _f(default, help: str):  # noqa: A002 - argparse's word
 class ProtocolSettings:
     checkpoint: str | None = _f(None, "ICAE checkpoint folder to evaluate (hicae.checkpoint.load_icae); "
                                       "may be left out when only --write_train is wanted")
-    base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct of hicae.real_model)")
+    base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct of hicae.demo.real_model)")
     out_dir: str = _f("outputs/protocol", "where protocol.json and protocol.md are written (atomically)")
     tokens: int = _f(64, "tokens per held-out text (64 = 16 slots at 4x with k=16; 128 = 2 segments)")
     texts_per_domain: int = _f(16, "held-out texts per domain (8 domains: 128 texts; sized for < 10 min on 2 CPU cores: "

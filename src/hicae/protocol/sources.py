@@ -38,7 +38,7 @@ class Document:
     doc_id: str  # unique within the domain (a path, a section number, a chapter)
     text: str  # plain text, paragraphs separated by blank lines
     split_key: str  # what the held-out rule hashes; shared by translations of one section
-    proxy_index: int | None = None  # position in benchmarks/proxy.py's document list (shipped-adapter split)
+    proxy_index: int | None = None  # position in experiments/proxy.py's document list (shipped-adapter split)
     proxy_total: int | None = None  # length of that list
 
 
@@ -67,7 +67,7 @@ PY_RST = "usr/share/doc/python3.11/html/_sources"
 
 
 def read_python_docs(roots: dict[str, Path]) -> list[Document]:
-    """Same file list and order as ``benchmarks/proxy.py`` (sorted ``*.txt``, non-empty), so the
+    """Same file list and order as ``experiments/proxy.py`` (sorted ``*.txt``, non-empty), so the
     shipped adapter's held-out files are found by index."""
     base = roots["python3.11-doc"] / PY_RST
     raw = []
@@ -206,7 +206,7 @@ def read_manpages_zh(roots: dict[str, Path]) -> list[Document]:
 
 DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("en_python_docs", "en", "modern", ("python3.11-doc",), read_python_docs, split="proxy",
-           note="the shipped adapter's training corpus: held out as benchmarks/proxy.py held it out"),
+           note="the shipped adapter's training corpus: held out as experiments/proxy.py held it out"),
     Domain("en_kernel_docs", "en", "modern", ("linux-doc",), read_kernel_docs,
            note="linux-doc is a meta-package; its Depends (linux-doc-6.1 on bookworm) carries the files",
            needs="usr/share/doc/linux-doc-*/Documentation"),
@@ -218,7 +218,7 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("zh_manpages", "zh", "modern", ("manpages-zh",), read_manpages_zh),
     Domain("zh_classical", "zh", "hard", ("fortunes-zh",), read_zh_classical, split="proxy",
            note="the hard case, reported apart; in the shipped adapter's training corpus: held out as "
-                "benchmarks/real_quality.py held it out"),
+                "experiments/real_quality.py held it out"),
 )}
 
 

@@ -7,7 +7,7 @@ Two rules, chosen per domain (``sources.Domain.split``):
   other documents exist or their order, so adding a domain or a package update that adds files
   leaves every other decision unchanged. The two Debian references share their keys (section
   numbers): a section held out in English is held out in Chinese too.
-- ``proxy``: the split that ``benchmarks/proxy.py`` / ``real_quality.py`` made for the shipped
+- ``proxy``: the split that ``experiments/proxy.py`` / ``real_quality.py`` made for the shipped
   adapter's training (a seeded shuffle of document indices, ``round(n * fraction)`` test
   documents), reproduced from each document's index in that list. Used for the two corpora the
   shipped adapter was trained on (Python docs, fortunes-zh), so that its test documents are
@@ -28,7 +28,7 @@ def hash_held_out(split_key: str, seed: int, fraction: float) -> bool:
 
 
 def proxy_test_indices(n: int, fraction: float, seed: int) -> set[int]:
-    """Test indices of ``benchmarks/proxy.py``'s ``split_documents`` over ``n`` documents (same arithmetic)."""
+    """Test indices of ``experiments/proxy.py``'s ``split_documents`` over ``n`` documents (same arithmetic)."""
     idx = list(range(n))
     random.Random(seed).shuffle(idx)
     n_test = max(1, round(n * fraction)) if n > 1 else 0

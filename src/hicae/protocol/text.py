@@ -183,7 +183,7 @@ def unwrap(text: str) -> str:
 def parse_fortunes(text: str) -> list[str]:
     """Entries of a fortune file (separated by lines holding only ``%``); ANSI colour codes removed.
 
-    Same rule as ``benchmarks/proxy.py``'s, so that the shipped adapter's held-out fortunes can be
+    Same rule as ``experiments/proxy.py``'s, so that the shipped adapter's held-out fortunes can be
     found by index (see ``split.proxy_split``).
     """
     entries, cur = [], []

@@ -12,7 +12,7 @@ in turns (warm-up, then ``--repeats``, median):
 plus the bf16 matmul roofline and each variant's share of it (FLOPs as in bench_compress: the
 linear weights incl. LoRA, 2 per token, plus causal attention). Writes JSON (``--out``).
 
-    python3 benchmarks/probe_compress_gap.py --shape qwen2.5-7b --out gap.json
+    python3 benchmarks/probes/probe_compress_gap.py --shape qwen2.5-7b --out gap.json
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ import argparse
 import contextlib
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
-from harness import build_icae, device_name, encoder_flops, main_single, measure_roofline, time_fns
 
-from bench_compress import make_texts
-from hicae.layout import encoder_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness.py and bench_compress.py, one folder up
+from harness import build_icae, device_name, encoder_flops, main_single, measure_roofline, time_fns  # noqa: E402
+
+from bench_compress import make_texts  # noqa: E402
+from hicae.layout import encoder_rows  # noqa: E402
 
 TITLE = "compression roofline gap"
 

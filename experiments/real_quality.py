@@ -1,6 +1,6 @@
 """Quality on real weights (issue 9): ICAE on the real Qwen2.5-0.5B-Instruct, English and Chinese.
 
-The base is the real Qwen2.5-0.5B-Instruct that ``scripts/setup.sh`` fetches (``hicae.real_model``),
+The base is the real Qwen2.5-0.5B-Instruct that ``scripts/setup.sh`` fetches (``hicae.demo.real_model``),
 frozen, in bf16. The corpus is the quality proxy's (Debian ``python3.11-doc`` reST sources, English)
 plus all of ``fortunes-zh`` (``chinese``, ``tang300``, ``song100``; Chinese), held out BY DOCUMENT.
 
@@ -20,7 +20,7 @@ held-out passages: AE BLEU-4 (sacrebleu; Chinese with its ``zh`` tokeniser), exa
 accuracy; continuation perplexity with no context / memory / full text / text truncated to as
 many tokens as slots; English and Chinese reported apart. Results: ``real.json`` and ``real.md``.
 
-    nohup .venv/bin/python benchmarks/real_quality.py --out_dir outputs/real > outputs/real.log 2>&1 &
+    nohup .venv/bin/python experiments/real_quality.py --out_dir outputs/real > outputs/real.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                    "'--decoder_lora_r 8 --lm_ratio 0' (an ablation on the same data in the same order; the last "
                    "of a repeated flag wins)")
     p.add_argument("--train_jsonl", default=None, help="train the 4x/8x stages on this JSONL's texts (field 'text'; e.g. "
-                   "benchmarks/mix_corpus.py's balanced mix of the protocol's training side) instead of the proxy corpus; "
+                   "experiments/mix_corpus.py's balanced mix of the protocol's training side) instead of the proxy corpus; "
                    "the held-out curve texts stay the proxy corpus's")
-    p.add_argument("--warm_start", default=None, help="a 4x ICAE checkpoint (e.g. src/hicae/demo_checkpoint) the 4x stage "
+    p.add_argument("--warm_start", default=None, help="a 4x ICAE checkpoint (e.g. src/hicae/demo/checkpoint) the 4x stage "
                    "starts from when its folder holds no checkpoint yet, instead of from the base model: a new "
                    "machine without the last run's folder carries the best committed adapter on")
     a = p.parse_args(argv)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from hicae.data import iter_jsonl
     from hicae.evaluation import EvalSettings, TextRecord, run_ae, run_ppl
     from hicae.fileio import write_text_atomic
-    from hicae.real_model import qwen25_path
+    from hicae.demo.real_model import qwen25_path
 
     def log(msg: str) -> None:
         print(f"[real {time.time() - t0:7.0f}s] {msg}", flush=True)

@@ -5,7 +5,7 @@ stays frozen, so each training document (the protocol's training side, concatena
 compressed once, and every step asks one document's memory fresh cloze questions (one shared prefix
 pass for all of them) beside a few segment reconstructions. See hicae/longqa/finetune.py.
 
-    .venv/bin/python benchmarks/longdoc_ft.py --checkpoint src/hicae/demo_checkpoint --out_dir outputs/longdoc_ft \
+    .venv/bin/python experiments/longdoc_ft.py --checkpoint src/hicae/demo/checkpoint --out_dir outputs/longdoc_ft \
         --lengths 1k,2k,4k --docs_per_length 8 --steps 300 --threads 1
 """
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if s.threads:
             torch.set_num_threads(s.threads)
         torch.manual_seed(s.seed)
-        command = " ".join(["benchmarks/longdoc_ft.py", *(argv if argv is not None else sys.argv[1:])])
+        command = " ".join(["experiments/longdoc_ft.py", *(argv if argv is not None else sys.argv[1:])])
         train(s, log, command)
         log(f"done -> {s.out_dir}")
     except (HicaeError, ValueError) as e:

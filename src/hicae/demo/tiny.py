@@ -6,23 +6,15 @@ from typing import Any
 
 import torch
 
+from ..shapes import MODEL_SHAPES
+
 
 def tiny_config(arch: str = "qwen3", vocab_size: int = 151936, **overrides: Any):
     """A small config of the real architecture. ``vocab_size`` must cover the tokenizer (Qwen: 151,669 ids)."""
     from transformers import MistralConfig, Qwen2Config, Qwen3Config
 
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        eos_token_id=151645,
-        pad_token_id=151643,
-    )
+    common = dict(MODEL_SHAPES["tiny"], vocab_size=vocab_size, max_position_embeddings=8192,
+                  eos_token_id=151645, pad_token_id=151643)
     common.update(overrides)
     if arch == "qwen3":
         common.setdefault("head_dim", common["hidden_size"] // common["num_attention_heads"])

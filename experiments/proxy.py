@@ -11,7 +11,7 @@ Everything runs on a CPU without the model hub:
    152k-token vocabulary would make the output layer dominate CPU training, so the proxy uses its
    own small vocabulary), saved as a ``PreTrainedTokenizerFast`` with EOS/PAD and a minimal chat
    template.
-3. base LM: a small Qwen3-architecture model (``hicae.tiny.tiny_config``) pretrained from scratch
+3. base LM: a small Qwen3-architecture model (``hicae.demo.tiny.tiny_config``) pretrained from scratch
    on the training passages (plain loop, packed blocks), then frozen and saved.
 4. ICAE: ``hicae pretrain`` (AE + LM objectives) on the base folder, at 4x and 8x compression
    (memory slots k, compression rate r, texts of k*r tokens, so one segment per text).
@@ -25,7 +25,7 @@ Everything runs on a CPU without the model hub:
 on perplexity at every ratio and exits non-zero otherwise. ``--full`` is the < 45-minute
 configuration. Results: ``proxy.json`` and ``proxy.md`` in ``--out_dir`` (written atomically).
 
-    python benchmarks/proxy.py --quick --out_dir outputs/proxy-quick
+    python experiments/proxy.py --quick --out_dir outputs/proxy-quick
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def pretrain_base(tok, texts: list[str], z: Sizes, seed: int, log, device: str =
 
     import torch
 
-    from hicae.tiny import tiny_config
+    from hicae.demo.tiny import tiny_config
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config("qwen3", vocab_size=len(tok), hidden_size=z.hidden, intermediate_size=3 * z.hidden,

@@ -1,11 +1,11 @@
 """The ablation table of issue 17: one row per setting, from ``real_quality.py`` reports of equal-budget runs.
 
-Each report is a ``real.json`` written by ``benchmarks/real_quality.py --stages 4x --extra '<flags>'`` (same
+Each report is a ``real.json`` written by ``experiments/real_quality.py --stages 4x --extra '<flags>'`` (same
 corpus, seed, batch, learning rate and steps; only ``--extra`` differs). A row shows the training AE and LM
 losses averaged over a window of logged steps (each logged value is itself a 10-step mean) and the held-out
 curve points (16 texts a language, BLEU-4 and token accuracy) at the given steps.
 
-    .venv/bin/python benchmarks/ablation_table.py docs/real/real.json docs/real/ablations/*.json --steps 50,100,150
+    .venv/bin/python experiments/ablation_table.py docs/real/real.json docs/real/ablations/*.json --steps 50,100,150
 """
 
 from __future__ import annotations

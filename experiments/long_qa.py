@@ -1,6 +1,6 @@
 """Long-document QA (issue 18): held-out documents of 2k to 100k+ tokens, checkable questions, every condition.
 
-Long documents are held-out documents of the evaluation protocol (``benchmarks/protocol.py``'s
+Long documents are held-out documents of the evaluation protocol (``experiments/protocol.py``'s
 split) concatenated to each length, English and Chinese apart; questions are cloze spans from
 ``hicae build-qa``'s question maker, spread over each document. Conditions, same questions and
 greedy decoding: memory (flat multi-span: --checkpoint; hierarchical with --max_slots:
@@ -8,8 +8,8 @@ greedy decoding: memory (flat multi-span: --checkpoint; hierarchical with --max_
 BM25-retrieved chunks with N = the memory's slot count, no context. Writes long_qa.json,
 long_qa.md and rows.jsonl into --out_dir; rerunning the same command continues an interrupted run.
 
-    .venv/bin/python benchmarks/long_qa.py --checkpoint CKPT --hier_checkpoint HCKPT --lengths 2k,8k --threads 1
-    .venv/bin/python benchmarks/long_qa.py --dry_run --checkpoint TINY --corpus docs.jsonl --out_dir /tmp/lq  # tests
+    .venv/bin/python experiments/long_qa.py --checkpoint CKPT --hier_checkpoint HCKPT --lengths 2k,8k --threads 1
+    .venv/bin/python experiments/long_qa.py --dry_run --checkpoint TINY --corpus docs.jsonl --out_dir /tmp/lq  # tests
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             docs += d
             notes += n
             log(f"{lang}: {len(d)} documents")
-        command = " ".join(["benchmarks/long_qa.py", *(argv if argv is not None else sys.argv[1:])])
+        command = " ".join(["experiments/long_qa.py", *(argv if argv is not None else sys.argv[1:])])
         with torch.no_grad():
             evaluate(docs, models, plain, s, notes, log, command)
         log(f"done -> {s.out_dir}/long_qa.md")

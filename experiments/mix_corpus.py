@@ -1,14 +1,14 @@
 """A domain-balanced training mix from the evaluation protocol's training side.
 
-``benchmarks/protocol.py --write_train FILE`` writes every passage of the documents the protocol does not
+``experiments/protocol.py --write_train FILE`` writes every passage of the documents the protocol does not
 hold out (JSONL ``{"text", "domain"}``): 201k passages, half of them Linux kernel docs. Training on that
 as it is would spend half the steps on one domain; this keeps at most ``--per_domain`` passages of each
 (a seeded sample), so every domain (English: Python docs, kernel docs, the Debian reference, the KJV
 bible, fortunes; Chinese: the Debian reference, manpages, classical poetry) is seen about equally, and
-writes them shuffled (JSONL ``{"text", "domain"}``) for ``benchmarks/real_quality.py --train_jsonl``.
+writes them shuffled (JSONL ``{"text", "domain"}``) for ``experiments/real_quality.py --train_jsonl``.
 
-    .venv/bin/python benchmarks/protocol.py --write_train outputs/protocol-train.jsonl
-    .venv/bin/python benchmarks/mix_corpus.py outputs/protocol-train.jsonl outputs/mix.jsonl --per_domain 6000
+    .venv/bin/python experiments/protocol.py --write_train outputs/protocol-train.jsonl
+    .venv/bin/python experiments/mix_corpus.py outputs/protocol-train.jsonl outputs/mix.jsonl --per_domain 6000
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def mix(records: list[dict], per_domain: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("source", help="JSONL written by benchmarks/protocol.py --write_train")
+    p.add_argument("source", help="JSONL written by experiments/protocol.py --write_train")
     p.add_argument("output", help="JSONL to write")
     p.add_argument("--per_domain", type=int, default=6000, help="passages kept per domain at most")
     p.add_argument("--seed", type=int, default=0)

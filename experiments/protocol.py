@@ -9,8 +9,8 @@ loops, grouped by the base model's own perplexity of each text; memory perplexit
 truncated-to-#slots baseline on a few texts per language; a few reconstructions printed.
 Writes ``protocol.json``, ``protocol.md`` and ``rows.jsonl`` (one line per text) in ``--out_dir``.
 
-    .venv/bin/python benchmarks/protocol.py --checkpoint src/hicae/demo_checkpoint --out_dir outputs/protocol --threads 2
-    .venv/bin/python benchmarks/protocol.py --write_train outputs/protocol-train.jsonl   # training side only
+    .venv/bin/python experiments/protocol.py --checkpoint src/hicae/demo/checkpoint --out_dir outputs/protocol --threads 2
+    .venv/bin/python experiments/protocol.py --write_train outputs/protocol-train.jsonl   # training side only
 
 The Debian packages are downloaded with ``apt-get download`` into ``--cache_dir`` once
 (``~/.cache/hicae/protocol``); ``--write_train`` writes every document that is not held out as
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-        command = " ".join(["benchmarks/protocol.py", *(argv if argv is not None else sys.argv[1:])])
+        command = " ".join(["experiments/protocol.py", *(argv if argv is not None else sys.argv[1:])])
         run(s, log=lambda msg: print(f"[protocol {time.time() - t0:6.0f}s] {msg}", flush=True), command=command)
     except HicaeError as e:
         print(f"protocol: error: {e}", file=sys.stderr)
