@@ -75,15 +75,18 @@ def test_dry_run_every_condition_and_resume(tmp_path, corpus, icae_ckpt, hier_ck
             "--out_dir", str(out), "--full_max_tokens", "200"]
     assert _script().main(argv) == 0
     rep = json.loads((out / "long_qa.json").read_text())
-    conds = {"memory_flat", "memory_hier", "full", "last_n", "bm25", "none"}
+    conds = {"memory_flat", "memory_hier", "memory_decoded", "full", "last_n", "bm25", "none"}
     for lang in ("en", "zh"):
         assert set(rep["summary"][lang]) == {"96", "160"}
         for cells in rep["summary"][lang].values():
             assert set(cells) == conds
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     for r in rows:
-        if r["condition"] in ("last_n", "bm25"):
+        if r["condition"] in ("last_n", "bm25", "memory_decoded"):
             assert r["context_tokens"] <= r["budget"] and r["budget"] > 0
+        if r["condition"] == "memory_decoded":  # its budget is its own memory's size, as memory_flat's
+            flat = next(x for x in rows if x["doc"] == r["doc"] and x["condition"] == "memory_flat")
+            assert r["budget"] == r["slots"] == flat["slots"] and r["decoded_tokens"] > 0
         if r["condition"] == "memory_hier":
             assert r["slots"] <= 16
     # the full text of 160 tokens does not fit --full_max_tokens 200 with the chat template: n/a, not a score
@@ -107,3 +110,21 @@ def test_memory_answers_are_the_same_with_the_prefix_computed_once(tmp_path, cor
     assert [r["answer"] for r in cached] == [r["answer"] for r in uncached]
     assert all(r["prefix_s"] > 0 for r in cached) and not any("prefix_s" in r for r in uncached)
     assert "prefix s" in (tmp_path / "prefix_cache" / "long_qa.md").read_text()
+
+
+def test_read_back_reconstructs_each_segment_as_if_compressed_alone(icae_model):
+    from hicae.layout import segment_lengths
+    from hicae.longqa.decoded import read_back, segment_memory
+
+    m = icae_model
+    ids = m.tokens.text_ids([" ".join(EN[:3])])[0]
+    with __import__("torch").no_grad():
+        mem = m.compress_ids([ids])
+        got = read_back(m, mem, rows=3)  # several batches
+        cfg = m.icae_config
+        lens = segment_lengths(len(ids), cfg.mem_size, cfg.compression_rate, cfg.segmentation)
+        starts = [sum(lens[:j]) for j in range(len(lens))]
+        alone = m.compress_ids([ids[a : a + n] for a, n in zip(starts, lens)])  # each segment its own text
+        want = [t for row in m.reconstruct_ids(alone, max_new_tokens=max(lens) + 8) for t in row]
+    assert len(segment_memory(m, mem)) == len(lens) > 3
+    assert got == want

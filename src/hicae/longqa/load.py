@@ -63,6 +63,6 @@ def load_models(s: LongQASettings, longest: int) -> tuple[dict[str, Any], Any]:
 
     limit = longest + 16  # room for a BOS and a cut character's bytes
     paths = {"memory_flat": s.checkpoint, "memory_hier": s.hier_checkpoint}
-    models = {c: load_checkpoint(paths[c], s, limit) for c in s.memory_conditions}
+    models = {c: load_checkpoint(paths[c], s, limit) for c in s.models_needed}
     plain = next(iter(models.values()), None) or PlainBase.load(s.base or str(qwen25_path()), dtype=s.dtype)
     return models, plain

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import CONDITIONS, MEMORY
+from .settings import CONDITIONS, DECODED, MEMORY
 
-LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)", "full": "full text",
+LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)",
+          DECODED: "memory read back + BM25", "full": "full text",
           "last_n": "last N tokens", "bm25": "BM25 chunks", "none": "no context"}
 
 
@@ -31,7 +32,7 @@ def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
                             answer_s=_mean([r["answer_s"] for r in ok]),
                             context_tokens=_mean([r["context_tokens"] for r in ok]),
                             budget=_mean([r["budget"] for r in rs]))
-                if cond in MEMORY:
+                if cond in MEMORY or cond == DECODED:
                     per_doc = {r["doc"]: r["compress_s"] for r in ok}
                     cell["compress_s"] = _mean(list(per_doc.values()))
                     prefix = {r["doc"]: r["prefix_s"] for r in ok if "prefix_s" in r}
@@ -55,7 +56,9 @@ def render_markdown(report: dict[str, Any], s: Any) -> str:
              "of last N tokens and BM25) = the largest memory slot count on that document. Times: seconds, one "
              "question at a time; TTFT = time to the first answer token; memory conditions compress each document "
              "once (compress s) and run the decoder over the memory once (prefix s: its KV cache), then answer every "
-             "question from it.", ""]
+             "question from it. Memory read back + BM25: the flat memory's segments reconstructed once ([AE]; "
+             "prefix s is that read-back), then BM25 over that text within the memory's slot count and the plain "
+             "base answering: what the memory holds, apart from the decoder's own lookup.", ""]
     if report.get("command"):
         lines += ["```", report["command"], "```", ""]
     reasons: list[str] = []

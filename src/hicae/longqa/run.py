@@ -32,7 +32,10 @@ from ..instruct.questions import Question, cloze_questions
 from .contexts import FirstTokenClock, bm25_ids, last_n_ids
 from .documents import LongDoc
 from .report import render_markdown, summarise
-from .settings import MEMORY, LongQASettings
+from .decoded import read_back
+from .settings import DECODED, MEMORY, LongQASettings
+
+ONCE = (*MEMORY, DECODED)  # conditions that compress the document once (their slot count is N)
 
 
 def contains(answer: str, gold: str, lang: str) -> float:
@@ -71,7 +74,19 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
     window = s.full_max_tokens or getattr(plain.base_config, "max_position_embeddings", None)
     rows = []
     mem = cache = None
-    if cond in MEMORY:
+    decoded_ids: list[int] = []
+    if cond == DECODED:  # the flat memory, read back as text once per document
+        model = models["memory_flat"]
+        ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
+        t = time.perf_counter()
+        mem = compress_ids(model, [ids])
+        memory_info[cond] = {"slots": int(mem.num_slots[0]), "compress_s": time.perf_counter() - t}
+        t = time.perf_counter()
+        decoded_ids = read_back(model, mem)
+        memory_info[cond]["prefix_s"] = time.perf_counter() - t  # the read-back: once per document
+        memory_info[cond]["decoded_tokens"] = len(decoded_ids)
+        mem = None
+    elif cond in MEMORY:
         model = models[cond]
         ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
         t = time.perf_counter()
@@ -101,6 +116,12 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
                 continue
             answer, ttft, total, _ = _plain_answer(plain, fulltext_content(doc.text, q.prompt), s)
             ctx = len(doc_ids)
+        elif cond == DECODED:
+            budget = memory_info[cond]["slots"]  # a memory's budget is its own size
+            ctx_ids, taken = bm25_ids(decoded_ids, q.prompt, budget, s.chunk_tokens, tok)
+            row.update(memory_info[cond], budget=budget, chunks=taken)
+            answer, ttft, total, _ = _plain_answer(plain, fulltext_content(tok.decode(ctx_ids), q.prompt), s)
+            ctx = len(ctx_ids)
         elif cond in ("last_n", "bm25"):
             if cond == "last_n":
                 ctx_ids = last_n_ids(doc_ids, budget)
@@ -147,18 +168,18 @@ def evaluate(docs: list[LongDoc], models: dict[str, Any], plain: Any, s: LongQAS
     with open(rows_path, "w", encoding="utf-8") as f:  # rewritten without a cut last line, then appended
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     done = {(r["doc"], r["condition"]) for r in rows}
-    conditions = [c for c in s.condition_list if c not in MEMORY or c in models]
+    conditions = [c for c in s.condition_list if c not in ONCE or c in s.memory_conditions]
     skipped = [c for c in s.condition_list if c not in conditions]
     if skipped:
         notes.append(f"conditions without a checkpoint, not run: {', '.join(skipped)}")
-    memory_first = [c for c in conditions if c in MEMORY] + [c for c in conditions if c not in MEMORY]
+    memory_first = [c for c in conditions if c in ONCE] + [c for c in conditions if c not in ONCE]
     for doc in docs:
         qs = questions_of(doc, s)
         if not qs:
             notes.append(f"{doc.id}: no cloze question could be made")
             continue
         info: dict[str, Any] = {}
-        prev = [r for r in rows if r["doc"] == doc.id and r["condition"] in MEMORY and "slots" in r]
+        prev = [r for r in rows if r["doc"] == doc.id and r["condition"] in ONCE and "slots" in r]
         for r in prev:
             info[r["condition"]] = {"slots": r["slots"], "compress_s": r["compress_s"]}
         for cond in memory_first:

@@ -8,8 +8,9 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from ..errors import ConfigError
 
-CONDITIONS = ("memory_flat", "memory_hier", "full", "last_n", "bm25", "none")
-MEMORY = ("memory_flat", "memory_hier")
+CONDITIONS = ("memory_flat", "memory_hier", "memory_decoded", "full", "last_n", "bm25", "none")
+MEMORY = ("memory_flat", "memory_hier")  # answered by the decoder from the slots
+DECODED = "memory_decoded"  # the flat memory read back as text (decoded.py), then BM25 and the plain base
 
 
 def _f(default, help: str):  # noqa: A002 - argparse's word
@@ -18,7 +19,8 @@ def _f(default, help: str):  # noqa: A002 - argparse's word
 
 @dataclass
 class LongQASettings:
-    checkpoint: str | None = _f(None, "flat ICAE checkpoint: the memory_flat condition (multi-span, all segments' slots)")
+    checkpoint: str | None = _f(None, "flat ICAE checkpoint: the memory_flat condition (multi-span, all segments' "
+                                      "slots) and memory_decoded (that memory read back as text, then BM25)")
     hier_checkpoint: str | None = _f(None, "hierarchical checkpoint: the memory_hier condition (at most --max_slots slots)")
     base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct); "
                                 "checkpoints that carry their base/ use it")
@@ -71,8 +73,13 @@ class LongQASettings:
 
     @property
     def memory_conditions(self) -> list[str]:
-        have = {"memory_flat": self.checkpoint, "memory_hier": self.hier_checkpoint}
-        return [c for c in self.condition_list if c in MEMORY and have[c]]
+        have = {"memory_flat": self.checkpoint, "memory_hier": self.hier_checkpoint, DECODED: self.checkpoint}
+        return [c for c in self.condition_list if c in have and have[c]]
+
+    @property
+    def models_needed(self) -> list[str]:
+        """The checkpoints to load, by the memory condition they serve (memory_decoded reads the flat one)."""
+        return sorted({"memory_flat" if c == DECODED else c for c in self.memory_conditions})
 
     @property
     def language_list(self) -> list[str]:
