@@ -31,7 +31,7 @@ from pathlib import Path
 from ..corpus import demo_corpus, long_document
 from ..fileio import write_text_atomic
 from ..tokens import tokenize
-from .common import pick_device
+from ..devices import pick_device
 from .train import pretrain
 
 

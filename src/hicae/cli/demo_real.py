@@ -56,7 +56,7 @@ def real_demo(args: Any) -> int:
     from ..checkpoint import load_base, load_icae, read_checkpoint_config
     from ..evaluation.metrics import sentence_bleu
     from ..real_model import qwen25_path
-    from .common import pick_device
+    from ..devices import pick_device
 
     t0 = time.time()
     out = Path(args.output_dir)

@@ -13,7 +13,7 @@ from ..evaluation import EvalSettings, write_report
 from ..evaluation.registry import REGISTRY, TASKS
 from ..evaluation.report import report_paths
 from ..evaluation.runtime import check_max_slots, model_info, seed_everything
-from .common import pick_device
+from ..devices import pick_device
 from .infer import LENGTH_HELP, _load, _model_args, length_args, length_overrides, model_inputs
 from .outputs import check_writable, refuse_overwriting_inputs
 

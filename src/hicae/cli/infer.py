@@ -16,7 +16,8 @@ from ..errors import CheckpointError, DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
 from ..speed import DECODING_MODES
-from .common import check_generation, pick_device
+from ..devices import pick_device
+from .common import check_generation
 from .outputs import check_writable, refuse_overwriting_inputs
 
 

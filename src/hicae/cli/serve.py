@@ -8,7 +8,7 @@ import importlib.util
 import os
 
 from ..errors import ConfigError
-from .common import pick_device
+from ..devices import pick_device
 from .infer import _load, _model_args, length_args, length_overrides
 
 

@@ -225,7 +225,7 @@ def load_tokenizer(base: str | None) -> Any:
 
 def load_model(s: ProtocolSettings) -> Any:
     from ..checkpoint import load_base, load_icae
-    from ..cli.common import pick_device
+    from ..devices import pick_device
     from ..real_model import qwen25_path
 
     base, tok = load_base(s.base or str(qwen25_path()), dtype=s.dtype, device=pick_device(None))
