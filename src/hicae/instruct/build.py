@@ -43,7 +43,8 @@ class BuildSettings:
     text_tokens: int = _f(1024, "protocol documents are cut into passages of at most this many tokens "
                                 "(several segments each: the memory the decoder must learn to read)")
     min_tokens: int = _f(64, "protocol passages shorter than this are dropped")
-    base: str | None = _f(None, "the teacher: base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct)")
+    model_name_or_path: str | None = field(default=None, metadata={"aliases": ["--base"], "help": (
+        "the teacher: base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct)")})
     kinds: str = _f(",".join(KINDS), f"question kinds, comma-separated, from {', '.join(KINDS)}")
     per_kind: int = _f(1, "questions of each kind per text (cloze: one from each of this many stretches of the text)")
     max_texts: int | None = _f(None, "use only the first N source texts (after the seeded shuffle of protocol passages)")
