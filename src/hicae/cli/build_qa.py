@@ -13,7 +13,7 @@ from .flags import Flags
 DRY = dict(max_texts=3, max_new_tokens=8, text_tokens=256)  # --dry_run: toy sizes, a tiny random teacher
 
 
-def parser() -> Flags:
+def build_parser() -> Flags:
     return Flags("build-qa", (BuildSettings,), (
         "Make {'input','prompt','answer'} records (hicae finetune / eval --task qa) from a corpus: questions from "
         "templates and the text (cloze spans, named things, summary, next step), English and Chinese; extractive "
@@ -33,7 +33,7 @@ def load_teacher(s: BuildSettings):
 
 
 def build_qa(argv: list[str]) -> int:
-    p = parser()
+    p = build_parser()
     ns = p.namespace(argv)
     if ns.dry_run:
         vars(ns).update({k: v for k, v in DRY.items() if getattr(ns, k) == BuildSettings.__dataclass_fields__[k].default})

@@ -88,8 +88,12 @@ class DemoSettings:
     hier_steps: int = _f(60, "--hierarchical: training steps of the hierarchy")
 
 
+def build_parser() -> Flags:
+    return Flags("demo", (DemoSettings,), __doc__)
+
+
 def demo(argv: list[str]) -> int:
-    (args,) = Flags("demo", (DemoSettings,), __doc__).parse(argv)
+    (args,) = build_parser().parse(argv)
     if not args.tiny:
         from .demo_real import real_demo
 

@@ -223,6 +223,14 @@ def run(mode: str, argv: list[str]) -> int:
     return 0
 
 
+def pretrain_parser() -> Flags:
+    return build_parser("pretrain")
+
+
+def finetune_parser() -> Flags:
+    return build_parser("finetune")
+
+
 def pretrain(argv: list[str]) -> int:
     return run("pretrain", argv)
 
