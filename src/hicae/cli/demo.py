@@ -133,7 +133,7 @@ def demo(argv: list[str]) -> int:
     pretrain([
         "--model_name_or_path", base_path, "--output_dir", str(ckpt),
         "--train_file", str(out / "data" / "train.jsonl"), "--validation_file", str(out / "data" / "eval.jsonl"),
-        "--fixed_mem_size", str(args.mem_size), "--mean_compression_rate", str(args.compression_rate),
+        "--mem_size", str(args.mem_size), "--compression_rate", str(args.compression_rate),
         "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--lora_dropout", "0.0",
         # every projection: a tiny encoder needs the adapter's full reach to learn in CPU minutes
         "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",

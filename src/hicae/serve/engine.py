@@ -226,7 +226,7 @@ class Engine:
         elif kind in ("compress", "append"):
             (job,) = jobs
             job.future.set_result(self._compress(job.args))
-        else:  # pragma: no cover - jobs are built by app.py
+        else:  # pragma: no cover - jobs are built by service.py
             raise ValueError(f"unknown job kind {kind!r}")
 
     # ---- compression -----------------------------------------------------------------------------
@@ -236,7 +236,7 @@ class Engine:
         if self.store.exists(mid):  # an identical request finished while this one waited
             return {"id": mid, "created": False}
         model = self.model
-        if args.get("parent"):  # app.py offers append on a hierarchical checkpoint only
+        if args.get("parent"):  # routes/memories.py offers append on a hierarchical checkpoint only
             mem = model.append(self.hot.get(args["parent"]).mem, args["texts"], max_slots=args["max_slots"])
         else:
             mem = model.compress(args["texts"], max_slots=args["max_slots"])
