@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..corpus import demo_corpus, long_document
 from ..devices import pick_device
 from ..fileio import write_text_atomic
+from ..setting import setting as _f
 from ..tokens import tokenize
 from .flags import Flags
 from .train import pretrain
@@ -55,9 +56,6 @@ def warm_up_base(model, tokenizer, texts: list[str], steps: int, seed: int, devi
     model.eval()
     return losses[0], losses[-1]
 
-
-def _f(default, help: str, **meta):  # noqa: A002 - argparse's word
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 
 from ..errors import ConfigError
+from ..setting import setting as _f
 
 CONDITIONS = ("memory_flat", "memory_hier", "full", "last_n", "bm25", "none")
 MEMORY = ("memory_flat", "memory_hier")
 
-
-def _f(default, help: str):  # noqa: A002 - argparse's word
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
