@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from hicae import ICAEConfig
-from hicae.cli.common import parse_dataclasses
 from hicae.cli.train import build_parser
 from hicae.data import Collator
 from hicae.errors import ConfigError
@@ -157,8 +156,8 @@ def test_student_kl_decreases_with_training(qwen3_tokenizer):
 
 def test_config_flags_fingerprint_and_hierarchy(qwen3_tokenizer):
     parser = build_parser("pretrain")
-    cfg = parse_dataclasses(parser, ["--train_file", "x", "--output_dir", "o", "--lm_distill", "0.25",
-                                     "--distill_temperature", "2"])[2]
+    cfg = parser.parse(["--train_file", "x", "--output_dir", "o", "--lm_distill", "0.25",
+                        "--distill_temperature", "2"])[2]
     assert (cfg.lm_distill, cfg.distill_temperature) == (0.25, 2.0)
     shape = {"hidden_size": 8}
     # training-only: a memory reads the same, so its fingerprint does not change

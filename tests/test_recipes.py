@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hicae.cli.common import parse_dataclasses
-from hicae.cli.train import build_parser, expand_config
+from hicae.cli.train import build_parser
 from hicae.errors import ConfigError
 
 RECIPES = sorted((Path(__file__).parent.parent / "configs" / "recipes").glob("*.yaml"))
@@ -25,8 +24,8 @@ def test_recipe_parses_against_the_cli(path):
     mode = recipe["command"]
     assert recipe["hardware"] and recipe["expected_time"] and recipe["description"]
     # --use_cpu: this machine has no GPU, and TrainingArguments checks bf16 against the hardware
-    argv = expand_config(["--config", str(path), "--train_file", "data.jsonl", "--use_cpu", "true"], mode)
-    margs, dargs, cfg, hier, rargs, targs = parse_dataclasses(build_parser(mode), argv)
+    argv = ["--config", str(path), "--train_file", "data.jsonl", "--use_cpu", "true"]
+    margs, dargs, cfg, hier, rargs, targs = build_parser(mode).parse(argv)
     assert margs.model_name_or_path.startswith("Qwen/")
     assert dargs.train_file == "data.jsonl"
     assert targs.bf16 and not targs.fp16  # the ICAE authors: bf16, never fp16
@@ -42,14 +41,14 @@ def test_recipe_parses_against_the_cli(path):
 
 def test_command_line_overrides_recipe_and_wrong_command_is_refused(tmp_path):
     path = next(p for p in RECIPES if p.stem == "qwen2.5-0.5b-pretrain")
-    argv = expand_config(["--learning_rate", "3e-4", "--config", str(path), "--use_cpu", "true"], "pretrain")
-    *_, targs = parse_dataclasses(build_parser("pretrain"), argv)
+    argv = ["--learning_rate", "3e-4", "--config", str(path), "--use_cpu", "true"]
+    *_, targs = build_parser("pretrain").parse(argv)
     assert targs.learning_rate == 3e-4
     with pytest.raises(ConfigError, match="not `hicae finetune`"):
-        expand_config(["--config", str(path)], "finetune")
+        build_parser("finetune").expand_config(["--config", str(path)])
     bad = tmp_path / "bad.yaml"
     bad.write_text("command: pretrain\nargs: {lr: 1}\nspeed: fast\n")
     with pytest.raises(ConfigError, match="unknown recipe keys"):
-        expand_config(["--config", str(bad)], "pretrain")
+        build_parser("pretrain").expand_config(["--config", str(bad)])
     with pytest.raises(ConfigError, match="no such file"):
-        expand_config(["--config", str(tmp_path / "none.yaml")], "pretrain")
+        build_parser("pretrain").expand_config(["--config", str(tmp_path / "none.yaml")])

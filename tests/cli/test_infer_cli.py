@@ -144,7 +144,7 @@ def test_broken_adapter_is_refused_and_writes_nothing(checkpoint, tmp_path, run_
 ])
 def test_sampling_flags_without_do_sample_are_refused(flags, named):
     """Greedy decoding would silently ignore them: the user asked for sampling and would not get it."""
-    from hicae.cli.common import check_generation
+    from hicae.sampling import check_generation
     from hicae.errors import ConfigError
 
     with pytest.raises(ConfigError, match=named + ".*add --do_sample"):

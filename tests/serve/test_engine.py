@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hicae.errors import CheckpointError, DataError
+from hicae.sampling import SamplingOptions
 from hicae.serve.engine import Engine, QueueFull, Timeout
 from hicae.speed import adapter_in_dtype
 from hicae.serve.settings import ServeConfig
@@ -38,7 +39,8 @@ def _compress(engine: Engine, texts: list[str]) -> str:
 
 def _decode(engine: Engine, mid: str, prompts, task="answer", max_new_tokens=6):
     """A decoding job as the HTTP handlers make it (``Engine.decode_job``), queued."""
-    return engine.submit(engine.decode_job(mid, engine.hot.get(mid).mem, task, prompts, max_new_tokens, {}))
+    options = SamplingOptions(max_new_tokens=max_new_tokens)
+    return engine.submit(engine.decode_job(mid, engine.hot.get(mid).mem, task, prompts, options))
 
 
 def test_micro_batch_equals_one_at_a_time(model, tmp_path):
@@ -125,7 +127,7 @@ def test_prefix_lru_is_bounded_in_bytes(model, tmp_path):
 def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
     engine = _engine(model, tmp_path, max_queue=2, request_timeout=0.05)
     mid = engine.memory_id_of("compress", texts=[TEXTS[0]], max_slots=None)
-    args = {"memory_id": mid, "task": "answer", "prompts": ["Q?"], "max_new_tokens": 6, "sampling": {}, "rows": 1}
+    args = {"memory_id": mid, "task": "answer", "prompts": ["Q?"], "max_new_tokens": 6, "sampling": SamplingOptions(), "rows": 1}
     queued = [engine.submit(engine.job("decode", args, ("greedy", "answer", "m"))) for _ in range(2)]
     with pytest.raises(QueueFull, match="max_queue 2"):
         engine.submit(engine.job("decode", args))
@@ -144,7 +146,7 @@ def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
     try:
         mid = _compress(engine, [TEXTS[0]])
         args = {"memory_id": mid, "task": "continue", "prompts": None, "max_new_tokens": 4000, "rows": 1,
-                "sampling": {"do_sample": True, "seed": 0, "top_k": 50000}}  # sampling: no early stop on EOS
+                "sampling": SamplingOptions(do_sample=True, seed=0, top_k=50000)}  # sampling: no early stop on EOS
         job = engine.submit(engine.job("decode", args))
         started = time.monotonic()
         out = job.future.result(60)["outputs"][0]
@@ -275,9 +277,9 @@ def test_sampling_options_without_do_sample_are_refused():
 
     with pytest.raises(ValidationError, match='temperature, seed only apply when sampling: set "do_sample": true'):
         GenerateRequest(prompt="Q?", temperature=0.7, seed=1)
-    assert GenerateRequest(prompt="Q?", do_sample=True, temperature=0.7).sampling() == {"do_sample": True,
-                                                                                        "temperature": 0.7}
-    assert GenerateRequest(prompt="Q?").sampling() == {}
+    assert GenerateRequest(prompt="Q?", do_sample=True, temperature=0.7).options().generate_kwargs() == {
+        "do_sample": True, "temperature": 0.7}
+    assert GenerateRequest(prompt="Q?").options().generate_kwargs() == {}
 
 
 def test_greedy_requests_ignore_the_base_generation_config(qwen3_tokenizer, tmp_path):

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import MISSING, fields
 
 from ..instruct.build import BuildSettings, build, protocol_sources, read_sources
 from ..instruct.teacher import PlainBase, teacher_answers
+from .flags import Flags
 
 DRY = dict(max_texts=3, max_new_tokens=8, text_tokens=256)  # --dry_run: toy sizes, a tiny random teacher
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hicae build-qa", description=(
+def build_parser() -> Flags:
+    return Flags("build-qa", (BuildSettings,), (
         "Make {'input','prompt','answer'} records (hicae finetune / eval --task qa) from a corpus: questions from "
         "templates and the text (cloze spans, named things, summary, next step), English and Chinese; extractive "
         "ones answered by their span, the rest by the base model reading the whole text (greedy). Resumable: "
         "rerun the same command to continue."))
-    for f in fields(BuildSettings):
-        default = f.default if f.default is not MISSING else None
-        if f.type == "bool":
-            p.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
-            continue
-        kind = {"int | None": int, "str | None": str, "int": int, "float": float, "str": str}[str(f.type)]
-        p.add_argument(f"--{f.name}", type=kind, default=default, help=f.metadata["help"] + f" (default: {default})")
-    return p
 
 
 def load_teacher(s: BuildSettings):
@@ -38,14 +29,15 @@ def load_teacher(s: BuildSettings):
         return PlainBase.wrap(tiny_model("qwen3", initializer_range=0.5).eval(), load_qwen3_tokenizer())
     from ..demo.real_model import qwen25_path
 
-    return PlainBase.load(s.base or str(qwen25_path()), dtype=s.dtype)
+    return PlainBase.load(s.model_name_or_path or str(qwen25_path()), dtype=s.dtype)
 
 
 def build_qa(argv: list[str]) -> int:
-    a = vars(parser().parse_args(argv))
-    if a["dry_run"]:
-        a.update({k: v for k, v in DRY.items() if a[k] == BuildSettings.__dataclass_fields__[k].default})
-    s = BuildSettings(**a)
+    p = build_parser()
+    ns = p.namespace(argv)
+    if ns.dry_run:
+        vars(ns).update({k: v for k, v in DRY.items() if getattr(ns, k) == BuildSettings.__dataclass_fields__[k].default})
+    (s,) = p.settings(ns)
     t0 = time.time()
     import torch
 

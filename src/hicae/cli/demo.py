@@ -22,16 +22,18 @@ seen passages shows that the autoencoder learns.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..demo.corpus import demo_corpus, long_document
+from ..devices import pick_device
 from ..fileio import write_text_atomic
+from ..setting import setting as _f
 from ..tokens import tokenize
-from .common import pick_device
+from .flags import Flags
 from .train import pretrain
 
 
@@ -55,39 +57,45 @@ def warm_up_base(model, tokenizer, texts: list[str], steps: int, seed: int, devi
     return losses[0], losses[-1]
 
 
+
+@dataclass
+class DemoSettings:
+    tiny: bool = _f(False, "train a tiny random model from scratch instead (smoke run)")
+    model_name_or_path: str | None = _f(None, "real demo: the base (default: the fetched Qwen2.5-0.5B-Instruct); "
+                                              "--tiny: a base instead of the tiny model")
+    checkpoint: str | None = _f(None, "real demo: an ICAE checkpoint instead of the shipped one")
+    dtype: str = _f("bf16", "real demo: bf16 (fast on CPUs with bf16 support) or fp32")
+    question: str | None = _f(None, "real demo: the question asked about the first passage")
+    long_document: str | None = _f(None, "real demo: the long document compressed once and asked 3 questions "
+                                         "(default: the GPL-3 text of Debian's base-files, "
+                                         "/usr/share/common-licenses/GPL-3)")
+    no_long_document: bool = _f(False, "real demo: skip the long-document part")
+    allow_other_weights: bool = _f(False, "real demo: run --checkpoint on a base model whose weights differ from "
+                                          "those it was trained on")
+    output_dir: str = _f("outputs/demo", "folder of the demo's data, checkpoints and memory files")
+    max_steps: int = _f(200, "--tiny: training steps of the ICAE")
+    train_passages: int = _f(8, "passages to train on: few enough that a tiny model learns them in CPU minutes")
+    base_steps: int = _f(100, "causal-LM warm-up steps of the tiny random base before it is frozen (0: none)")
+    batch_size: int = _f(8, "--tiny: training batch size")
+    learning_rate: float = _f(5e-3, "--tiny: learning rate")
+    mem_size: int = _f(8, "--tiny: k, memory slots per segment", aliases=["--fixed_mem_size"])
+    compression_rate: int = _f(4, "--tiny: r, mean tokens per slot", aliases=["--mean_compression_rate"])
+    lora_r: int = _f(16, "--tiny: LoRA rank of the encoder adapter")
+    lm_ratio: float = _f(0.2, "--tiny: share of LM (continuation) examples")
+    seed: int = _f(0, "--tiny: seed of the tiny model and of training")
+    device: str = _f("auto", "cpu, cuda, cuda:1 ... (default: cuda if available)")
+    hierarchical: bool = _f(False, "then train a HierarchicalICAE from the ICAE and compress a long text into a "
+                                   "bounded memory")
+    max_slots: int = _f(48, "--hierarchical: memory budget of the long text, in slots")
+    hier_steps: int = _f(60, "--hierarchical: training steps of the hierarchy")
+
+
+def build_parser() -> Flags:
+    return Flags("demo", (DemoSettings,), __doc__)
+
+
 def demo(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hicae demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="train a tiny random model from scratch instead (smoke run)")
-    p.add_argument("--model_name_or_path", default=None,
-                   help="real demo: the base (default: the fetched Qwen2.5-0.5B-Instruct); --tiny: a base instead of the tiny model")
-    p.add_argument("--checkpoint", default=None, help="real demo: an ICAE checkpoint instead of the shipped one")
-    p.add_argument("--dtype", default="bf16", help="real demo: bf16 (fast on CPUs with bf16 support) or fp32")
-    p.add_argument("--question", default=None, help="real demo: the question asked about the first passage")
-    p.add_argument("--long_document", default=None,
-                   help="real demo: the long document compressed once and asked 3 questions (default: the GPL-3 text "
-                        "of Debian's base-files, /usr/share/common-licenses/GPL-3)")
-    p.add_argument("--no_long_document", action="store_true", help="real demo: skip the long-document part")
-    p.add_argument("--allow_other_weights", action="store_true",
-                   help="real demo: run --checkpoint on a base model whose weights differ from those it was trained on")
-    p.add_argument("--output_dir", default="outputs/demo")
-    p.add_argument("--max_steps", type=int, default=200)
-    p.add_argument("--train_passages", type=int, default=8,
-                   help="passages to train on: few enough that a tiny model learns them in CPU minutes")
-    p.add_argument("--base_steps", type=int, default=100,
-                   help="causal-LM warm-up steps of the tiny random base before it is frozen (0: none)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--learning_rate", type=float, default=5e-3)
-    p.add_argument("--mem_size", type=int, default=8)
-    p.add_argument("--compression_rate", type=int, default=4)
-    p.add_argument("--lora_r", type=int, default=16)
-    p.add_argument("--lm_ratio", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--hierarchical", action="store_true",
-                   help="then train a HierarchicalICAE from the ICAE and compress a long text into a bounded memory")
-    p.add_argument("--max_slots", type=int, default=48, help="--hierarchical: memory budget of the long text, in slots")
-    p.add_argument("--hier_steps", type=int, default=60, help="--hierarchical: training steps of the hierarchy")
-    args = p.parse_args(argv)
+    (args,) = build_parser().parse(argv)
     if not args.tiny:
         from .demo_real import real_demo
 
@@ -127,7 +135,7 @@ def demo(argv: list[str]) -> int:
     pretrain([
         "--model_name_or_path", base_path, "--output_dir", str(ckpt),
         "--train_file", str(out / "data" / "train.jsonl"), "--validation_file", str(out / "data" / "eval.jsonl"),
-        "--fixed_mem_size", str(args.mem_size), "--mean_compression_rate", str(args.compression_rate),
+        "--mem_size", str(args.mem_size), "--compression_rate", str(args.compression_rate),
         "--lora_r", str(args.lora_r), "--lora_alpha", str(2 * args.lora_r), "--lora_dropout", "0.0",
         # every projection: a tiny encoder needs the adapter's full reach to learn in CPU minutes
         "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",

@@ -54,9 +54,9 @@ def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) 
 
 def real_demo(args: Any) -> int:
     from ..checkpoint import load_base, load_icae, read_checkpoint_config
-    from ..evaluation.metrics import sentence_bleu
     from ..demo.real_model import qwen25_path
-    from .common import pick_device
+    from ..devices import pick_device
+    from ..evaluation.metrics import sentence_bleu
 
     t0 = time.time()
     out = Path(args.output_dir)

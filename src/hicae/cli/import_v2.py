@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, load_base, save_icae
 from ..config import BOS_MODES
 from ..errors import ConfigError
 from ..migration import REFERENCE_LORA_ALPHA, import_icae_v2, refuse_pickle
+from .flags import Flags
 from .outputs import check_writable, refuse_overwriting_inputs
 
 DESCRIPTION = """Convert an ICAE v2 checkpoint (the reference code's safetensors file, e.g. the released
@@ -21,28 +22,31 @@ mistralai/Mistral-7B-Instruct-v0.2). Pickle files (.bin, .pt) are refused; the m
 convert one yourself."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hicae import-icae-v2", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--icae_v2", required=True, help="the ICAE v2 checkpoint file (.safetensors)")
-    p.add_argument("--model_name_or_path", required=True, help="its base model: hub name, local folder or .gguf file")
-    p.add_argument("--output_dir", required=True, help="folder for the hicae checkpoint (must not hold one)")
-    p.add_argument("--dtype", default="auto", help="base model dtype while converting: auto, bf16, fp16, fp32")
-    p.add_argument("--mean_compression_rate", type=int, default=4, help="r the checkpoint was trained with (reference: 4)")
-    p.add_argument("--lora_alpha", type=int, default=REFERENCE_LORA_ALPHA,
-                   help=f"LoRA alpha it was trained with (not stored in the file; the reference: {REFERENCE_LORA_ALPHA})")
-    p.add_argument("--model_max_length", type=int, default=5120, help="longest text in tokens (reference: 5120)")
-    p.add_argument("--add_special_token_for_lm", action="store_true",
-                   help="it was pretrained with [LM] after the slots (the reference's default is without)")
-    p.add_argument("--bos", default="auto", choices=BOS_MODES,
-                   help="BOS before each compressed text: auto (where the tokenizer adds one, as the reference "
-                        "tokenises: Mistral's <s>), always, never (the text alone, as the reference's fine-tuning "
-                        "script compresses 'input')")
-    return p
+@dataclass
+class ImportSettings:
+    icae_v2: str = field(metadata={"help": "the ICAE v2 checkpoint file (.safetensors)"})
+    model_name_or_path: str = field(metadata={"help": "its base model: hub name, local folder or .gguf file"})
+    output_dir: str = field(metadata={"help": "folder for the hicae checkpoint (must not hold one)"})
+    dtype: str = field(default="auto", metadata={"help": "base model dtype while converting: auto, bf16, fp16, fp32"})
+    compression_rate: int = field(default=4, metadata={
+        "aliases": ["--mean_compression_rate"], "help": "r the checkpoint was trained with (reference: 4)"})
+    lora_alpha: int = field(default=REFERENCE_LORA_ALPHA, metadata={
+        "help": f"LoRA alpha it was trained with (not stored in the file; the reference: {REFERENCE_LORA_ALPHA})"})
+    model_max_length: int = field(default=5120, metadata={"help": "longest text in tokens (reference: 5120)"})
+    add_special_token_for_lm: bool = field(default=False, metadata={
+        "help": "it was pretrained with [LM] after the slots (the reference's default is without)"})
+    bos: str = field(default="auto", metadata={
+        "choices": BOS_MODES, "help": "BOS before each compressed text: auto (where the tokenizer adds one, as the "
+                                      "reference tokenises: Mistral's <s>), always, never (the text alone, as the "
+                                      "reference's fine-tuning script compresses 'input')"})
+
+
+def build_parser() -> Flags:
+    return Flags("import-icae-v2", (ImportSettings,), DESCRIPTION)
 
 
 def import_v2(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    (args,) = build_parser().parse(argv)
     src, out = Path(args.icae_v2), Path(args.output_dir)
     refuse_pickle(src)  # before loading a base model of many GB
     if not src.is_file():
@@ -52,7 +56,7 @@ def import_v2(argv: list[str]) -> int:
     if (out / CONFIG_FILE).exists():
         raise ConfigError(f"--output_dir {out} already holds a hicae checkpoint; choose another folder")
     base, tok = load_base(args.model_name_or_path, dtype=args.dtype)
-    model = import_icae_v2(src, base, tok, compression_rate=args.mean_compression_rate, lora_alpha=args.lora_alpha,
+    model = import_icae_v2(src, base, tok, compression_rate=args.compression_rate, lora_alpha=args.lora_alpha,
                            model_max_length=args.model_max_length, add_special_token_for_lm=args.add_special_token_for_lm,
                            bos=args.bos)
     save_icae(model, out)

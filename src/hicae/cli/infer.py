@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_base, load_icae
 from ..config import inference_max_length
 from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
-from ..errors import CheckpointError, DataError
+from ..devices import pick_device
+from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
+from ..sampling import SamplingOptions
 from ..speed import DECODING_MODES
-from .common import check_generation, pick_device
+from .flags import Flags
 from .outputs import check_writable, refuse_overwriting_inputs
 
 
@@ -24,33 +26,44 @@ LENGTH_HELP = ("longest text in tokens (default: the base model's window, max_po
                "checkpoint was trained on does not limit inference)")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="hicae checkpoint directory (from pretrain/finetune)")
-    p.add_argument("--model_name_or_path", default=None, help="base model to use instead of the one the checkpoint names")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="auto, bf16, fp16, fp32")
-    p.add_argument("--decoding", choices=DECODING_MODES, default="dynamic",
-                   help="KV cache of decoding: dynamic (default), static, or compiled (static + torch.compile; "
-                        "CUDA graphs on a GPU; the first call compiles)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoder for compression (the first call compiles)")
-    p.add_argument("--allow_other_weights", action="store_true",
-                   help="use a base model whose weights differ from the checkpoint's, and decode memories made "
-                        "by other weights (refused otherwise)")
+@dataclass
+class LoadSettings:
+    """The checkpoint a command loads (compress, generate, eval, serve) and how it runs."""
+
+    checkpoint: str = field(metadata={"help": "hicae checkpoint directory (from pretrain/finetune)"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "base model to use instead of the one the checkpoint names"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if available)"})
+    dtype: str = field(default="auto", metadata={"help": "auto, bf16, fp16, fp32"})
+    decoding: str = field(default="dynamic", metadata={
+        "choices": DECODING_MODES, "help": "KV cache of decoding: dynamic (default), static, or compiled (static + "
+                                           "torch.compile; CUDA graphs on a GPU; the first call compiles)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the encoder for compression (the first call compiles)"})
+    allow_other_weights: bool = field(default=False, metadata={
+        "help": "use a base model whose weights differ from the checkpoint's, and decode memories made by other "
+                "weights (refused otherwise)"})
+
+    def inputs(self) -> list[tuple[str, str | None]]:
+        """The model's files, which no output may replace."""
+        return [("--checkpoint", self.checkpoint), ("--model_name_or_path", self.model_name_or_path)]
 
 
-def length_args(p: argparse.ArgumentParser, overlong_help: str = "refuse (default) or truncate texts over the limit",
-                length_help: str = LENGTH_HELP) -> None:
-    """``--model_max_length`` and ``--overlong``: the length policy of the commands that load a checkpoint to
-    read texts (compress, eval, serve); ``length_overrides`` turns them into config overrides for ``_load``."""
-    p.add_argument("--model_max_length", type=int, default=None, help=length_help)
-    p.add_argument("--overlong", choices=["error", "truncate"], default="error", help=overlong_help)
+@dataclass
+class LengthSettings:
+    """The length policy of the commands that load a checkpoint to read texts (compress, eval, serve)."""
+
+    model_max_length: int | None = field(default=None, metadata={"help": LENGTH_HELP})
+    overlong: str = field(default="error", metadata={
+        "choices": ["error", "truncate"], "help": "refuse (default) or truncate texts over the limit"})
+
+    def overrides(self) -> dict[str, Any]:
+        """The config overrides of ``_load``."""
+        return {k: v for k, v in {"model_max_length": self.model_max_length, "overlong": self.overlong}.items()
+                if v is not None}
 
 
-def length_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in {"model_max_length": args.model_max_length, "overlong": args.overlong}.items() if v is not None}
-
-
-def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
+def _load(args: LoadSettings, overrides: dict[str, Any] | None = None):
     device = pick_device(args.device)
     base = tok = None
     if args.model_name_or_path:
@@ -64,11 +77,6 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None):
     if args.compile:
         model.compile_encoder()
     return model
-
-
-def model_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
-    """The model's files, which no output may replace."""
-    return [("--checkpoint", args.checkpoint), ("--model_name_or_path", args.model_name_or_path)]
 
 
 def load_memory(model, path: str) -> Memory:
@@ -94,22 +102,52 @@ def read_texts(path: str) -> list[str]:
     return [text]
 
 
+@dataclass
+class CompressSettings:
+    input: str = field(metadata={"help": "a text file (one text) or a .jsonl file of {'text': ...}"})
+    output: str = field(metadata={"help": "memory file to write (.mem.safetensors)"})
+    max_slots: int | None = field(
+        default=None, metadata={"help": "hierarchical checkpoints: memory budget per text, in slots"})
+    append_to: str | None = field(default=None, metadata={
+        "help": "hierarchical checkpoints: a memory file to extend (streaming); only the new text is compressed"})
+
+
+@dataclass
+class GenerateSettings:
+    memory: str = field(metadata={"help": "memory file written by `hicae compress`"})
+    prompt: list[str] | None = field(default=None, metadata={
+        "repeat": True, "help": "a question about the text(s); repeat for several"})
+    reconstruct: bool = field(default=False, metadata={"help": "[AE]: decode the texts back"})
+    continue_text: bool = field(default=False, metadata={"aliases": ["--continue"], "help": "[LM]: continue the texts"})
+    output: str | None = field(default=None, metadata={"help": "write JSON lines here instead of printing text"})
+
+    def __post_init__(self) -> None:
+        asked = [flag for flag, v in (("--prompt", self.prompt), ("--reconstruct", self.reconstruct),
+                                      ("--continue_text", self.continue_text)) if v]
+        if len(asked) != 1:
+            raise ConfigError(f"give one of --prompt, --reconstruct and --continue_text (--continue), got "
+                              f"{', '.join(asked) or 'none'}")
+
+
+def compress_parser() -> Flags:
+    return Flags("compress", (LoadSettings, CompressSettings, LengthSettings), "Compress texts into a memory file.",
+                 helps={"overlong": "refuse (default) or truncate texts over the limit, whatever the checkpoint was "
+                                    "trained with"})
+
+
+def generate_parser() -> Flags:
+    return Flags("generate", (LoadSettings, GenerateSettings, SamplingOptions), "Decode from a memory file.",
+                 max_new_tokens=128)
+
+
 def compress(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hicae compress", description="Compress texts into a memory file.")
-    _model_args(p)
-    p.add_argument("--input", required=True, help="a text file (one text) or a .jsonl file of {'text': ...}")
-    p.add_argument("--output", required=True, help="memory file to write (.mem.safetensors)")
-    length_args(p, "refuse (default) or truncate texts over the limit, whatever the checkpoint was trained with")
-    p.add_argument("--max_slots", type=int, default=None, help="hierarchical checkpoints: memory budget per text, in slots")
-    p.add_argument("--append_to", default=None,
-                   help="hierarchical checkpoints: a memory file to extend (streaming); only the new text is compressed")
-    args = p.parse_args(argv)
+    load, args, length = compress_parser().parse(argv)
     check_writable("--output", args.output)
     refuse_overwriting_inputs([("--output", args.output)],
-                              [("--input", args.input), ("--append_to", args.append_to), *model_inputs(args)])
-    pick_device(args.device)
+                              [("--input", args.input), ("--append_to", args.append_to), *load.inputs()])
+    pick_device(load.device)
     texts = read_texts(args.input)
-    model = _load(args, length_overrides(args))
+    model = _load(load, length.overrides())
     if (args.max_slots is not None or args.append_to) and not model.hierarchical:
         raise DataError("--max_slots and --append_to need a hierarchical checkpoint (hicae pretrain --hierarchical)")
     if args.append_to:
@@ -123,35 +161,22 @@ def compress(argv: list[str]) -> int:
 
 
 def generate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hicae generate", description="Decode from a memory file.")
-    _model_args(p)
-    p.add_argument("--memory", required=True, help="memory file written by `hicae compress`")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prompt", action="append", help="a question about the text(s); repeat for several")
-    what.add_argument("--reconstruct", action="store_true", help="[AE]: decode the texts back")
-    what.add_argument("--continue", dest="continue_", action="store_true", help="[LM]: continue the texts")
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (needs --do_sample)")
-    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass (needs --do_sample)")
-    p.add_argument("--output", default=None, help="write JSON lines here instead of printing text")
-    args = p.parse_args(argv)
-    check_generation(args.max_new_tokens, args.do_sample, args.temperature, args.top_p)
+    load, args, sampling = generate_parser().parse(argv)
+    sampling.check()
     if args.output:
         check_writable("--output", args.output)
-        refuse_overwriting_inputs([("--output", args.output)], [("--memory", args.memory), *model_inputs(args)])
-    pick_device(args.device)
-    model = _load(args)
+        refuse_overwriting_inputs([("--output", args.output)], [("--memory", args.memory), *load.inputs()])
+    pick_device(load.device)
+    model = _load(load)
     mem = load_memory(model, args.memory)
-    gen: dict[str, Any] = {"do_sample": args.do_sample}
-    if args.do_sample:
-        gen.update({k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p}.items() if v is not None})
+    gen, n = sampling.generate_kwargs(), sampling.max_new_tokens
+    sampling.seed_torch()
     if args.reconstruct:
-        outs, prompts = model.reconstruct(mem, max_new_tokens=args.max_new_tokens, **gen), [None] * len(mem)
-    elif args.continue_:
-        outs, prompts = model.continue_text(mem, max_new_tokens=args.max_new_tokens, **gen), [None] * len(mem)
+        outs, prompts = model.reconstruct(mem, max_new_tokens=n, **gen), [None] * len(mem)
+    elif args.continue_text:
+        outs, prompts = model.continue_text(mem, max_new_tokens=n, **gen), [None] * len(mem)
     else:
-        outs = model.generate(mem, args.prompt, max_new_tokens=args.max_new_tokens, **gen)
+        outs = model.generate(mem, args.prompt, max_new_tokens=n, **gen)
         prompts = args.prompt * len(outs) if len(args.prompt) == 1 else args.prompt
     rows = [{"index": i, "prompt": pr, "output": o} for i, (pr, o) in enumerate(zip(prompts, outs))]
     if args.output:

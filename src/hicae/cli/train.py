@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from ..checkpoint import load_base, load_icae, read_checkpoint_config
 from ..config import HierarchyConfig, ICAEConfig
@@ -33,7 +33,7 @@ from ..plots import save_loss_curve
 from ..run_folder import (checkpoint_step, clear_previous_run, complete_checkpoints, inside, previous_run,
                           resolve_resume, rng_file)
 from ..trainer import ICAETrainer
-from .common import parse_dataclasses
+from .flags import Flags
 from .outputs import check_writable, refuse_overwriting_inputs
 
 
@@ -80,14 +80,12 @@ class RunArguments:
     )
 
 
-def build_parser(mode: str) -> HfArgumentParser:
-    parser = HfArgumentParser((ModelArguments, DataArguments, ICAEConfig, HierarchyConfig, RunArguments, TrainingArguments),
-                              prog=f"hicae {mode}")
+def build_parser(mode: str) -> Flags:
     # Pretraining corpora hold documents longer than any window: read their head. Fine-tuning
     # refuses over-long inputs, since cutting one could remove what the answer needs.
-    parser.set_defaults(overlong="truncate" if mode == "pretrain" else "error", report_to="auto",
-                        remove_unused_columns=False, label_names=["dec_labels"])
-    return parser
+    return Flags(mode, (ModelArguments, DataArguments, ICAEConfig, HierarchyConfig, RunArguments, TrainingArguments),
+                 overlong="truncate" if mode == "pretrain" else "error", report_to="auto",
+                 remove_unused_columns=False, label_names=["dec_labels"])
 
 
 def _report_to(value) -> list[str]:
@@ -96,15 +94,12 @@ def _report_to(value) -> list[str]:
     return value
 
 
-def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) -> ICAEConfig | None:
+def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, given: set[str]) -> ICAEConfig | None:
     """Config from --restore_from, with runtime knobs from the command line (``overlong`` always: the command's
-    default or flag); memory-defining fields must agree."""
+    default or flag); memory-defining fields must agree. ``given``: the settings the command line names."""
     if not margs.restore_from:
         return None
     saved = ICAEConfig.from_dict(read_checkpoint_config(margs.restore_from)["icae"])
-    given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
-    aliases = {"fixed_mem_size": "mem_size", "mean_compression_rate": "compression_rate"}
-    given = {aliases.get(g, g) for g in given}
     for name in ICAEConfig._MEMORY_FIELDS:
         if name in given and getattr(cli_cfg, name) != getattr(saved, name):
             raise ConfigError(
@@ -116,51 +111,6 @@ def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, argv: list[str]) ->
     runtime = {f.name: getattr(cli_cfg, f.name) for f in dataclasses.fields(ICAEConfig)
                if f.name not in ICAEConfig._MEMORY_FIELDS and (f.name in given or f.name == "overlong")}
     return dataclasses.replace(saved, **runtime)
-
-
-RECIPE_META = ("command", "description", "hardware", "expected_time")
-
-
-def recipe_args(path: str, mode: str) -> list[str]:
-    """Flags from a recipe file (YAML or JSON: ``command``, ``args``, and descriptive keys)."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        recipe = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is YAML too
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML/JSON: {e}") from None
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("args"), dict):
-        raise ConfigError(f"{path}: a recipe is a mapping with an 'args' mapping of flags")
-    unknown = sorted(set(recipe) - set(RECIPE_META) - {"args"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown recipe keys {unknown} (allowed: {list(RECIPE_META) + ['args']})")
-    if recipe.get("command", mode) != mode:
-        raise ConfigError(f"{path} is a recipe for `hicae {recipe['command']}`, not `hicae {mode}`")
-    out: list[str] = []
-    for key, value in recipe["args"].items():
-        if value is None:
-            continue
-        out.append(f"--{key}")
-        if isinstance(value, bool):
-            out.append(str(value).lower())
-        elif isinstance(value, (list, tuple)):
-            out.extend(str(v) for v in value)
-        else:
-            out.append(str(value))
-    return out
-
-
-def expand_config(argv: list[str], mode: str) -> list[str]:
-    """Replace ``--config FILE`` by the recipe's flags; flags given on the command line come later, so they win."""
-    if "--config" not in argv:
-        return argv
-    i = argv.index("--config")
-    if i + 1 >= len(argv):
-        raise ConfigError("--config needs a file")
-    return recipe_args(argv[i + 1], mode) + argv[:i] + argv[i + 2 :]
 
 
 def _check_distributed(targs: TrainingArguments) -> None:
@@ -213,9 +163,10 @@ def _start_clean(targs: TrainingArguments, rargs: RunArguments, resume: Path | N
 
 
 def run(mode: str, argv: list[str]) -> int:
-    argv = expand_config(argv, mode)
     parser = build_parser(mode)
-    margs, dargs, cfg, hier, rargs, targs = parse_dataclasses(parser, argv)
+    argv = parser.expand_config(argv)
+    margs, dargs, cfg, hier, rargs, targs = parser.parse(argv)
+    given = {parser.dest_of(a.split("=")[0]) for a in argv if a.startswith("--")}  # recipe flags count
     hier = hier if margs.hierarchical else None
     targs.report_to = _report_to(targs.report_to)
     _check_distributed(targs)
@@ -241,7 +192,7 @@ def run(mode: str, argv: list[str]) -> int:
         raise ConfigError(f"--eval_strategy {targs.eval_strategy.value} needs --validation_file")
 
     set_seed(targs.seed)  # before the model is built: LoRA's initialisation draws from the global RNG
-    restored = _icae_config(margs, cfg, argv)
+    restored = _icae_config(margs, cfg, given)
     if restored is not None:
         base = tok = None
         if margs.model_name_or_path:
@@ -270,6 +221,14 @@ def run(mode: str, argv: list[str]) -> int:
         save_loss_curve(trainer.state.log_history, targs.output_dir, title=f"hicae {mode}")
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     return 0
+
+
+def pretrain_parser() -> Flags:
+    return build_parser("pretrain")
+
+
+def finetune_parser() -> Flags:
+    return build_parser("finetune")
 
 
 def pretrain(argv: list[str]) -> int:

@@ -20,5 +20,6 @@ class EvalTask:
     # Returns what ``run`` needs besides the model and the settings.
     prepare: Callable[[argparse.Namespace], Any]
     run: Callable[[Any, EvalSettings, argparse.Namespace, Any], TaskResult]  # (model, settings, args, prepared)
-    # The task's own flags, in its argument group; tasks sharing flags share the function (added once).
-    add_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    # The task's own flags: a settings dataclass (a field with help per flag; ``_argument_group_name`` heads
+    # them in --help); tasks sharing flags share the class (added once).
+    flags: type | None = None

@@ -21,6 +21,7 @@ the continuation).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, DataError
@@ -133,11 +134,14 @@ def run_ppl(model: Any, records: list[TextRecord], s: EvalSettings, continuation
     return TaskResult("ppl", summary, breakdowns, rows, tables, plots, notes)
 
 
-def add_flags(p: Any) -> None:
-    g = p.add_argument_group("ppl")
-    g.add_argument("--continuation_tokens", type=int, default=64, help="the last N tokens of each text are the continuation")
-    g.add_argument("--leave_tokens", type=int, default=1, help="the first N continuation tokens are read but not scored (>= 1)")
-    g.add_argument("--conditions", default="none,memory,full,truncated", help="comma-separated subset of none,memory,full,truncated")
+@dataclass
+class PplFlags:
+    _argument_group_name = "ppl"
+
+    continuation_tokens: int = field(default=64, metadata={"help": "the last N tokens of each text are the continuation"})
+    leave_tokens: int = field(default=1, metadata={"help": "the first N continuation tokens are read but not scored (>= 1)"})
+    conditions: str = field(default="none,memory,full,truncated",
+                            metadata={"help": "comma-separated subset of none,memory,full,truncated"})
 
 
 def _prepare(args: Any) -> tuple[list[TextRecord], list[str]]:
@@ -148,5 +152,5 @@ def _prepare(args: Any) -> tuple[list[TextRecord], list[str]]:
 
 TASK = EvalTask(
     "ppl", "perplexity of a continuation: no context / memory / full text / text truncated to as many tokens as slots",
-    reads_data=True, prepare=_prepare, add_flags=add_flags,
+    reads_data=True, prepare=_prepare, flags=PplFlags,
     run=lambda model, s, args, prep: run_ppl(model, prep[0], s, args.continuation_tokens, args.leave_tokens, prep[1]))

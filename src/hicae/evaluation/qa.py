@@ -15,6 +15,7 @@ judge (no API is called here).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,20 +181,26 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
     return TaskResult("qa", summary, {"by_ratio": by_ratio}, rows, tables, plots, notes)
 
 
-def add_flags(p: Any) -> None:
-    g = p.add_argument_group("qa")
-    g.add_argument("--format", default="auto", choices=["auto", "pwc", "longbench"], help="QA data format (auto: from the first record)")
-    g.add_argument("--longbench_dataset", default=None,
-                   help="LongBench data: the dataset whose official metric scores the answers (default: each record's "
-                        "'dataset' field), e.g. hotpotqa, multifieldqa_zh, dureader, trec")
-    g.add_argument("--prompt_templates", default=None, metavar="FILE.json",
-                   help="JSON object dataset -> template with {context} and {input} (LongBench's "
-                        "config/dataset2prompt.json): each record's prompt from its dataset's template; memory gets "
-                        "the template without {context}; a record whose dataset has none is refused")
-    g.add_argument("--prompt_template", default=None, metavar="TEXT",
-                   help="one template with {context} and {input} for every record (instead of --prompt_templates)")
-    g.add_argument("--skip_fulltext", action="store_true", help="qa: no full-text baseline")
-    g.add_argument("--judge_file", default=None, help="qa: write a pairwise-judging JSONL (question, reference, both answers)")
+@dataclass
+class QAFlags:
+    _argument_group_name = "qa"
+
+    format: str = field(default="auto", metadata={"choices": ["auto", "pwc", "longbench"],
+                                                  "help": "QA data format (auto: from the first record)"})
+    longbench_dataset: str | None = field(default=None, metadata={
+        "help": "LongBench data: the dataset whose official metric scores the answers (default: each record's "
+                "'dataset' field), e.g. hotpotqa, multifieldqa_zh, dureader, trec"})
+    prompt_templates: str | None = field(default=None, metadata={
+        "metavar": "FILE.json",
+        "help": "JSON object dataset -> template with {context} and {input} (LongBench's config/dataset2prompt.json): "
+                "each record's prompt from its dataset's template; memory gets the template without {context}; a "
+                "record whose dataset has none is refused"})
+    prompt_template: str | None = field(default=None, metadata={
+        "metavar": "TEXT", "help": "one template with {context} and {input} for every record (instead of "
+                                   "--prompt_templates)"})
+    skip_fulltext: bool = field(default=False, metadata={"help": "qa: no full-text baseline"})
+    judge_file: str | None = field(default=None, metadata={
+        "help": "qa: write a pairwise-judging JSONL (question, reference, both answers)"})
 
 
 def _assign_templates(args: Any, records: list[QARecord]) -> None:
@@ -215,5 +222,5 @@ def _prepare(args: Any) -> list[QARecord]:
 
 TASK = EvalTask(
     "qa", "answers from memory vs from the full text: ROUGE-L, token F1, exact match (PwC or LongBench JSONL)",
-    reads_data=True, prepare=_prepare, add_flags=add_flags,
+    reads_data=True, prepare=_prepare, flags=QAFlags,
     run=lambda model, s, args, records: run_qa(model, records, s, fulltext=not args.skip_fulltext, judge_file=args.judge_file))

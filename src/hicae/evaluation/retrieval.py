@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
@@ -214,13 +214,17 @@ def run_retrieval(task: str, model: Any, s: EvalSettings, lengths: list[int], de
     return TaskResult(task, summary, {}, rows, tables, plots, notes)
 
 
-def add_flags(p: Any) -> None:
-    g = p.add_argument_group("passkey / needle")
-    g.add_argument("--lengths", default="1k,4k,16k", help="context lengths in tokens (k = 1024), e.g. 1k,4k,16k,128k")
-    g.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths as fractions of the haystack")
-    g.add_argument("--samples", type=int, default=5, help="samples per (length, depth) cell")
-    g.add_argument("--distractors", type=int, default=0, help="needle: other keyed numbers in the haystack")
-    g.add_argument("--fulltext", action="store_true", help="passkey/needle: also ask the base model with the haystack inline")
+@dataclass
+class RetrievalFlags:
+    _argument_group_name = "passkey / needle"
+
+    lengths: str = field(default="1k,4k,16k", metadata={
+        "help": "context lengths in tokens (k = 1024), e.g. 1k,4k,16k,128k"})
+    depths: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "needle depths as fractions of the haystack"})
+    samples: int = field(default=5, metadata={"help": "samples per (length, depth) cell"})
+    distractors: int = field(default=0, metadata={"help": "needle: other keyed numbers in the haystack"})
+    fulltext: bool = field(default=False, metadata={
+        "help": "passkey/needle: also ask the base model with the haystack inline"})
 
 
 def _prepare(args: Any) -> tuple[list[int], list[float]]:
@@ -233,7 +237,7 @@ def _task(name: str, summary: str) -> EvalTask:
     def run(model: Any, s: EvalSettings, args: Any, prep: tuple[list[int], list[float]]) -> TaskResult:
         return run_retrieval(name, model, s, prep[0], prep[1], args.samples, args.distractors, args.fulltext)
 
-    return EvalTask(name, summary, reads_data=False, prepare=_prepare, run=run, add_flags=add_flags)
+    return EvalTask(name, summary, reads_data=False, prepare=_prepare, run=run, flags=RetrievalFlags)
 
 
 PASSKEY = _task("passkey", "find a 5-digit pass key in a filler haystack, over --lengths x --depths")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import torch
@@ -18,15 +18,21 @@ T = TypeVar("T")
 
 @dataclass
 class EvalSettings:
-    """Knobs common to all tasks (the CLI fills them from its flags)."""
+    """Knobs common to all tasks (``hicae eval``'s flags, one per field)."""
 
-    batch_size: int = 8
-    limit: int | None = None  # first N records (passkey/needle: first N samples)
-    seed: int = 0
-    max_slots: int | None = None  # hierarchical checkpoints: memory budget per text
-    max_new_tokens: int | None = None  # None: the task's default
-    progress: bool = True
-    bleu_tokenize: str = "auto"  # sacrebleu tokeniser: auto (zh for Chinese, else 13a), 13a, zh, intl, char, none
+    batch_size: int = field(default=8, metadata={"help": "texts (questions, samples) per batch"})
+    limit: int | None = field(default=None, metadata={
+        "help": "use only the first N records (passkey/needle: N samples)"})
+    seed: int = field(default=0, metadata={"help": "seed of the synthetic haystacks and of torch"})
+    max_slots: int | None = field(default=None, metadata={
+        "help": "hierarchical checkpoints: memory budget per text, in slots"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation limit (default: ae each text's length + 8, qa 64, passkey/needle 16)"})
+    progress: bool = field(default=True, metadata={"help": "a progress bar (--no_progress: none)"})
+    bleu_tokenize: str = field(default="auto", metadata={
+        "choices": ["auto", "13a", "zh", "intl", "char", "none"],
+        "help": "ae: sacrebleu's tokenisation (auto: zh, one token per CJK character, for groups holding Chinese; "
+                "else 13a)"})
 
     def __post_init__(self) -> None:
         from .metrics import bleu_tokenizer

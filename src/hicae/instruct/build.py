@@ -18,17 +18,15 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..data import PRETRAIN_FIELDS, iter_jsonl
 from ..errors import ConfigError, DataError
+from ..setting import setting as _f
 from .questions import KINDS, make_questions
 
-
-def _f(default, help: str):  # noqa: A002 - argparse's word
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -43,7 +41,8 @@ class BuildSettings:
     text_tokens: int = _f(1024, "protocol documents are cut into passages of at most this many tokens "
                                 "(several segments each: the memory the decoder must learn to read)")
     min_tokens: int = _f(64, "protocol passages shorter than this are dropped")
-    base: str | None = _f(None, "the teacher: base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct)")
+    model_name_or_path: str | None = _f(None, "the teacher: base model folder or .gguf (default: the real "
+                                              "Qwen2.5-0.5B-Instruct)", aliases=["--base"])
     kinds: str = _f(",".join(KINDS), f"question kinds, comma-separated, from {', '.join(KINDS)}")
     per_kind: int = _f(1, "questions of each kind per text (cloze: one from each of this many stretches of the text)")
     max_texts: int | None = _f(None, "use only the first N source texts (after the seeded shuffle of protocol passages)")

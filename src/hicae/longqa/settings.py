@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 
 from ..errors import ConfigError
+from ..setting import setting as _f
 
 CONDITIONS = ("memory_flat", "memory_hier", "memory_decoded", "full", "last_n", "bm25", "none")
 MEMORY = ("memory_flat", "memory_hier")  # answered by the decoder from the slots
 DECODED = "memory_decoded"  # the flat memory read back as text (decoded.py), then BM25 and the plain base
 
-
-def _f(default, help: str):  # noqa: A002 - argparse's word
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

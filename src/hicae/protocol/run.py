@@ -225,8 +225,8 @@ def load_tokenizer(base: str | None) -> Any:
 
 def load_model(s: ProtocolSettings) -> Any:
     from ..checkpoint import load_base, load_icae
-    from ..cli.common import pick_device
     from ..demo.real_model import qwen25_path
+    from ..devices import pick_device
 
     base, tok = load_base(s.base or str(qwen25_path()), dtype=s.dtype, device=pick_device(None))
     # every held-out text is s.tokens long: the checkpoint's length limit follows it

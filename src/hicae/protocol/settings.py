@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 
 from ..errors import ConfigError
+from ..setting import setting as _f
 from .sources import DOMAINS
 
-
-def _f(default, help: str):  # noqa: A002 - argparse's word
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

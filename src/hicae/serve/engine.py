@@ -38,6 +38,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..errors import DataError, HicaeError
 from ..memory import Memory
 from ..model import broadcast_rows
+from ..sampling import SamplingOptions
 from ..tasks import PROMPTED, model_task
 from .hot import HotMemories
 from .settings import ServeConfig
@@ -127,16 +128,17 @@ class Engine:
     def job(self, kind: str, args: dict[str, Any], group: tuple | None = None, streamer: Any = None) -> Job:
         return Job(kind, args, time.monotonic() + self.cfg.request_timeout, group, streamer)
 
-    def decode_job(self, memory_id: str, mem: Any, task: str, prompts: list[str] | None, max_new_tokens: int | None,
-                   sampling: dict[str, Any], streamer: Any = None) -> Job:
+    def decode_job(self, memory_id: str, mem: Any, task: str, prompts: list[str] | None, options: SamplingOptions,
+                   streamer: Any = None) -> Job:
         """A decoding job on ``mem`` (its rows checked), its length settled and its batching group set."""
         entries, _ = self.rows_of(mem, task, prompts)
+        max_new_tokens = options.max_new_tokens
         if max_new_tokens is None:  # reconstruct: the text's length and a little more; else 128; within the cap
             longest = max(mem.num_tokens[e] for e in entries)
             max_new_tokens = min(longest + 8 if task == "reconstruct" else 128, self.cfg.max_new_tokens)
         args = {"memory_id": memory_id, "task": task, "prompts": prompts, "max_new_tokens": max_new_tokens,
-                "sampling": sampling, "rows": len(entries)}
-        group = None if (streamer is not None or sampling) else ("greedy", task, mem.origin)
+                "sampling": options, "rows": len(entries)}
+        group = None if (streamer is not None or options.do_sample) else ("greedy", task, mem.origin)
         return self.job("decode", args, group, streamer)
 
     async def wait(self, job: Job) -> Any:
@@ -224,7 +226,7 @@ class Engine:
         elif kind in ("compress", "append"):
             (job,) = jobs
             job.future.set_result(self._compress(job.args))
-        else:  # pragma: no cover - jobs are built by app.py
+        else:  # pragma: no cover - jobs are built by service.py
             raise ValueError(f"unknown job kind {kind!r}")
 
     # ---- compression -----------------------------------------------------------------------------
@@ -234,7 +236,7 @@ class Engine:
         if self.store.exists(mid):  # an identical request finished while this one waited
             return {"id": mid, "created": False}
         model = self.model
-        if args.get("parent"):  # app.py offers append on a hierarchical checkpoint only
+        if args.get("parent"):  # routes/memories.py offers append on a hierarchical checkpoint only
             mem = model.append(self.hot.get(args["parent"]).mem, args["texts"], max_slots=args["max_slots"])
         else:
             mem = model.compress(args["texts"], max_slots=args["max_slots"])
@@ -278,10 +280,9 @@ class Engine:
         caches = [hot.cache for _, hot, entries, _ in parts for _ in entries]
         cache = False if any(c is None for c in caches) else caches  # one cache per row: its memory's
         limit = max(job.args["max_new_tokens"] for job, *_ in parts)  # decode to the longest, cut each row
-        gen = dict(parts[0][0].args["sampling"])
-        seed = gen.pop("seed", None)
-        if seed is not None:
-            torch.manual_seed(seed)
+        options: SamplingOptions = parts[0][0].args["sampling"]  # one job when it samples
+        gen = options.generate_kwargs()
+        options.seed_torch()
         live = [job for job, *_ in parts]
         gen["stopping_criteria"] = StoppingCriteriaList([_Abandoned(live)])
         if live[0].streamer is not None:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..cli.errors import describe
+from ..failures import describe
 from ..errors import CheckpointError, HicaeError, OutputError
 from .engine import QueueFull, Timeout
 from .store import NotFound
@@ -47,7 +47,7 @@ def classify(e: BaseException) -> tuple[int, str, str]:
     for cls, status, kind in _STATUS:
         if isinstance(e, cls):
             return status, kind, str(e)
-    message = describe(e)  # the CLI's mapping: OS errors, generation settings transformers refuses
+    message = describe(e)  # the mapping the CLI shares: OS errors, generation settings transformers refuses
     if message is None:
         return 500, "internal_error", "internal error (the server log has the details)"
     return (400, "invalid_request", message) if isinstance(e, ValueError) else (500, "server_error", message)

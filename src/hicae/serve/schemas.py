@@ -6,11 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..sampling import MAX_SEED, MIN_TEMPERATURE, SAMPLING_ONLY, SamplingOptions
 from ..tasks import PROMPTED, UserTask
-
-
-MIN_TEMPERATURE = 0.001  # smallest sampling temperature (logits / temperature must stay finite)
-MAX_SEED = 2**32 - 1  # a 32-bit seed: exact as a JSON number in any client (torch.manual_seed takes 64 bits)
 
 
 def _no_bool(v: Any) -> Any:
@@ -62,6 +59,8 @@ class AppendRequest(_Texts):
 
 
 class Sampling(_Strict):
+    """The fields of ``SamplingOptions`` (one each), with the limits a JSON body must keep."""
+
     max_new_tokens: int | None = Field(
         None, ge=1, description="Default: 128; reconstruct: the text's length + 8 (both within the server's cap).")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
@@ -76,17 +75,14 @@ class Sampling(_Strict):
 
     @model_validator(mode="after")
     def _sampling_options_need_sampling(self) -> "Sampling":
-        given = [k for k in ("temperature", "top_p", "top_k", "seed") if getattr(self, k) is not None]
+        given = [k for k in SAMPLING_ONLY if getattr(self, k) is not None]
         if given and not self.do_sample:  # greedy decoding would ignore them: the caller asked for sampling
             raise ValueError(f"{', '.join(given)} only apply when sampling: set \"do_sample\": true, or leave "
                              f"{'them' if len(given) > 1 else 'it'} out for greedy decoding")
         return self
 
-    def sampling(self) -> dict[str, Any]:
-        if not self.do_sample:
-            return {}
-        opts = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed}
-        return {"do_sample": True, **{k: v for k, v in opts.items() if v is not None}}
+    def options(self) -> SamplingOptions:
+        return SamplingOptions(**{f: getattr(self, f) for f in Sampling.model_fields})
 
 
 class GenerateRequest(Sampling):
@@ -147,3 +143,11 @@ class ChatRequest(BaseModel):
         if self.temperature and self.temperature < MIN_TEMPERATURE:
             raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {self.temperature}")
         return self
+
+    def options(self) -> SamplingOptions:
+        """OpenAI's fields as ``SamplingOptions``: a temperature (not 0) samples; else greedy, top_p and seed unused."""
+        n = self.max_completion_tokens or self.max_tokens
+        if not self.temperature:
+            return SamplingOptions(max_new_tokens=n)
+        return SamplingOptions(max_new_tokens=n, do_sample=True, temperature=self.temperature, top_p=self.top_p,
+                               seed=self.seed)
