@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hicae.errors import DataError
-from hicae.handoff import decoder_input_embeddings
+from hicae.decoding.handoff import decoder_input_embeddings
 
 from conftest import TEXTS
 

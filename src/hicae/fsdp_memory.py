@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GB = 1e9
-CE_CHUNK = 2048  # model._CE_CHUNK
+CE_CHUNK = 2048  # _CE_CHUNK of model.py
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
 from ..errors import CheckpointError, DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
-from ..speed import DECODING_MODES
+from ..decoding.static import DECODING_MODES
 from .common import check_generation, pick_device
 from .outputs import check_writable, refuse_overwriting_inputs
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .. import generation
+from ..decoding import generation
 from ..batching import pad_decoder
 from ..errors import ConfigError
 from ..layout import DecoderExample
