@@ -26,12 +26,12 @@ from torch.utils.checkpoint import checkpoint
 from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .decoder_side import PROJECTOR_PREFIX, SlotProjector, decoder_lora_parameters, inject_decoder_lora, plain_base
-from .errors import CheckpointError, ConfigError, DataError
-from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
 from .decoding.prefix_cache import PrefixCache
 from .decoding.requests import decode_request
 from .decoding.run import build_prefix_cache, decode
 from .decoding.static import DecodingOptions, contiguous_head_input
+from .errors import CheckpointError, ConfigError, DataError
+from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
 from .layout import (
     AE,
     FT,
@@ -53,9 +53,9 @@ from .layout import (
 from .lora_targets import check_lora_targets
 from .memory import Memory
 from .speed import adapter_in_dtype, compile_encoder
+from .tasks import TASKS  # the task embeddings' rows, in this order
 from .tokens import SpecialTokens, fit_length
 
-TASKS = ("ae", "lm", "ft")
 LOGGED = TASKS + ("distill",)  # per-token losses the trainer logs: each task's CE, and lm_distill's KL
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
 

@@ -4,7 +4,7 @@
 - ``run.py``          ``decode``: one ``generate`` call over a request's rows; ``build_prefix_cache``
 - ``prefix_cache.py`` compress once, ask many: the KV cache of a memory's prompt-independent prefix
 - ``static.py``       static-KV-cache and compiled decoding (``ICAE.set_decoding``)
-- ``generation.py``   hicae's explicit generation config (the base's own plays no part)
+- ``generation.py``   hicae's explicit generation config (the base's own plays no part); the plain-base baseline
 - ``handoff.py``      the decoder's input embeddings, for another engine (vLLM)
 
 It imports only the core (settings, layouts, tasks, tokens, batching, memory, errors), never the

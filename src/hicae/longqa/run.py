@@ -22,8 +22,9 @@ from typing import Any, Callable
 import torch
 from transformers import LogitsProcessorList
 
+from ..decoding.generation import generate_plain
 from ..evaluation import longbench
-from ..evaluation.decoding import chat_prompt_ids, decode, generate_plain
+from ..evaluation.decoding import chat_prompt_ids, decode
 from ..evaluation.qa import fulltext_content
 from ..evaluation.runtime import compress_ids
 from ..fileio import write_text_atomic
