@@ -127,8 +127,9 @@ class ICAE(nn.Module):
         self.allow_other_weights = False  # runtime (not saved): decode memories of other weights
         # Runtime speed settings (not saved): see decoding/static.py, speed.py, set_decoding and compile_encoder.
         self.decoding = DecodingOptions()
-        self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
-        self._compiled_encoder_mode: str | None = None  # the torch.compile mode it was made with
+        # Functions, not modules: state_dict keys stay the same.
+        self._compiled_encoder: Any = None  # the encoder body compression runs: None (eager) or a compiled one
+        self._compiled: dict[str | None, Any] = {}  # compiled bodies by torch.compile mode, kept when switched off
 
     def fingerprint_extra(self) -> dict[str, Any] | None:
         """What the memory fingerprint adds to the config: the BOS before each compressed text, when there
@@ -151,12 +152,9 @@ class ICAE(nn.Module):
         ``enabled=False``: back to the eager encoder. The compiled function is kept, so enabling it again
         with the same ``mode`` compiles nothing new (a benchmark switches between the two).
         """
-        if not enabled:
-            self._compiled_encoder = None
-            return self
-        if self._compiled_encoder is None or self._compiled_encoder_mode != mode:
-            self._compiled_encoder = compile_encoder(self, mode)
-            self._compiled_encoder_mode = mode
+        if enabled and mode not in self._compiled:
+            self._compiled[mode] = compile_encoder(self, mode)
+        self._compiled_encoder = self._compiled[mode] if enabled else None
         return self
 
     # ---- properties ----------------------------------------------------------------------------
