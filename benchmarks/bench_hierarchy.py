@@ -2,7 +2,7 @@
 """Benchmark hierarchical compression at scale: time and peak memory from 1k to 1M tokens.
 
 ``HierarchicalICAE.compress_ids([ids], max_slots=...)`` on one text of random token ids, under
-``model._eval_mode()`` (eval + no_grad), for each length in ``--lengths``, once with a slot budget
+``model.eval_mode()`` (eval + no_grad), for each length in ``--lengths``, once with a slot budget
 (``--max-slots``, default 16 blocks' worth: 256 slots for the tiny shape's k=16) and once without
 one. A random tiny Qwen3 on the CPU by default (hidden 64, 2 layers; k=16, r=4, LoRA r=4; L=4
 levels, g=2); ``--shape qwen2.5-0.5b --device cuda --dtype bf16`` for a real shape on a GPU (the
@@ -133,7 +133,7 @@ class Breakdown:
 
     def __exit__(self, *exc: Any) -> None:
         for name in ("_encode_segments", "_run_merges", "encode_blocks", "_to_memory"):
-            self.model.__dict__.pop(name, None)
+            vars(self.model).pop(name, None)  # the instance attributes __enter__ set
         for k, fn in self._orig.items():
             setattr(hier_mod, k, fn)
         self._hook.remove()
@@ -189,7 +189,7 @@ def run_point(model: HierarchicalICAE, ids: list[int], max_slots: int | None, ar
             torch.cuda.empty_cache()
         pm = PeakMemory(args.device)
         bd = Breakdown(model, args.device)
-        with model._eval_mode(), pm, bd:
+        with model.eval_mode(), pm, bd:
             sync(args.device)
             c0, t0 = time.process_time(), time.perf_counter()
             mem = model.compress_ids([ids], max_slots=max_slots)
@@ -418,7 +418,7 @@ def run(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
     warm = args.warmup_tokens or min(max(args.lengths), 2 * per_round * cfg.segment_tokens + cfg.segment_tokens // 2)
     warm_ids = torch.randint(0, TEXT_VOCAB, (warm,), generator=g).tolist()
     t0 = time.perf_counter()
-    with model._eval_mode():
+    with model.eval_mode():
         for b in budgets:
             model.compress_ids([warm_ids], max_slots=b)
     sync(args.device)

@@ -208,13 +208,13 @@ def phases_step(model: ICAE, opt: torch.optim.Optimizer, batch: dict, ctx: Calla
         slots = model.encode_rows(EncoderBatch(batch["enc_ids"], batch["enc_seg_lens"], spe))  # [R, k, D]
         c.lap("encoder_forward")
         s = slots.detach().reshape(-1, slots.shape[-1]).requires_grad_()
-        embeds = model._decoder_embeds(batch["dec_ids"], s)
+        embeds = model.decoder_inputs(batch["dec_ids"], s)
         pos = model.batch_positions(batch["dec_ids"], batch["dec_mask"], None)
         hidden = model.decoder.model(inputs_embeds=embeds, attention_mask=batch["dec_mask"], position_ids=pos,
                                      use_cache=False).last_hidden_state
         c.lap("decoder_forward")
         h = hidden.detach().requires_grad_()
-        tok_loss, _ = model._labelled_loss(h, batch["dec_labels"])
+        tok_loss, _ = model.labelled_losses(h, batch["dec_labels"])
         loss = tok_loss.sum() / max(1, tok_loss.numel())
         c.lap("head_ce_forward")
     loss.backward()

@@ -1,7 +1,7 @@
 """Decode a hicae memory with vLLM, through prompt embeddings. AN EXAMPLE, NOT A TESTED BACKEND.
 
 vLLM cannot run on the machines hicae is developed and tested on (CPU-only, no CUDA), so this file
-has never been run there; what *is* tested is its input: ``hicae.handoff.decoder_input_embeddings``
+has never been run there; what *is* tested is its input: ``hicae.decoding.handoff.decoder_input_embeddings``
 returns exactly the embeddings hicae's own ``generate`` feeds the decoder (tests/test_handoff.py).
 
 Why it works: hicae's decoder is the frozen base model (the LoRA adapter only encodes). Everything
@@ -24,7 +24,7 @@ from pathlib import Path
 def hicae_inputs(checkpoint: str, text: str, prompts: list[str], device: str = "cpu"):
     """The memory's decoder inputs ([T, D] per prompt), the base model's path and the stop ids."""
     from hicae.checkpoint import BASE_DIR, load_icae
-    from hicae.handoff import decoder_input_embeddings
+    from hicae.decoding.handoff import decoder_input_embeddings
 
     model = load_icae(checkpoint, device=device)
     mem = model.compress(text)

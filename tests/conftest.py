@@ -231,7 +231,7 @@ def memory_argmax(model, mem, task: str, prompt: str | None = None, n: int = 8) 
     """``argmax_loop`` from a one-entry memory's decoder layout (``task``: ae, lm or ft with ``prompt``)."""
     rows, (ex,) = model.decoder_examples(mem, task, [prompt] if prompt else None)
     with torch.no_grad():
-        embeds = model._decoder_embeds(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
+        embeds = model.decoder_inputs(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
     return argmax_loop(model, embeds, n)
 
 
@@ -244,7 +244,7 @@ def placed_argmax_loop(model, mem, layout: list[int], steps: int) -> list[int]:
         for _ in range(steps):
             ids = torch.tensor([layout + out])
             pos = torch.tensor([model.example_positions(layout + out, model.placements(mem)[0])])
-            h = model.decoder.model(inputs_embeds=model._decoder_embeds(ids, slots), position_ids=pos,
+            h = model.decoder.model(inputs_embeds=model.decoder_inputs(ids, slots), position_ids=pos,
                                     attention_mask=torch.ones_like(ids)).last_hidden_state
             out.append(int(model.decoder.get_output_embeddings()(h[0, -1]).argmax()))
             if out[-1] in model.tokens.stop_ids:

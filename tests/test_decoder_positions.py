@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hicae.decoding.handoff import decoder_input_embeddings
 from hicae.errors import ConfigError
 from hicae.evaluation.decoding import example_nll
-from hicae.handoff import decoder_input_embeddings
 from hicae.layout import AE, FT, LM, SLOT, follow_position_ids, slot_text_positions, with_target
 
 from conftest import Example, TEXTS, build_batch, build_icae, ids_of, check_batched_cached_static, placed_argmax_loop

@@ -7,8 +7,9 @@ import torch
 
 from hicae import ICAE, ICAEConfig
 from hicae.errors import ConfigError
-from hicae.evaluation.decoding import example_nll, generate_plain
-from hicae.handoff import decoder_input_embeddings
+from hicae.decoding.generation import generate_plain
+from hicae.decoding.handoff import decoder_input_embeddings
+from hicae.evaluation.decoding import example_nll
 
 from conftest import Example, TEXTS, build_batch, build_icae, ids_of, mixed_examples, perturb_trainable
 

@@ -48,7 +48,7 @@ def hand_loss(model, collator, recs):
         ex = model.lm_example(mem.num_slots[0], tgt) if task == "lm" else model.ae_example(mem.num_slots[0], tgt)
         ids_t = torch.tensor([ex.ids])
         pos = model.example_positions(ex.ids, (model.placements(mem) or [None])[0])
-        hidden = model.decoder.model(inputs_embeds=model._decoder_embeds(ids_t, mem.slots[0]),
+        hidden = model.decoder.model(inputs_embeds=model.decoder_inputs(ids_t, mem.slots[0]),
                                      position_ids=None if pos is None else torch.tensor([pos])).last_hidden_state
         logits = model.decoder.lm_head(hidden)[0].float()  # [T, V]
         at = [i - 1 for i, y in enumerate(ex.labels) if y != -100]  # positions predicting labelled tokens

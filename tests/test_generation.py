@@ -222,7 +222,7 @@ def test_greedy_ignores_the_base_generation_config(make_icae):
     # the base's own config does change greedy decoding: what hicae must not pick up
     rows, (ex,) = model.decoder_examples(mem, "ae")
     with torch.no_grad():
-        embeds = model._decoder_embeds(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
+        embeds = model.decoder_inputs(torch.tensor([ex.ids]), torch.cat(list(rows.slots)))
         theirs = model.decoder.generate(inputs_embeds=embeds, max_new_tokens=NEW, do_sample=False,
                                         eos_token_id=model.tokens.stop_ids, pad_token_id=model.tokens.pad_id)
     assert theirs[0].tolist() != want["ae"]

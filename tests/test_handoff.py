@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from hicae.decoding.handoff import decoder_input_embeddings
 from hicae.errors import DataError
-from hicae.handoff import decoder_input_embeddings
 
 from conftest import TEXTS
 

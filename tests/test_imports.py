@@ -145,3 +145,23 @@ def test_demo_fixtures_stay_out_of_the_library():
                 assert _wing(t) is None, f"demo fixture {mod} imports the {_wing(t)} wing ({t})"
             elif t == DEMO or t.startswith(DEMO + "."):
                 assert _wing(mod) in DEMO_USERS, f"{mod} imports the demo fixture {t}"
+
+
+DECODING = "hicae.decoding"
+# What the decoding wing may import besides itself: the core's settings, layouts, task vocabulary, tokens,
+# batching, memory values and errors. Never the model classes (the model is passed in), I/O, a wing, cli or serve.
+DECODING_MAY_IMPORT = {"hicae.config", "hicae.layout", "hicae.tasks", "hicae.tokens", "hicae.batching", "hicae.memory",
+                       "hicae.memory_checks", "hicae.errors", "hicae.decoder_side"}
+
+
+def _in(mod: str, package: str) -> bool:
+    return mod == package or mod.startswith(package + ".")
+
+
+def test_decoding_imports_only_the_core():
+    g = import_graph()
+    assert "hicae.decoding.run" in g["hicae.model"]  # the model's generate decodes through the wing
+    for mod, targets in g.items():
+        if _in(mod, DECODING):
+            outside = {t for t in targets if not _in(t, DECODING)} - DECODING_MAY_IMPORT
+            assert not outside, f"{mod} imports {sorted(outside)}: the decoding wing imports only the core"

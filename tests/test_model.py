@@ -275,12 +275,12 @@ def _naive_disable_adapter_loss(model, batch):
     """The pitfall this design avoids: the decoder as the peft model inside ``disable_adapter()``."""
     spe = batch["segments_per_example"].tolist()
     slots = model.encode_rows(EncoderBatch(batch["enc_ids"], batch["enc_seg_lens"], spe))
-    embeds = model._decoder_embeds(batch["dec_ids"], slots.reshape(-1, slots.shape[-1]))
+    embeds = model.decoder_inputs(batch["dec_ids"], slots.reshape(-1, slots.shape[-1]))
     with model.encoder.disable_adapter():
         hidden = model.encoder.get_base_model().model(
             inputs_embeds=embeds, attention_mask=batch["dec_mask"], use_cache=False
         ).last_hidden_state
-    tok_loss, _ = model._labelled_loss(hidden, batch["dec_labels"])
+    tok_loss, _ = model.labelled_losses(hidden, batch["dec_labels"])
     return tok_loss.mean()
 
 

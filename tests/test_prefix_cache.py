@@ -8,8 +8,8 @@ import torch
 from conftest import ARCHS, TEXTS, perturb_trainable, tokenizer_variant
 
 from hicae import DataError, HierarchicalICAE, HierarchyConfig, ICAEConfig
+from hicae.decoding.prefix_cache import PrefixCache, chat_prefix_lengths, unsupported_reason
 from hicae.layout import FT, SLOT
-from hicae.prefix_cache import PrefixCache, chat_prefix_lengths, unsupported_reason
 from hicae.demo.tiny import tiny_model
 
 VARIED = dict(base_overrides=dict(initializer_range=0.3))  # varied greedy outputs (see test_generation.py)

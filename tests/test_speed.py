@@ -1,4 +1,5 @@
-"""Speed paths (hicae.speed): static-cache and compiled decoding, and the compiled encoder, equal the eager paths."""
+"""Speed paths (hicae.decoding.static, hicae.speed): static-cache and compiled decoding, and the compiled encoder,
+equal the eager paths."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from conftest import ARCHS, TEXTS
 
 from hicae import ConfigError
-from hicae.speed import DecodingOptions, static_length
+from hicae.decoding.static import DecodingOptions, static_length
 
 VARIED = dict(base_overrides=dict(initializer_range=0.3))  # varied greedy outputs (see test_generation.py)
 PROMPTS = ["What is this about?", "Why?", "Summarise the text in one short sentence, please."]
@@ -95,7 +96,7 @@ def test_compiled_encoder_equals_eager(make_icae):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # another length runs through the same compiled (dynamic-shape) function
     again = model.compress(TEXTS[2])
-    model._compiled_encoder = None
+    model.compile_encoder(enabled=False)
     torch.testing.assert_close(again.slots[0], model.compress(TEXTS[2]).slots[0], rtol=1e-4, atol=1e-5)
 
 
@@ -160,11 +161,11 @@ def test_compiled_encoder_with_bf16_adapter_cast(qwen3_tokenizer):
 
 def test_output_layer_gets_a_contiguous_input(qwen3_tokenizer):
     """generate's first step feeds the frozen head ``hidden[:, -1:]`` (strided); our pre-hook makes it contiguous,
-    so torch multiplies with ``mm`` instead of copying the transposed 152k-row weight per row (speed.py). The hook
-    is added once however often a base (whose head the decoder shares) is wrapped."""
+    so torch multiplies with ``mm`` instead of copying the transposed 152k-row weight per row (decoding/static.py).
+    The hook is added once however often a base (whose head the decoder shares) is wrapped."""
     from conftest import build_icae
 
-    from hicae.speed import contiguous_head_input
+    from hicae.decoding.static import contiguous_head_input
 
     model = build_icae(qwen3_tokenizer, "qwen2", **VARIED).model
     head = model.decoder.get_output_embeddings()

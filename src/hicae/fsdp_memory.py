@@ -24,7 +24,7 @@ from typing import Any
 from .shapes import MODEL_SHAPES
 
 GB = 1e9
-CE_CHUNK = 2048  # model._CE_CHUNK
+CE_CHUNK = 2048  # _CE_CHUNK of model.py
 
 
 @dataclass(frozen=True)

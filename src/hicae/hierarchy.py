@@ -273,7 +273,7 @@ class HierarchicalICAE(ICAE):
     def compress(self, texts: list[str] | str, max_slots: int | None = None) -> Memory:
         """Compress texts of any length into at most ``max_slots`` slots each (default: the config's budget)."""
         ids = self.prepare_texts(texts)
-        with self._eval_mode():
+        with self.eval_mode():
             return self.finish_memory(self.compress_ids(ids, max_slots))
 
     def _streams_from(self, mem: Memory) -> list[_Stream]:
@@ -308,5 +308,5 @@ class HierarchicalICAE(ICAE):
         for i, x in enumerate(ids):
             if not x:
                 raise DataError(f"text {i} to append is empty: there is nothing to compress")
-        with self._eval_mode():
+        with self.eval_mode():
             return self.finish_memory(self.append_ids(mem, ids, max_slots))

@@ -127,7 +127,7 @@ def follow_position_ids(ids: list[int], slot_positions: list[int], num_tokens: i
       num_tokens`` onward, as the continuation and the question follow the text.
 
     The slot positions do not depend on the task, so ``[slots]`` is one cacheable prefix for
-    reconstruct and continue (prefix_cache.py), and each position after the prompt is the previous
+    reconstruct and continue (decoding/prefix_cache.py), and each position after the prompt is the previous
     one plus 1, as ``generate`` continues them.
     """
     if ids.count(SLOT) != len(slot_positions):

@@ -26,9 +26,12 @@ from torch.utils.checkpoint import checkpoint
 from .batching import EncoderBatch, budget_chunks, pad_decoder, pad_encoder
 from .config import ICAEConfig, base_shape
 from .decoder_side import PROJECTOR_PREFIX, SlotProjector, decoder_lora_parameters, inject_decoder_lora, plain_base
+from .decoding.prefix_cache import PrefixCache
+from .decoding.requests import decode_request
+from .decoding.run import build_prefix_cache, decode
+from .decoding.static import DecodingOptions, contiguous_head_input
 from .errors import CheckpointError, ConfigError, DataError
 from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
-from .generation import explicit_generation, hicae_generation_config
 from .layout import (
     AE,
     FT,
@@ -44,19 +47,15 @@ from .layout import (
     encoder_rows,
     follow_position_ids,
     lm_example,
-    lm_prefix,
     slot_text_positions,
     span_slot_positions,
-    with_target,
 )
 from .lora_targets import check_lora_targets
 from .memory import Memory
-from .prefix_cache import PrefixCache, chat_prefix_lengths, generate_cached, slot_prefix_lengths
-from .prefix_cache import resolve as resolve_prefix_cache
-from .tokens import SpecialTokens, cut_at_stop, fit_length
-from .speed import DecodingOptions, adapter_in_dtype, compile_encoder, contiguous_head_input, generation_kwargs
+from .speed import adapter_in_dtype, compile_encoder
+from .tasks import TASKS  # the task embeddings' rows, in this order
+from .tokens import SpecialTokens, fit_length
 
-TASKS = ("ae", "lm", "ft")
 LOGGED = TASKS + ("distill",)  # per-token losses the trainer logs: each task's CE, and lm_distill's KL
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
 
@@ -96,7 +95,7 @@ class ICAE(nn.Module):
                                                    bos=self.icae_config.bos)
         base_model.requires_grad_(False)
         self.decoder = twin_module(base_model) if share_decoder else copy.deepcopy(base_model)
-        contiguous_head_input(self.decoder)  # generate's first step: mm, not a weight copy (speed.py)
+        contiguous_head_input(self.decoder)  # generate's first step: mm, not a weight copy (decoding/static.py)
         cfg = self.icae_config
         lora = LoraConfig(
             r=cfg.lora_r,
@@ -126,9 +125,11 @@ class ICAE(nn.Module):
         self.hidden_size = D
         self.fingerprint = cfg.memory_fingerprint(base_shape(base_model.config), self.fingerprint_extra())
         self.allow_other_weights = False  # runtime (not saved): decode memories of other weights
-        # Runtime speed settings (not saved): see speed.py, set_decoding and compile_encoder.
+        # Runtime speed settings (not saved): see decoding/static.py, speed.py, set_decoding and compile_encoder.
         self.decoding = DecodingOptions()
-        self._compiled_encoder: Any = None  # a function, not a module: state_dict keys stay the same
+        # Functions, not modules: state_dict keys stay the same.
+        self._compiled_encoder: Any = None  # the encoder body compression runs: None (eager) or a compiled one
+        self._compiled: dict[str | None, Any] = {}  # compiled bodies by torch.compile mode, kept when switched off
 
     def fingerprint_extra(self) -> dict[str, Any] | None:
         """What the memory fingerprint adds to the config: the BOS before each compressed text, when there
@@ -138,16 +139,22 @@ class ICAE(nn.Module):
     # ---- I/O: ``from_base``, ``from_pretrained`` and ``save_pretrained`` are bound onto this class by
     # ``hicae.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
 
-    # ---- speed options (speed.py) --------------------------------------------------------------
+    # ---- speed options (decoding/static.py, speed.py) ---------------------------------------------
 
     def set_decoding(self, mode: str = "dynamic", bucket: int = 256, compile_mode: str | None = None) -> "ICAE":
         """Decoding path of generate/reconstruct/continue: ``dynamic`` (default), ``static`` or ``compiled``."""
         self.decoding = DecodingOptions(mode, bucket, compile_mode)
         return self
 
-    def compile_encoder(self, mode: str | None = None) -> "ICAE":
-        """Compress through ``torch.compile``'d encoder layers (inference only; training stays eager)."""
-        self._compiled_encoder = compile_encoder(self, mode)
+    def compile_encoder(self, mode: str | None = None, enabled: bool = True) -> "ICAE":
+        """Compress through ``torch.compile``'d encoder layers (inference only; training stays eager).
+
+        ``enabled=False``: back to the eager encoder. The compiled function is kept, so enabling it again
+        with the same ``mode`` compiles nothing new (a benchmark switches between the two).
+        """
+        if enabled and mode not in self._compiled:
+            self._compiled[mode] = compile_encoder(self, mode)
+        self._compiled_encoder = self._compiled[mode] if enabled else None
         return self
 
     # ---- properties ----------------------------------------------------------------------------
@@ -201,7 +208,9 @@ class ICAE(nn.Module):
         self.decoder.gradient_checkpointing_disable()
 
     @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
+    def eval_mode(self) -> Iterator[None]:
+        """Context: eval mode (no dropout) and no autograd, the training mode restored after (compression
+        and decoding run in it)."""
         was = self.training
         self.eval()
         try:
@@ -223,8 +232,10 @@ class ICAE(nn.Module):
         # Each row has exactly k MEM placeholders, in order: row-major scatter places mem j at the j-th.
         return x.masked_scatter((ids == MEM).unsqueeze(-1), mem)
 
-    def _decoder_embeds(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """ids: [B, T] with SLOT and task placeholders; slots: [S, D], every example's slots in order."""
+    def decoder_inputs(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """The decoder's input embeddings of a batch of layouts: the vocabulary's, the slots at the SLOT
+        placeholders (row-major) and the learned task embeddings at the task placeholders.
+        ids: [B, T] with SLOT and task placeholders; slots: [S, D], every example's slots in order -> [B, T, D]"""
         x = self._embed(ids)  # [B, T, D]
         n_slot = int((ids == SLOT).sum())
         if n_slot != slots.shape[0]:
@@ -371,7 +382,7 @@ class ICAE(nn.Module):
     def compress(self, texts: list[str] | str, max_slots: int | None = None) -> Memory:
         """Compress texts (batched over all their segments) into memory slots (``max_slots``: see ``check_budget``)."""
         ids = self.prepare_texts(texts)
-        with self._eval_mode():
+        with self.eval_mode():
             return self.finish_memory(self.compress_ids(ids, max_slots))
 
     def finish_memory(self, mem: Memory) -> Memory:
@@ -455,7 +466,7 @@ class ICAE(nn.Module):
         ``placements``: where each example's slots sit in its text (needed by ``decoder_positions='follow'``).
         ``teacher``: ``(ids, labels, mask)`` of the LM examples' whole texts, for ``lm_distill``."""
         hidden = self._decoder_hidden(dec_ids, dec_mask, slots, placements)  # [B, T, D]
-        tok_loss, rows = self._labelled_loss(hidden, dec_labels)  # [N], [N]
+        tok_loss, rows = self.labelled_losses(hidden, dec_labels)  # [N], [N]
         ex_task = task.to(rows.device)[rows] if task is not None else None  # [N]
         loss = tok_loss
         w = self.icae_config.lm_distill
@@ -499,7 +510,7 @@ class ICAE(nn.Module):
         head = self.decoder.get_output_embeddings()
         T = self.icae_config.distill_temperature
         out = []
-        for s in range(0, student.shape[0], _CE_CHUNK):  # chunks, as _labelled_loss: never all [N, V] logits
+        for s in range(0, student.shape[0], _CE_CHUNK):  # chunks, as labelled_losses: never all [N, V] logits
             hs, ts = student[s : s + _CE_CHUNK], t_states[s : s + _CE_CHUNK]
             if torch.is_grad_enabled() and hs.requires_grad and hs.shape[0] * head.weight.shape[0] > (1 << 26):
                 out.append(checkpoint(_kl, head, hs, ts, T, use_reentrant=False))
@@ -516,7 +527,7 @@ class ICAE(nn.Module):
         the ids are plain vocabulary ids read by the frozen base model (a no-compression baseline).
         ``placements``: where each row's slots sit in its text (``decoder_positions='follow'``).
         """
-        return self._labelled_loss(self._decoder_hidden(dec_ids, dec_mask, slots, placements), dec_labels)
+        return self.labelled_losses(self._decoder_hidden(dec_ids, dec_mask, slots, placements), dec_labels)
 
     def _decoder_hidden(self, dec_ids: torch.Tensor, dec_mask: torch.Tensor, slots: torch.Tensor | None,
                         placements: list[Placement] | None) -> torch.Tensor:
@@ -524,12 +535,12 @@ class ICAE(nn.Module):
         if slots is None:
             with self.plain_decoding():
                 return self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state
-        embeds = self._decoder_embeds(dec_ids, slots)
+        embeds = self.decoder_inputs(dec_ids, slots)
         pos = self.batch_positions(dec_ids, dec_mask, placements)  # None: 0, 1, 2, ...
         return self.decoder.model(inputs_embeds=embeds, attention_mask=dec_mask, position_ids=pos,
                                   use_cache=False).last_hidden_state
 
-    def _labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def labelled_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token cross-entropy only at labelled positions.  hidden: [B, T, D] -> losses [N], example index [N].
 
         Logits are computed in chunks under checkpointing, so the [N, V] logits of Qwen's 152k
@@ -554,7 +565,7 @@ class ICAE(nn.Module):
             return hidden.new_zeros(0, dtype=torch.float32), rows
         return torch.cat(losses), rows
 
-    # ---- decoding ----------------------------------------------------------------------------------
+    # ---- decoding: the decoding wing (hicae.decoding) does the work -------------------------------------
 
     def prefix_cache(self, mem: Memory, tasks: tuple[str, ...] | list[str] = ("ft",)) -> PrefixCache:
         """Compute the decoder's KV cache of ``mem``'s prompt-independent prefixes once, for reuse.
@@ -563,81 +574,22 @@ class ICAE(nn.Module):
         as often as needed: each call runs only the prompts (and the new tokens) through the decoder.
         ``tasks``: which prefixes to compute now: ``"ft"`` (chat prompts: ``before [slots] [FT]``),
         ``"ae"`` / ``"lm"`` (reconstruct / continue: ``[slots]``); others are computed on first use.
-        The cache lives in memory only. See ``hicae.prefix_cache``.
+        The cache lives in memory only. See ``hicae.decoding.prefix_cache``.
         """
-        unknown = set(tasks) - set(TASKS)
-        if unknown:
-            raise DataError(f"unknown tasks {sorted(unknown)} (choose from {list(TASKS)})")
-        cache = PrefixCache(self, mem)
-        keys = []
-        if "ft" in tasks and getattr(self.tokenizer, "chat_template", None):
-            exs = [self.tokens.ft_example(n, "", None) for n in mem.num_slots]
-            # a second probe: a template whose text before the memory depends on the prompt is not cached
-            lens = chat_prefix_lengths(exs + [self.tokens.ft_example(mem.num_slots[0], "?", None)])
-            if lens is not None:
-                keys += [(e, tuple(x.ids[:p])) for e, (x, p) in enumerate(zip(exs, lens))]
-        # [slots] is the prefix of "ae" and of "lm" with its [LM] token; without it (the reference's
-        # layout) "lm" decodes uncached (see slot_prefix_lengths)
-        if "ae" in tasks or ("lm" in tasks and self.icae_config.add_special_token_for_lm):
-            keys += [(e, tuple([SLOT] * n)) for e, n in enumerate(mem.num_slots)]
-        if keys and cache.supported:
-            with self._eval_mode():
-                cache.ensure(self, keys)
-        return cache
-
-    def _generate(self, mem: Memory, examples: list[DecoderExample], max_new_tokens: int, *,
-                  prefix_lens: list[int] | None = None, prefix_cache: Any = None, **gen_kwargs: Any) -> list[list[int]]:
-        """Greedy (or sampled, via ``gen_kwargs``) decoding from slot-prefixed layouts, batched with left padding.
-
-        ``prefix_lens[i]``: how much of ``examples[i]`` depends on the memory only (cacheable);
-        ``prefix_cache``: a ``PrefixCache``, ``None`` (automatic: used when rows share a memory
-        entry) or ``False`` (never); see ``hicae.prefix_cache``.
-        """
-        self.check_memory(mem)
-        # Only hicae's settings and the caller's: the base's generation_config (Qwen's repetition penalty,
-        # no_repeat_ngram_size, sampling defaults ...) plays no part (generation.py).
-        kwargs = {**gen_kwargs, "max_new_tokens": max_new_tokens}
-        config = hicae_generation_config(self.tokens.stop_ids, self.tokens.pad_id, max_new_tokens)
-        with self._eval_mode(), explicit_generation(self.decoder, config):
-            cache = resolve_prefix_cache(self, mem, prefix_lens, prefix_cache, kwargs)  # reads that config
-            if cache is not None:
-                out = generate_cached(self, mem, examples, prefix_lens, cache, kwargs)  # type: ignore[arg-type]
-            else:
-                batch = pad_decoder(examples, self.tokens.pad_id, side="left")
-                slots = torch.cat([s.to(self.device) for s in mem.slots])
-                embeds = self._decoder_embeds(batch.ids.to(self.device), slots)
-                fast = generation_kwargs(self.decoding, self, embeds.shape[1] + max_new_tokens)
-                pos = self.batch_positions(batch.ids, batch.attention_mask, self.placements(mem))
-                if pos is not None:  # generate continues them: each new token at the previous position + 1
-                    fast["position_ids"] = pos.to(self.device)
-                out = self.decoder.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(self.device),
-                                            **fast, **kwargs)
-        return cut_at_stop(out.tolist(), self.tokens.stop_ids)  # only new tokens: generate was given embeddings
+        return build_prefix_cache(self, mem, tasks)
 
     def decoder_examples(self, mem: Memory, task: str = "ft",
                          prompts: list[str] | str | None = None) -> tuple[Memory, list[DecoderExample]]:
         """The decoder layouts ``generate`` (``ft``), ``reconstruct`` (``ae``) and ``continue_text``
         (``lm``) decode from, one per row, and the memory rows they read (``ft`` broadcasts prompts
-        over ``mem`` as ``generate`` does)."""
-        if task == "ft":
-            rows, prompts = broadcast_rows(len(mem), prompts if prompts is not None else [])
-            if rows != list(range(len(mem))):  # prompts broadcast over the entries: rows share slots
-                mem = mem[rows]
-            return mem, [self.tokens.ft_example(n, p, None) for n, p in zip(mem.num_slots, prompts)]
-        if task not in ("ae", "lm"):
-            raise DataError(f"unknown task {task!r} (choose from {list(TASKS)})")
-        if prompts:
-            raise DataError(f"task {task!r} takes no prompts")
-        if task == "ae":
-            return mem, [with_target([SLOT] * n + [AE], []) for n in mem.num_slots]
-        # [LM] after the slots unless the reference's layout (add_special_token_for_lm=False) is chosen
-        return mem, [with_target(lm_prefix(n, self.icae_config.add_special_token_for_lm), []) for n in mem.num_slots]
+        over ``mem`` as ``generate`` does; ``hicae.decoding.requests``)."""
+        request = decode_request(self, mem, task, prompts)
+        return request.mem, request.examples
 
     def generate_ids(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, *,
                      prefix_cache: Any = None, **gen_kwargs: Any) -> list[list[int]]:
-        mem, exs = self.decoder_examples(mem, "ft", prompts)
-        return self._generate(mem, exs, max_new_tokens, prefix_lens=chat_prefix_lengths(exs),
-                              prefix_cache=prefix_cache, **gen_kwargs)
+        return decode(self, decode_request(self, mem, "ft", prompts), max_new_tokens, prefix_cache=prefix_cache,
+                      **gen_kwargs)
 
     def generate(self, mem: Memory, prompts: list[str] | str, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
         """Answer prompts about compressed texts, in the base model's chat format.
@@ -649,9 +601,8 @@ class ICAE(nn.Module):
 
     def reconstruct_ids(self, mem: Memory, max_new_tokens: int | None = None, *, prefix_cache: Any = None,
                         **gen_kwargs: Any) -> list[list[int]]:
-        _, exs = self.decoder_examples(mem, "ae")
         limit = max_new_tokens or max(mem.num_tokens) + 8
-        return self._generate(mem, exs, limit, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache, **gen_kwargs)
+        return decode(self, decode_request(self, mem, "ae"), limit, prefix_cache=prefix_cache, **gen_kwargs)
 
     def reconstruct(self, mem: Memory, max_new_tokens: int | None = None, **gen_kwargs: Any) -> list[str]:
         """[AE] decoding: the texts back from their memory."""
@@ -659,9 +610,7 @@ class ICAE(nn.Module):
 
     def continue_ids(self, mem: Memory, max_new_tokens: int = 64, *, prefix_cache: Any = None,
                      **gen_kwargs: Any) -> list[list[int]]:
-        _, exs = self.decoder_examples(mem, "lm")
-        return self._generate(mem, exs, max_new_tokens, prefix_lens=slot_prefix_lengths(exs), prefix_cache=prefix_cache,
-                              **gen_kwargs)
+        return decode(self, decode_request(self, mem, "lm"), max_new_tokens, prefix_cache=prefix_cache, **gen_kwargs)
 
     def continue_text(self, mem: Memory, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
         """[LM] decoding: continue each text from its memory."""
@@ -717,22 +666,6 @@ def pooling_weights(lengths: list[int], k: int, width: int) -> torch.Tensor:
             else:
                 w[i, j, c] = 1.0
     return w
-
-
-def broadcast_rows(n: int, prompts: list[str] | str) -> tuple[list[int], list[str]]:
-    """The memory entry and the prompt of each row of a ``generate`` call on ``n`` entries: one
-    prompt for every entry, many prompts about one entry (rows share its slots), or one per entry."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise DataError("no prompts: give one prompt per memory, or one prompt for all")
-    if len(prompts) == 1:  # one question for every memory
-        return list(range(n)), list(prompts) * n
-    if n == 1:  # many questions about one memory
-        return [0] * len(prompts), list(prompts)
-    if len(prompts) != n:
-        raise DataError(f"{len(prompts)} prompts for {n} memories: give one prompt per memory, or one memory")
-    return list(range(n)), list(prompts)
 
 
 def _ce(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

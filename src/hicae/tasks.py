@@ -4,8 +4,8 @@ Inside the model a task is a short name (``ae``, ``lm``, ``ft``) with a trained 
 users (the CLI, the server, the hand-off) name it by what it does (``reconstruct``, ``continue``,
 ``answer``). Everything that needs either spelling, or the task's row, reads it here.
 
-The placeholder ids come from ``layout.py`` (the decoder's id lists); ``model.TASKS`` and
-``data.TASK_INDEX`` still hold their own copies, which tests/test_tasks.py checks against these.
+The placeholder ids come from ``layout.py`` (the decoder's id lists); ``model.TASKS`` is this
+``TASKS``; ``data.TASK_INDEX`` still holds its own copy, which tests/test_tasks.py checks against these.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hicae.evaluation.decoding import generate_plain
+from hicae.decoding.generation import generate_plain
 
 from conftest import argmax_loop, build_icae, penalised
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from hicae import ConfigError
+from hicae.decoding.generation import generate_plain
 from hicae.evaluation import EvalSettings, QARecord, run_qa
 from hicae.evaluation import qa as qa_mod
-from hicae.evaluation.decoding import chat_prompt_ids, generate_plain
+from hicae.evaluation.decoding import chat_prompt_ids
 
 from .conftest import TEXTS, write_jsonl
 

@@ -42,7 +42,7 @@ def _timed(fn):
 
 def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) -> str:
     """The frozen base model answering with the whole text in its prompt (the uncompressed baseline)."""
-    from ..generation import generate
+    from ..decoding.generation import generate
 
     tok = model.tokenizer
     ids = torch.tensor([model.tokens.chat_ids(f"{text}\n\n{question}")], device=model.device)  # [1, T]

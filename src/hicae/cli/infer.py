@@ -16,8 +16,8 @@ from ..devices import pick_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import write_text_atomic
 from ..memory import Memory
+from ..decoding.static import DECODING_MODES
 from ..sampling import SamplingOptions
-from ..speed import DECODING_MODES
 from .flags import Flags
 from .outputs import check_writable, refuse_overwriting_inputs
 

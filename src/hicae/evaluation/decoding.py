@@ -1,7 +1,7 @@
-"""Decoder-side primitives of the tasks: per-example NLL (from memory or plain tokens) and plain-text generation.
+"""Decoder-side primitives of the tasks: per-example NLL (from memory or plain tokens), the chat prompt, decoding ids.
 
-The plain paths run ``model.decoder``: the base model without the adapter, i.e. the frozen LLM
-itself, so they are the "no compression" baselines.
+The plain NLL runs ``model.decoder``: the base model without the adapter, i.e. the frozen LLM itself,
+so it is the "no compression" baseline (plain-text generation: ``hicae.decoding.generation.generate_plain``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from typing import Any
 
 import torch
 
-from .. import generation
 from ..batching import pad_decoder
 from ..errors import ConfigError
 from ..layout import DecoderExample
 from ..memory import Memory
-from ..tokens import cut_at_stop
 
 
 def example_nll(model: Any, examples: list[DecoderExample], mem: Memory | None = None) -> tuple[list[float], list[int]]:
@@ -48,21 +46,6 @@ def chat_prompt_ids(model: Any, content: str) -> list[int]:
         raise ConfigError("the tokenizer has no chat template, so questions cannot be formatted; "
                           "use a chat (Instruct) tokenizer or set tokenizer.chat_template")
     return model.tokens.chat_ids(content)
-
-
-def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int, **gen_kwargs: Any) -> list[list[int]]:
-    """Greedy decoding of the base model from token ids (left-padded batch); new tokens up to the first stop id.
-
-    ``gen_kwargs``: more options for ``generate`` (e.g. a logits processor that times the first token)."""
-    width = max(len(p) for p in prompts)
-    pad = model.tokens.pad_id
-    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=model.device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device)
-    with torch.no_grad(), model.plain_decoding():  # the base itself, no slot-side adapters
-        # greedy as the memory paths decode: hicae's explicit config, not the base's (generation.py)
-        out = generation.generate(model.decoder, model.tokens, max_new_tokens, input_ids=ids, attention_mask=mask,
-                                  **gen_kwargs)
-    return cut_at_stop(out[:, width:].tolist(), model.tokens.stop_ids)
 
 
 def decode(model: Any, ids: list[list[int]]) -> list[str]:

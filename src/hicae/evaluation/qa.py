@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..decoding.generation import generate_plain
 from ..errors import ConfigError, DataError
 from ..fileio import write_text_atomic
 from . import longbench, metrics
-from .decoding import chat_prompt_ids, decode, generate_plain
+from .decoding import chat_prompt_ids, decode
 from .eval_task import EvalTask
 from .prompts import assign_templates, load_templates
 from .prompts import parse as parse_template

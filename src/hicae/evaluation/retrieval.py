@@ -22,10 +22,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..decoding.generation import generate_plain
 from ..errors import ConfigError
 from ..tokens import tokenize_one
 from . import metrics
-from .decoding import chat_prompt_ids, decode, generate_plain
+from .decoding import chat_prompt_ids, decode
 from .eval_task import EvalTask
 from .qa import fulltext_content
 from .report import Heatmap, Table, TaskResult

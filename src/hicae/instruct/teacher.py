@@ -11,7 +11,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.decoding import chat_prompt_ids, decode, generate_plain
+from ..decoding.generation import generate_plain
+from ..evaluation.decoding import chat_prompt_ids, decode
 from ..evaluation.qa import fulltext_content
 from ..tokens import SpecialTokens
 

@@ -129,7 +129,7 @@ def shared_prefix_losses(model: Any, slots: torch.Tensor, placement: Placement |
     device = model.device
     full_pos = [model.example_positions(ex.ids, placement) for ex in examples]  # None: sequential
     prefix_ids = torch.tensor([examples[0].ids[:p]], device=device)  # [1, P]
-    embeds = model._decoder_embeds(prefix_ids, slots.to(device))  # [1, P, D]
+    embeds = model.decoder_inputs(prefix_ids, slots.to(device))  # [1, P, D]
     pos = None if full_pos[0] is None else torch.tensor([full_pos[0][:p]], device=device)
     cache = DynamicCache(config=model.decoder.config)
     model.decoder.model(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
@@ -137,7 +137,7 @@ def shared_prefix_losses(model: Any, slots: torch.Tensor, placement: Placement |
     cache.batch_repeat_interleave(B)  # [1, H, P, d] -> [B, H, P, d], differentiable
     rest = pad_decoder([DecoderExample(ex.ids[p:], ex.labels[p:]) for ex in examples], model.tokens.pad_id)
     ids = rest.ids.to(device)  # [B, A]
-    r_embeds = model._decoder_embeds(ids, slots.new_zeros(0, slots.shape[-1]).to(device))  # no placeholders left
+    r_embeds = model.decoder_inputs(ids, slots.new_zeros(0, slots.shape[-1]).to(device))  # no placeholders left
     mask = torch.cat([torch.ones(B, p, dtype=rest.attention_mask.dtype), rest.attention_mask], 1).to(device)
     if full_pos[0] is None:
         r_pos = (torch.arange(ids.shape[1], device=device) + p).expand(B, -1)
@@ -147,7 +147,7 @@ def shared_prefix_losses(model: Any, slots: torch.Tensor, placement: Placement |
             r_pos[b, : len(fp) - p] = torch.tensor(fp[p:], device=device)
     hidden = model.decoder.model(inputs_embeds=r_embeds, attention_mask=mask, position_ids=r_pos,
                                  past_key_values=cache, use_cache=True).last_hidden_state  # [B, A, D]
-    losses, _ = model._labelled_loss(hidden, rest.labels.to(device))  # [N]
+    losses, _ = model.labelled_losses(hidden, rest.labels.to(device))  # [N]
     return losses
 
 

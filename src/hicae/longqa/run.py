@@ -22,17 +22,18 @@ from typing import Any, Callable
 import torch
 from transformers import LogitsProcessorList
 
+from ..decoding.generation import generate_plain
 from ..evaluation import longbench
-from ..evaluation.decoding import chat_prompt_ids, decode, generate_plain
+from ..evaluation.decoding import chat_prompt_ids, decode
 from ..evaluation.qa import fulltext_content
 from ..evaluation.runtime import compress_ids
 from ..fileio import write_text_atomic
 from ..instruct.build import text_rng
 from ..instruct.questions import Question, cloze_questions
 from .contexts import FirstTokenClock, bm25_ids, last_n_ids
+from .decoded import read_back
 from .documents import LongDoc
 from .report import render_markdown, summarise
-from .decoded import read_back
 from .settings import DECODED, MEMORY, LongQASettings
 
 ONCE = (*MEMORY, DECODED)  # conditions that compress the document once (their slot count is N)

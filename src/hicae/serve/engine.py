@@ -6,7 +6,7 @@ jobs are waiting) and await its future. The worker takes the oldest job; a greed
 also takes, oldest first, the queued jobs of its *group* (greedy, same task, memories of one
 model) whose ``max_new_tokens`` is at most its own, waiting up to ``batch_window_ms`` for more, up
 to ``max_batch_rows`` rows, and decodes all their rows in one ``generate`` call: rows of several
-memories, each continuing from its own memory's prefix cache (hot.py, ``hicae.prefix_cache``),
+memories, each continuing from its own memory's prefix cache (hot.py, ``hicae.decoding.prefix_cache``),
 left-padded and masked, to the longest ``max_new_tokens``, each row then cut to its own. So each
 answer is the one-request-at-a-time answer (tests/serve/test_engine.py checks it exactly, fp32).
 
@@ -35,9 +35,10 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..decoding.requests import decode_request, request_rows
+from ..decoding.run import decode
 from ..errors import DataError, HicaeError
 from ..memory import Memory
-from ..model import broadcast_rows
 from ..sampling import SamplingOptions
 from ..tasks import PROMPTED, model_task
 from .hot import HotMemories
@@ -250,14 +251,10 @@ class Engine:
 
     @staticmethod
     def rows_of(mem: Any, task: str, prompts: list[str] | None) -> tuple[list[int], list[str] | None]:
-        """Memory entries and prompts of one request's rows (prompts broadcast as ``model.generate`` does)."""
-        if task != PROMPTED:
-            if prompts:
-                raise DataError(f"task {task!r} takes no prompts")
-            return list(range(len(mem))), None
-        if not prompts:
+        """Memory entries and prompts of one request's rows (``hicae.decoding.requests``, as ``model.generate``)."""
+        if task == PROMPTED and not prompts:
             raise DataError("task 'answer' needs a prompt (\"prompt\" or \"prompts\")")
-        return broadcast_rows(len(mem), prompts)
+        return request_rows(len(mem), model_task(task), prompts, task)
 
     def _decode(self, jobs: list[Job]) -> None:
         """One ``generate`` call for the rows of ``jobs`` (one job: sampled / streamed; or a greedy batch, whose
@@ -289,17 +286,13 @@ class Engine:
             gen["streamer"] = live[0].streamer
         before = {id(c): c.prefix_tokens for c in caches if c is not None}
         started = time.perf_counter()
-        if task == PROMPTED:
-            ids = model.generate_ids(rows, prompts, limit, prefix_cache=cache, **gen)
-        elif task == "reconstruct":
-            ids = model.reconstruct_ids(rows, limit, prefix_cache=cache, **gen)
-        else:
-            ids = model.continue_ids(rows, limit, prefix_cache=cache, **gen)
+        # the rows' layouts, worked out once: decoded here, and counted as each output's prompt_tokens
+        request = decode_request(model, rows, model_task(task), prompts if task == PROMPTED else None)
+        ids = decode(model, request, limit, prefix_cache=cache, **gen)
         seconds = time.perf_counter() - started
         steps = max((len(x) for x in ids), default=0)
         own = [job.args["max_new_tokens"] for job, _, entries, _ in parts for _ in entries]
         ids = [x[:n] for x, n in zip(ids, own)]  # greedy: a row's first tokens do not depend on the call's length
-        _, examples = model.decoder_examples(rows, model_task(task), prompts if task == PROMPTED else None)
         self._count(parts, ids, steps, seconds, before)
         texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         start = 0
@@ -309,7 +302,7 @@ class Engine:
                 "prompt": prompts[r] if task == PROMPTED else None,
                 "text": texts[r],
                 "tokens": len(ids[r]),
-                "prompt_tokens": len(examples[r].ids),
+                "prompt_tokens": len(request.examples[r].ids),
                 "finish_reason": "length" if len(ids[r]) >= own[r] else "stop",
             } for i, r in enumerate(range(start, start + len(entries)))]
             start += len(entries)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..memory import Memory
-from ..prefix_cache import PrefixCache
+from ..decoding.prefix_cache import PrefixCache
 from .store import MemoryStore
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
-from .memory import Memory
-from .tasks import model_task
+from ..errors import ConfigError
+from ..memory import Memory
+from ..tasks import model_task
+from .requests import decode_request
 
 
 def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None = None,
@@ -37,10 +38,10 @@ def decoder_input_embeddings(model, mem: Memory, prompts: list[str] | str | None
                           f"{model.icae_config.decoder_positions!r}); an engine fed input embeddings numbers them "
                           "0, 1, 2, ..., so decode with hicae (generate, hicae serve) instead")
     model.check_memory(mem)
-    mem, examples = model.decoder_examples(mem, decoder_task, prompts)
+    request = decode_request(model, mem, decoder_task, prompts)
     out = []
     with torch.no_grad():
-        for slots, ex in zip(mem.slots, examples):
+        for slots, ex in zip(request.mem.slots, request.examples):
             ids = torch.tensor([ex.ids], dtype=torch.long, device=model.device)  # [1, T]
-            out.append(model._decoder_embeds(ids, slots.to(model.device))[0])  # [T, D]
+            out.append(model.decoder_inputs(ids, slots.to(model.device))[0])  # [T, D]
     return out

@@ -56,11 +56,11 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .batching import budget_chunks, pad_decoder
-from .errors import DataError
-from .layout import FT, SLOT, DecoderExample
-from .memory import Memory
-from .speed import generation_kwargs
+from ..batching import budget_chunks, pad_decoder
+from ..errors import DataError
+from ..layout import FT, SLOT, DecoderExample
+from ..memory import Memory
+from .static import generation_kwargs
 
 Key = tuple[int, tuple[int, ...]]  # (memory entry, prefix layout ids)
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, H, p, d]
@@ -168,7 +168,7 @@ class PrefixCache:
                 ids[j, : len(pre)] = torch.tensor(pre, dtype=torch.long)
                 mask[j, : len(pre)] = 1
             slots = torch.cat([self.slots[e].to(device) for e, _ in ks])
-            embeds = model._decoder_embeds(ids.to(device), slots)
+            embeds = model.decoder_inputs(ids.to(device), slots)
             # Right padding: causal attention keeps every real position exact; positions are 0..p-1 or, with
             # decoder_positions='follow', the layout's own (a prefix's positions do not depend on what follows).
             pos = model.batch_positions(ids, mask, None if self.placements is None else [self.placements[e] for e, _ in ks])
@@ -331,7 +331,7 @@ def generate_cached(model: Any, mem: Memory, examples: list[DecoderExample], pre
     rests = [DecoderExample(ex.ids[p:], ex.labels[p:]) for ex, p in zip(examples, prefix_lens)]
     batch = pad_decoder(rests, model.tokens.pad_id, side="left")
     device = model.device
-    embeds = model._decoder_embeds(batch.ids.to(device), torch.zeros(0, model.hidden_size, device=device))  # [B, A, D]
+    embeds = model.decoder_inputs(batch.ids.to(device), torch.zeros(0, model.hidden_size, device=device))  # [B, A, D]
     B, _, D = embeds.shape
     P = prefix_mask.shape[1]
     inputs = torch.cat([embeds.new_zeros(B, P, D), embeds], dim=1)  # the first P positions are sliced off by generate
@@ -343,6 +343,6 @@ def generate_cached(model: Any, mem: Memory, examples: list[DecoderExample], pre
         for r, (ex, p) in enumerate(zip(examples, prefix_lens)):
             rest = model.example_positions(ex.ids, placements[r])[p:]
             positions[r, P + A - len(rest):] = torch.tensor(rest, device=positions.device)
-    # dynamic decoding: past as is; static/compiled: copied into a StaticCache (speed.py)
+    # dynamic decoding: past as is; static/compiled: copied into a StaticCache (static.py)
     fast = generation_kwargs(model.decoding, model, inputs.shape[1] + gen_kwargs["max_new_tokens"], prefix=past)
     return model.decoder.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, **fast, **gen_kwargs)

@@ -12,6 +12,9 @@ duration of a call: EOS / stop ids, the pad id and ``max_new_tokens`` (hicae's m
 transformers' global defaults (greedy, no penalties, no processors), and the caller's options on
 top as keyword arguments. The base model object itself keeps its config (the decoder is a twin
 module: its own attribute, the same weights).
+
+``generate_plain`` is the "no compression" baseline: the frozen base model (no slot-side adapters)
+answering from plain token ids, decoded as the memory paths decode.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+import torch
 from transformers import GenerationConfig
+
+from ..tokens import cut_at_stop
 
 
 def hicae_generation_config(stop_ids: list[int], pad_id: int, max_new_tokens: int) -> GenerationConfig:
@@ -45,3 +51,17 @@ def generate(decoder: Any, tokens: Any, max_new_tokens: int, **kwargs: Any) -> A
     config = hicae_generation_config(tokens.stop_ids, tokens.pad_id, max_new_tokens)
     with explicit_generation(decoder, config):
         return decoder.generate(**kwargs)
+
+
+def generate_plain(model: Any, prompts: list[list[int]], max_new_tokens: int, **gen_kwargs: Any) -> list[list[int]]:
+    """Greedy decoding of the base model from token ids (left-padded batch); new tokens up to the first stop id.
+
+    ``gen_kwargs``: more options for ``generate`` (e.g. a logits processor that times the first token)."""
+    width = max(len(p) for p in prompts)
+    pad = model.tokens.pad_id
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device)
+    with torch.no_grad(), model.plain_decoding():  # the base itself, no slot-side adapters
+        # greedy as the memory paths decode: hicae's explicit config, not the base's
+        out = generate(model.decoder, model.tokens, max_new_tokens, input_ids=ids, attention_mask=mask, **gen_kwargs)
+    return cut_at_stop(out[:, width:].tolist(), model.tokens.stop_ids)
