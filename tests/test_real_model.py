@@ -231,3 +231,9 @@ def test_hicae_demo_on_real_weights(real_path, tmp_path, capsys):
     print(out)
     assert len(bleus) == 3 and "from memory (16 slots" in out and "from the full text (" in out
     assert bleus[0] >= DEMO_MIN_BLEU_EN, bleus
+    # the long-document part: one document compressed once, three questions from memory, full text and BM25
+    from hicae.cli.demo_long import LONG_DOCUMENT
+
+    if LONG_DOCUMENT.is_file():
+        assert out.count("  Q: ") == 3 and "compressed once in" in out and "right out of 3: memory" in out
+        assert out.count(" memory     ") == 3 and out.count(" BM25       ") == 3
