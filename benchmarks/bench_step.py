@@ -104,7 +104,7 @@ def build(args: argparse.Namespace, **overrides: Any) -> ICAE:
 
         base, tok = tiny_model("qwen3", seed=args.seed, dtype=torch.bfloat16), load_qwen3_tokenizer()
     else:
-        from hicae.checkpoint import load_base
+        from hicae.io.checkpoint import load_base
         from hicae.demo.real_model import qwen25_path
 
         base, tok = load_base(str(qwen25_path(fetch=False)), dtype="bf16")

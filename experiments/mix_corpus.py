@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from hicae.data import iter_jsonl
-    from hicae.fileio import write_text_atomic
+    from hicae.io.fileio import write_text_atomic
 
     records = [r for _, r in iter_jsonl(a.source, ("text", "domain"))]
     out = mix(records, a.per_domain, a.seed)

@@ -1,4 +1,4 @@
-"""The import graph of hicae's modules has no cycle: I/O (checkpoint.py) sits above the model.
+"""The import graph of hicae's modules has no cycle: I/O (io/checkpoint.py) sits above the model.
 
 Every ``import`` statement counts, those inside functions too: a lazy import hides a cycle from
 Python's loader but not from the design (the model would still depend on its own I/O layer).
@@ -85,9 +85,9 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_import_graph_sees_relative_and_lazy_imports():
     g = import_graph()
-    assert "hicae.model" in g["hicae.checkpoint"] and "hicae.hierarchy" in g["hicae.checkpoint"]
+    assert "hicae.model" in g["hicae.io.checkpoint"] and "hicae.hierarchy" in g["hicae.io.checkpoint"]
     assert "hicae.evaluation.metrics" in g["hicae.evaluation.qa"]  # `from . import metrics`
-    assert "hicae.checkpoint" in g["hicae.cli.demo"]  # imported inside a function
+    assert "hicae.io.checkpoint" in g["hicae.cli.demo"]  # imported inside a function
 
 
 def test_hicae_modules_import_no_cycle():
@@ -98,12 +98,33 @@ def test_hicae_modules_import_no_cycle():
 def test_model_classes_import_no_io_but_keep_their_io_methods():
     g = import_graph()
     for mod in ("hicae.model", "hicae.hierarchy"):
-        assert "hicae.checkpoint" not in g[mod]
+        assert "hicae.io.checkpoint" not in g[mod]
     from hicae import HierarchicalICAE, ICAE
 
     # bound by the I/O layer (tests/test_checkpoint.py exercises them)
-    assert ICAE.from_pretrained.__func__.__module__ == "hicae.checkpoint"
+    assert ICAE.from_pretrained.__func__.__module__ == "hicae.io.checkpoint"
     assert HierarchicalICAE.save_pretrained is ICAE.save_pretrained
+
+
+IO = "hicae.io"
+# The leaves of io/ the core may use (atomic writes, weights fingerprints, the cache folder): they import only errors.
+IO_LEAVES = {"hicae.io.fileio", "hicae.io.fingerprint", "hicae.io.cache"}
+# Outside the wings, what may use the rest of io/: the package (it imports io.checkpoint, which binds the I/O
+# methods) and training, which saves and resumes checkpoints.
+ABOVE_IO = {"hicae", "hicae.trainer", "hicae.run_folder"}
+
+
+def test_io_sits_above_the_core_and_below_the_wings():
+    """The core imports of io/ only its leaves; the leaves import nothing of hicae but errors; io/ imports no wing."""
+    g = import_graph()
+    for leaf in IO_LEAVES:
+        assert g[leaf] <= {"hicae.errors"}, f"{leaf} imports {sorted(g[leaf])}: an io/ leaf imports only errors"
+    for mod, targets in g.items():
+        if _in(mod, IO):
+            assert not [t for t in targets if _wing(t)], f"{mod} imports a wing: {sorted(targets)}"
+        elif _wing(mod) is None and not _in(mod, "hicae.demo") and mod not in ABOVE_IO:
+            io = {t for t in targets if _in(t, IO)} - IO_LEAVES
+            assert not io, f"core module {mod} imports {sorted(io)}: I/O sits above the core"
 
 
 WINGS = ("hicae.cli", "hicae.serve", "hicae.evaluation", "hicae.protocol", "hicae.instruct", "hicae.longqa")

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError, DataError
-from .fileio import atomic_path
+from .io.fileio import atomic_path
 from .memory_checks import check_slots, parse_metadata
 
 FORMAT = "hicae-memory"

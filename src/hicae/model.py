@@ -31,7 +31,7 @@ from .decoding.requests import decode_request
 from .decoding.run import build_prefix_cache, decode
 from .decoding.static import DecodingOptions, contiguous_head_input
 from .errors import CheckpointError, ConfigError, DataError
-from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
+from .io.fingerprint import base_fingerprints, encoder_fingerprint, weights_match
 from .layout import (
     AE,
     FT,
@@ -137,7 +137,7 @@ class ICAE(nn.Module):
         return {"text_prefix": self.tokens.text_prefix} if self.tokens.text_prefix else None
 
     # ---- I/O: ``from_base``, ``from_pretrained`` and ``save_pretrained`` are bound onto this class by
-    # ``hicae.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
+    # ``hicae.io.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
 
     # ---- speed options (decoding/static.py, speed.py) ---------------------------------------------
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .checkpoint import load_trained_weights
+from .io.checkpoint import load_trained_weights
 from .errors import CheckpointError
-from .fileio import write_text_atomic
+from .io.fileio import write_text_atomic
 from .errors import ConfigError
 from .fsdp import enable_on_cpu, full_trained_parameters, is_sharded, shard_for_training
 from .model import LOGGED

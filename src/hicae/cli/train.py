@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..checkpoint import load_base, load_icae, read_checkpoint_config
+from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
 from ..config import HierarchyConfig, ICAEConfig
 from ..data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
 from ..errors import ConfigError

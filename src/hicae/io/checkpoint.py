@@ -27,13 +27,13 @@ from safetensors.torch import save_file
 
 from .base_resolve import load_recorded_base
 from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
-from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
-from .decoder_side import plain_state_dict
-from .errors import CheckpointError
+from ..config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
+from ..decoder_side import plain_state_dict
+from ..errors import CheckpointError
 from .fileio import staged_dir
 from .fingerprint import SEP, check_finite, encoder_fingerprint, weights_match
-from .hierarchy import HierarchicalICAE
-from .model import ICAE
+from ..hierarchy import HierarchicalICAE
+from ..model import ICAE
 
 EMBED_FILE = "icae_embeddings.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -26,8 +26,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from .cache import cache_dir
-from .config import base_shape, shape_mismatches
-from .errors import CheckpointError
+from ..config import base_shape, shape_mismatches
+from ..errors import CheckpointError
 from .fingerprint import base_fingerprints, weights_match
 
 log = logging.getLogger("hicae")
