@@ -54,6 +54,8 @@ def _fitted(st: _Stream, hier: HierarchyConfig, budget: int | None) -> list[Merg
 
 
 class HierarchicalICAE(ICAE):
+    loads_hierarchy = True  # registers this class as what hierarchical checkpoints load as (ICAE._for_checkpoint)
+
     def __init__(self, base_model: nn.Module, tokenizer: Any, config: ICAEConfig | None = None,
                  hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
         """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""

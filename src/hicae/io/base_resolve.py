@@ -78,7 +78,7 @@ def _shape_of(folder: Path) -> dict[str, Any] | None:
 def load_recorded_base(path: Path, meta: dict[str, Any], load_base: Callable[..., tuple[Any, Any]],
                        **load_kwargs: Any) -> tuple[Any, Any]:
     """The base model and tokenizer of checkpoint ``path`` (its ``hicae_config.json`` is ``meta``); see the module
-    docstring. ``load_base``: ``checkpoint.load_base`` (passed in: this module sits below the I/O layer), given
+    docstring. ``load_base``: ``checkpoint_files.load_base`` (passed in), given
     ``load_kwargs`` (dtype, device, attn_implementation)."""
     name = meta["base_model"]
     if not name:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from peft import get_peft_model_state_dict
 
-from .checkpoint import _check_keys, _read_safetensors, load_adapter
+from .checkpoint_files import _check_keys, _read_safetensors, load_adapter
 from ..config import ICAEConfig
 from ..errors import CheckpointError
 from .fingerprint import check_finite
