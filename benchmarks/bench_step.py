@@ -123,7 +123,7 @@ def build(args: argparse.Namespace, **overrides: Any) -> ICAE:
 def make_batch(model: ICAE, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """``batch`` texts of k*r random ids, each AE or (with probability ``lm_ratio``) LM as the Collator
     lays them out (``second_half`` cut, ``min_tokens_for_lm`` = T/4, ``leave_tokens_for_lm`` = 1)."""
-    from hicae.data import Collator
+    from hicae.training.data import Collator
 
     cfg, T = model.icae_config, args.mem_size * args.compression_rate
     g = torch.Generator().manual_seed(args.seed)

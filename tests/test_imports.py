@@ -122,7 +122,8 @@ IO_BELOW_MODEL = IO_LEAVES | {"hicae.io.checkpoint_files", "hicae.io.checkpoint_
 IO_ABOVE_MODEL = {"hicae.io", "hicae.io.checkpoint", "hicae.io.migration"}
 # Outside the wings, what may use the rest of io/: model.py (its I/O methods) and training, which saves and
 # resumes checkpoints.
-ABOVE_IO = {"hicae.model", "hicae.trainer", "hicae.run_folder"}
+ABOVE_IO = {"hicae.model", "hicae.training.trainer", "hicae.training.run_folder"}
+TRAINING = "hicae.training"
 
 
 def test_io_sits_above_the_core_and_below_the_wings():
@@ -132,10 +133,20 @@ def test_io_sits_above_the_core_and_below_the_wings():
         assert g[leaf] <= {"hicae.errors"}, f"{leaf} imports {sorted(g[leaf])}: an io/ leaf imports only errors"
     for mod, targets in g.items():
         if _in(mod, IO):
-            assert not [t for t in targets if _wing(t)], f"{mod} imports a wing: {sorted(targets)}"
+            up = [t for t in targets if _wing(t) or _in(t, TRAINING)]
+            assert not up, f"{mod} imports {up}: io/ imports no wing and no training"
         elif _wing(mod) is None and not _in(mod, "hicae.demo") and mod not in ABOVE_IO:
             io = {t for t in targets if _in(t, IO)} - IO_LEAVES
             assert not io, f"core module {mod} imports {sorted(io)}: I/O sits above the core"
+
+
+def test_training_sits_above_io_and_below_the_wings():
+    """training/ imports the core and io/, no wing; the core imports no training (only wings use it)."""
+    for mod, targets in import_graph().items():
+        if _in(mod, TRAINING):
+            assert not [t for t in targets if _wing(t)], f"{mod} imports a wing: {sorted(targets)}"
+        elif _wing(mod) is None:
+            assert not [t for t in targets if _in(t, TRAINING)], f"core module {mod} imports training: {sorted(targets)}"
 
 
 WINGS = ("hicae.cli", "hicae.serve", "hicae.evaluation", "hicae.protocol", "hicae.instruct", "hicae.longqa")

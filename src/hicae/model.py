@@ -67,7 +67,7 @@ def twin_module(module: nn.Module) -> nn.Module:
     structure (peft replacing ``q_proj`` by a LoRA wrapper) do not reach the twin; leaf modules
     (Linear, norms, embeddings: the ones holding weights) are the very same objects in both trees.
     Sharing leaves rather than only their tensors lets FSDP swap a leaf's sharded and gathered
-    weights once for both trees (see fsdp.py).
+    weights once for both trees (see training/fsdp.py).
     """
     if not module._modules:
         return module

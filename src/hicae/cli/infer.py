@@ -11,7 +11,7 @@ from typing import Any
 
 from ..io.checkpoint import load_base, load_icae
 from ..config import inference_max_length
-from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
+from ..training.data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
 from ..devices import pick_device
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io.fileio import write_text_atomic
