@@ -139,7 +139,7 @@ class ICAE(nn.Module):
     # ---- I/O: calls down into io/checkpoint_files.py, which imports no model class ---------------
 
     # The class a hierarchical checkpoint loads as: HierarchicalICAE registers itself when its class
-    # statement runs (``loads_hierarchy = True``), so this module need not import hierarchy.py.
+    # statement runs (``loads_hierarchy = True``), so this module need not import hierarchy/.
     loads_hierarchy = False
     _hierarchy_class: "type[ICAE] | None" = None
 
@@ -153,7 +153,7 @@ class ICAE(nn.Module):
         """The model a checkpoint's config builds: ICAE, or HierarchicalICAE when it records a hierarchy."""
         if hierarchy is None:
             return ICAE(base_model, tokenizer, config)
-        if ICAE._hierarchy_class is None:  # hicae/__init__.py imports hierarchy.py: only a bare import of model.py
+        if ICAE._hierarchy_class is None:  # hicae/__init__.py imports hierarchy/: only a bare import of model.py
             raise CheckpointError("a hierarchical checkpoint needs hicae.hierarchy imported (import hicae)")
         return ICAE._hierarchy_class(base_model, tokenizer, config, hierarchy)
 

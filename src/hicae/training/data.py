@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from ..batching import pad_decoder, pad_encoder
 from ..config import HierarchyConfig, ICAEConfig
 from ..errors import DataError
-from ..hierarchy_plan import budget_to_blocks, num_blocks
+from ..hierarchy.plan import budget_to_blocks, num_blocks
 from ..layout import ae_example, encoder_rows, lm_example, with_target
 from ..tokens import SpecialTokens, fit_length, tokenize
 
