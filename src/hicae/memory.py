@@ -43,7 +43,7 @@ class Memory:
     # trailing partial segment (whose provisional block is the last one), kept for ``append``.
     blocks: list[list[list[int]]] | None = None
     tails: list[list[int]] | None = None
-    # Weights fingerprints (see fingerprint.py) of the base model and of the trained encoder that
+    # Weights fingerprints (see io/fingerprint.py) of the base model and of the trained encoder that
     # made the slots; empty in memories of an older hicae (and from ``compress_ids``, internal).
     base_weights: str = ""
     encoder_weights: str = ""

@@ -104,7 +104,7 @@ class ICAE(nn.Module):
             target_modules=list(cfg.lora_target_modules),
             bias="none",
         )
-        # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
+        # Which base weights these are (a strided sample, see io/fingerprint.py): checkpoints and
         # memories record it, and loading one on other weights is refused unless allowed. Taken
         # before any adapter is added, so it is the plain base's.
         self.base_weights = base_fingerprints(self.decoder)  # "<bf16>/<fp16>": any cast of them matches

@@ -1,13 +1,6 @@
 """``load_icae``: a checkpoint loaded as the model class it records, for callers holding no class.
 
-A checkpoint holds only what is trained:
-- ``hicae_config.json``: the ICAEConfig, the base model's name (a local path made absolute) and
-  shape, and the weights fingerprints of the base model and of the trained encoder;
-- ``adapter_model.safetensors`` + ``adapter_config.json``: the LoRA adapter in peft's format;
-- ``icae_embeddings.safetensors``: memory and task embeddings;
-- ``base/`` (optional, ``save_base=True``): the base model itself, for bases that exist nowhere
-  else (the demo's tiny random model).
-Reading and writing the files is ``checkpoint_files.py`` (below the model classes, whose
+What a checkpoint holds, and reading and writing its files, is ``checkpoint_files.py`` (below the model classes, whose
 ``from_pretrained`` / ``save_pretrained`` / ``from_base`` call it); this module sits above them and
 also names what callers of the I/O layer use, so they import one module.
 """
