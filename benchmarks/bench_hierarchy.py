@@ -48,7 +48,7 @@ from typing import Any, Callable
 import torch
 from harness import TEXT_VOCAB, PeakMemory, build_icae, main_single, release, sync, trim_heap
 
-import hicae.hierarchy as hier_mod
+import hicae.hierarchy.model as hier_mod
 from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig
 
 TITLE = "hierarchical compression at scale"

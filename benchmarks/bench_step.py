@@ -104,7 +104,7 @@ def build(args: argparse.Namespace, **overrides: Any) -> ICAE:
 
         base, tok = tiny_model("qwen3", seed=args.seed, dtype=torch.bfloat16), load_qwen3_tokenizer()
     else:
-        from hicae.checkpoint import load_base
+        from hicae.io.checkpoint import load_base
         from hicae.demo.real_model import qwen25_path
 
         base, tok = load_base(str(qwen25_path(fetch=False)), dtype="bf16")
@@ -123,7 +123,7 @@ def build(args: argparse.Namespace, **overrides: Any) -> ICAE:
 def make_batch(model: ICAE, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """``batch`` texts of k*r random ids, each AE or (with probability ``lm_ratio``) LM as the Collator
     lays them out (``second_half`` cut, ``min_tokens_for_lm`` = T/4, ``leave_tokens_for_lm`` = 1)."""
-    from hicae.data import Collator
+    from hicae.training.data import Collator
 
     cfg, T = model.icae_config, args.mem_size * args.compression_rate
     g = torch.Generator().manual_seed(args.seed)

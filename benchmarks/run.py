@@ -50,7 +50,7 @@ import bench_hierarchy  # noqa: E402
 import bench_train as bt  # noqa: E402
 from probes import probe_compress_gap  # noqa: E402  (benchmarks/probes/)
 from hicae.config import ICAEConfig  # noqa: E402
-from hicae.fileio import write_text_atomic  # noqa: E402
+from hicae.io.fileio import write_text_atomic  # noqa: E402
 
 SECTIONS = ("compress", "prefix", "decode", "train")
 OWN_DEFAULTS = {"hierarchy": bench_hierarchy, "gap": probe_compress_gap}  # sections run with their module's defaults

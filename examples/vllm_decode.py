@@ -23,7 +23,7 @@ from pathlib import Path
 
 def hicae_inputs(checkpoint: str, text: str, prompts: list[str], device: str = "cpu"):
     """The memory's decoder inputs ([T, D] per prompt), the base model's path and the stop ids."""
-    from hicae.checkpoint import BASE_DIR, load_icae
+    from hicae.io.checkpoint import BASE_DIR, load_icae
     from hicae.decoding.handoff import decoder_input_embeddings
 
     model = load_icae(checkpoint, device=device)

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from hicae.data import iter_jsonl
-    from hicae.fileio import write_text_atomic
+    from hicae.training.data import iter_jsonl
+    from hicae.io.fileio import write_text_atomic
 
     records = [r for _, r in iter_jsonl(a.source, ("text", "domain"))]
     out = mix(records, a.per_domain, a.seed)

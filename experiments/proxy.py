@@ -258,7 +258,7 @@ def copy_check(model, tok, texts: list[str], n: int = 48) -> dict:
 # ---- main ---------------------------------------------------------------------------------------
 
 def _jsonl(path: Path, texts: list[str]) -> None:
-    from hicae.fileio import write_text_atomic
+    from hicae.io.fileio import write_text_atomic
 
     write_text_atomic(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["base_lm"] = time.time() - t
 
     # 4-5. ICAE per ratio, then evaluation
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
     from hicae.cli.train import pretrain
     from hicae.evaluation import EvalSettings, TextRecord, run_ae, run_ppl
     from hicae.evaluation.report import markdown_table
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                           "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
                           "threads": a.threads, "platform": platform.platform()}}
-    from hicae.fileio import write_text_atomic
+    from hicae.io.fileio import write_text_atomic
 
     write_text_atomic(out / "proxy.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "proxy.md", render_markdown(report))
@@ -468,7 +468,7 @@ def hierarchical_16x(z: Sizes, tok, train_p: list[str], test_p: list[str], work:
     import torch
 
     from hicae import HierarchyConfig
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
     from hicae.evaluation import EvalSettings, TextRecord, run_ae
     from hicae.evaluation.report import markdown_table
 

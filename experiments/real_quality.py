@@ -90,7 +90,7 @@ def corpus(cache: Path, seed: int, test_fraction: float) -> tuple[dict, dict, di
 
 def complete_checkpoints(out: Path) -> list[Path]:
     """``checkpoint-N`` folders holding everything a resume needs, oldest first; incomplete ones are named and skipped."""
-    from hicae.run_folder import complete_checkpoints as complete
+    from hicae.training.run_folder import complete_checkpoints as complete
 
     good, bad = complete(out)
     for d, why in bad:
@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
     from hicae.cli.train import pretrain
     from hicae.config import HierarchyConfig
-    from hicae.data import iter_jsonl
+    from hicae.training.data import iter_jsonl
     from hicae.evaluation import EvalSettings, TextRecord, run_ae, run_ppl
-    from hicae.fileio import write_text_atomic
+    from hicae.io.fileio import write_text_atomic
     from hicae.demo.real_model import qwen25_path
 
     def log(msg: str) -> None:
@@ -345,7 +345,7 @@ def plot_curve(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from hicae.fileio import atomic_path
+    from hicae.io.fileio import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
+from hicae.io.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
 from hicae.demo.real_model import qwen25_path
-from hicae.fileio import staged_dir
+from hicae.io.fileio import staged_dir
 
 DEST = Path(__file__).resolve().parent.parent / "src" / "hicae" / "demo" / "checkpoint"
 BASE_NAME = "Qwen/Qwen2.5-Coder-0.5B-Instruct"

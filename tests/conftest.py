@@ -134,7 +134,7 @@ def make_built(qwen3_tokenizer) -> Callable[..., Built]:
     return make
 
 
-# ---- training batches, built by hand from the layout functions (independent of hicae.data) ----------
+# ---- training batches, built by hand from the layout functions (independent of hicae.training.data) ----------
 
 
 @dataclass

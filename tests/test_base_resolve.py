@@ -11,8 +11,8 @@ import time
 import pytest
 
 from hicae import CheckpointError, ICAE, ICAEConfig, Memory
-from hicae.base_resolve import hub_reachable, local_folders
-from hicae.checkpoint import load_icae
+from hicae.io.base_resolve import hub_reachable, local_folders
+from hicae.io.checkpoint import load_icae
 from hicae.cli.main import main
 from hicae.demo.tiny import tiny_model
 

@@ -117,7 +117,7 @@ def test_trainer_uses_bf16_adapter_only_where_it_applies(tmp_path):
 
     from transformers import TrainingArguments
 
-    from hicae.trainer import ICAETrainer
+    from hicae.training.trainer import ICAETrainer
 
     args = tiny_args()
     model = bench_step.build(args)

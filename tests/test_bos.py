@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers import LlamaTokenizer
 
 from hicae import ICAEConfig
-from hicae.data import Collator
+from hicae.training.data import Collator
 from hicae.errors import ConfigError
 from hicae.layout import FT, SLOT
 from hicae.tokens import SpecialTokens, bos_prefix

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from hicae.cli.main import main
-from hicae.data import FINETUNE_FIELDS, JsonlDataset
+from hicae.training.data import FINETUNE_FIELDS, JsonlDataset
 from hicae.errors import ConfigError, DataError
 from hicae.evaluation.records import read_qa
 from hicae.instruct.build import BuildSettings, Source, build

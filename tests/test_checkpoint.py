@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from hicae import ICAE, CheckpointError, HicaeError, ICAEConfig
-from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, read_checkpoint_config
-from hicae.checkpoint_meta import check_adapter_config
+from hicae.io.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, read_checkpoint_config
+from hicae.io.checkpoint_meta import check_adapter_config
 from hicae.demo.tiny import tiny_model
 
 VARIED = dict(initializer_range=0.3)

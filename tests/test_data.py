@@ -9,7 +9,7 @@ import torch
 
 from hicae import ICAEConfig
 from hicae.demo.assets import load_qwen3_tokenizer
-from hicae.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, iter_jsonl
+from hicae.training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, iter_jsonl
 from hicae.errors import DataError
 from hicae.layout import AE, FT, IGNORE, LM, MEM, SLOT, segment_lengths
 from hicae.tokens import SpecialTokens

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from hicae import ICAEConfig
 from hicae.cli.train import build_parser
-from hicae.data import Collator
+from hicae.training.data import Collator
 from hicae.errors import ConfigError
 from hicae.hierarchy import HierarchicalICAE
 from hicae.demo.tiny import tiny_model

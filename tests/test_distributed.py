@@ -9,7 +9,7 @@ of floating-point sums (observed: < 1e-6 after three AdamW steps). With records 
 lengths, DDP weights each process's tokens by 1/(its token count), a (small) difference from
 the single-process loss that is inherent to per-batch token means, not a hicae bug.
 
-FSDP (configs/accelerate/cpu_2proc_fsdp.yaml: per-layer FSDP2, src/hicae/fsdp.py) is held to the
+FSDP (configs/accelerate/cpu_2proc_fsdp.yaml: per-layer FSDP2, src/hicae/training/fsdp.py) is held to the
 same comparison, and its checkpoints must be full tensors that load in one process.
 """
 

@@ -1,4 +1,4 @@
-"""Per-layer FSDP2 sharding of the twin encoder/decoder (src/hicae/fsdp.py), in this process.
+"""Per-layer FSDP2 sharding of the twin encoder/decoder (src/hicae/training/fsdp.py), in this process.
 
 One process with a one-rank gloo group: fully_shard still shards, gathers and frees each group,
 so which layers are gathered when, and the gradients, can be checked without launching anything
@@ -14,8 +14,8 @@ from conftest import TINY_ICAE
 from torch.distributed.tensor import DTensor
 
 from hicae import ICAE, ICAEConfig
-from hicae.data import Collator
-from hicae.fsdp import full_trained_parameters, layer_pairs, shard_icae
+from hicae.training.data import Collator
+from hicae.training.fsdp import full_trained_parameters, layer_pairs, shard_icae
 from hicae.demo.tiny import tiny_model
 
 TEXTS = ["the quick brown fox jumps over the lazy dog again and again", "alpha beta gamma delta river stone"]
@@ -82,7 +82,7 @@ def test_each_layer_is_gathered_alone_and_gradients_equal_the_unsharded_model(qw
 @pytest.mark.parametrize("arch,tied", [("qwen2", True), ("qwen3", True), ("qwen2", False)])
 def test_memory_calculator_counts_the_parameters_of_real_models(qwen3_tokenizer, arch, tied):
     """The calculator's parameter counts equal those of a built model (base, and ICAE's trainable)."""
-    from hicae.fsdp_memory import Shape, trainable_params
+    from hicae.training.fsdp_memory import Shape, trainable_params
 
     base = tiny_model(arch, tie_word_embeddings=tied, vocab_size=151680)
     shape = Shape.from_config(base.config)
@@ -93,7 +93,7 @@ def test_memory_calculator_counts_the_parameters_of_real_models(qwen3_tokenizer,
 
 
 def test_memory_calculator_arithmetic_by_hand():
-    from hicae.fsdp_memory import Shape, fsdp_memory
+    from hicae.training.fsdp_memory import Shape, fsdp_memory
 
     # D=8, 2 layers, I=16, V=32, 2 heads of 4, 1 kv head, tied, no biases, no q/k norms
     shape = Shape(8, 2, 16, 32, 2, 1, 4, tied=True, qkv_bias=False, qk_norm=False)
@@ -116,6 +116,7 @@ def test_memory_calculator_arithmetic_by_hand():
 
 def test_memory_calculator_uses_the_models_logits_chunk():
     """fsdp_memory keeps its own copy (it imports no torch model code): it must follow the model's."""
-    from hicae import fsdp_memory, model
+    from hicae import model
+    from hicae.training import fsdp_memory
 
     assert fsdp_memory.CE_CHUNK == model._CE_CHUNK

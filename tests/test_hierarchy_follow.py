@@ -7,7 +7,7 @@ import torch
 from hicae import HierarchicalICAE, HierarchyConfig, ICAE, ICAEConfig, Memory
 from hicae.batching import pad_decoder
 from hicae.evaluation.decoding import example_nll
-from hicae.hierarchy_plan import Block, Merge
+from hicae.hierarchy.plan import Block, Merge
 from hicae.layout import AE, SLOT, slot_text_positions
 from hicae.demo.tiny import tiny_model
 

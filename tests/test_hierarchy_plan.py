@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hicae.errors import ConfigError
-from hicae.hierarchy_plan import PlanState, budget_to_blocks, num_blocks, plan, push_segments, waves
+from hicae.hierarchy.plan import PlanState, budget_to_blocks, num_blocks, plan, push_segments, waves
 
 params = st.tuples(
     st.integers(0, 300),  # level-1 segments

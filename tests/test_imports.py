@@ -1,7 +1,8 @@
-"""The import graph of hicae's modules has no cycle: I/O (checkpoint.py) sits above the model.
+"""The import graph of hicae's modules has no cycle, and its layers hold: the core (the model classes calling down
+into io/checkpoint_files.py), io/, training/, the wings.
 
 Every ``import`` statement counts, those inside functions too: a lazy import hides a cycle from
-Python's loader but not from the design (the model would still depend on its own I/O layer).
+Python's loader but not from the design.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_import_graph_sees_relative_and_lazy_imports():
     g = import_graph()
-    assert "hicae.model" in g["hicae.checkpoint"] and "hicae.hierarchy" in g["hicae.checkpoint"]
+    assert "hicae.model" in g["hicae.io.checkpoint"] and "hicae.hierarchy" in g["hicae.io.checkpoint"]
+    assert "hicae.io.checkpoint_files" in g["hicae.model"]  # imported inside a method
     assert "hicae.evaluation.metrics" in g["hicae.evaluation.qa"]  # `from . import metrics`
-    assert "hicae.checkpoint" in g["hicae.cli.demo"]  # imported inside a function
+    assert "hicae.io.checkpoint" in g["hicae.cli.demo"]  # imported inside a function
 
 
 def test_hicae_modules_import_no_cycle():
@@ -95,15 +97,58 @@ def test_hicae_modules_import_no_cycle():
     assert not found, f"import cycles among hicae modules: {found}"
 
 
-def test_model_classes_import_no_io_but_keep_their_io_methods():
+def test_model_classes_call_down_into_io():
+    """from_pretrained & co. are ordinary methods of ICAE calling io/checkpoint_files.py, which imports no model
+    class; io/checkpoint.py (``load_icae``) and io/migration.py build models, so they sit above the classes."""
     g = import_graph()
-    for mod in ("hicae.model", "hicae.hierarchy"):
-        assert "hicae.checkpoint" not in g[mod]
+    assert "hicae.io.checkpoint_files" in g["hicae.model"]  # imported inside the methods
+    for mod in ("hicae.model", "hicae.hierarchy", "hicae.hierarchy.model", "hicae.hierarchy.plan"):
+        assert not g[mod] & IO_ABOVE_MODEL, f"{mod} imports {sorted(g[mod] & IO_ABOVE_MODEL)}"
+    for mod in IO_BELOW_MODEL:
+        up = g[mod] & ({"hicae.model", "hicae.hierarchy", "hicae.hierarchy.model"} | IO_ABOVE_MODEL)
+        assert not up, f"{mod} imports {sorted(up)}: it sits below the model classes"
     from hicae import HierarchicalICAE, ICAE
 
-    # bound by the I/O layer (tests/test_checkpoint.py exercises them)
-    assert ICAE.from_pretrained.__func__.__module__ == "hicae.checkpoint"
+    for name in ("from_base", "from_pretrained", "save_pretrained"):
+        assert name in vars(ICAE), f"ICAE.{name} is not defined in the class body"
+    assert ICAE.from_pretrained.__func__.__module__ == "hicae.model"
     assert HierarchicalICAE.save_pretrained is ICAE.save_pretrained
+    assert ICAE._hierarchy_class is HierarchicalICAE  # what a hierarchical checkpoint loads as
+
+
+IO = "hicae.io"
+# The leaves of io/ the core may use (atomic writes, weights fingerprints, the cache folder): they import only errors.
+IO_LEAVES = {"hicae.io.fileio", "hicae.io.fingerprint", "hicae.io.cache"}
+# io/ below the model classes (they call it) and above them (what builds a model: load_icae, the ICAE v2 import).
+IO_BELOW_MODEL = IO_LEAVES | {"hicae.io.checkpoint_files", "hicae.io.checkpoint_meta", "hicae.io.base_resolve"}
+IO_ABOVE_MODEL = {"hicae.io", "hicae.io.checkpoint", "hicae.io.migration"}
+# Outside the wings, what may use the rest of io/: model.py (its I/O methods) and training, which saves and
+# resumes checkpoints.
+ABOVE_IO = {"hicae.model", "hicae.training.trainer", "hicae.training.run_folder"}
+TRAINING = "hicae.training"
+
+
+def test_io_sits_above_the_core_and_below_the_wings():
+    """The core imports of io/ only its leaves; the leaves import nothing of hicae but errors; io/ imports no wing."""
+    g = import_graph()
+    for leaf in IO_LEAVES:
+        assert g[leaf] <= {"hicae.errors"}, f"{leaf} imports {sorted(g[leaf])}: an io/ leaf imports only errors"
+    for mod, targets in g.items():
+        if _in(mod, IO):
+            up = [t for t in targets if _wing(t) or _in(t, TRAINING)]
+            assert not up, f"{mod} imports {up}: io/ imports no wing and no training"
+        elif _wing(mod) is None and not _in(mod, "hicae.demo") and mod not in ABOVE_IO:
+            io = {t for t in targets if _in(t, IO)} - IO_LEAVES
+            assert not io, f"core module {mod} imports {sorted(io)}: I/O sits above the core"
+
+
+def test_training_sits_above_io_and_below_the_wings():
+    """training/ imports the core and io/, no wing; the core imports no training (only wings use it)."""
+    for mod, targets in import_graph().items():
+        if _in(mod, TRAINING):
+            assert not [t for t in targets if _wing(t)], f"{mod} imports a wing: {sorted(targets)}"
+        elif _wing(mod) is None:
+            assert not [t for t in targets if _in(t, TRAINING)], f"core module {mod} imports training: {sorted(targets)}"
 
 
 WINGS = ("hicae.cli", "hicae.serve", "hicae.evaluation", "hicae.protocol", "hicae.instruct", "hicae.longqa")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from hicae import HierarchicalICAE, HierarchyConfig, ICAEConfig
-from hicae.data import Collator
+from hicae.training.data import Collator
 from hicae.layout import FT, IGNORE, SLOT
 from hicae.demo.tiny import tiny_model
 

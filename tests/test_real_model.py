@@ -45,7 +45,7 @@ def real_path():
 
 @pytest.fixture(scope="module")
 def base_bf16(real_path):
-    from hicae.checkpoint import load_base
+    from hicae.io.checkpoint import load_base
 
     return load_base(str(real_path), dtype="bf16")
 
@@ -201,7 +201,7 @@ def test_training_steps_lower_the_ae_loss(base_bf16):
 
 def test_load_base_reads_the_gguf_file(real_path):
     """``load_base`` on the .gguf gives the weights that setup converted (dequantized to bf16)."""
-    from hicae.checkpoint import load_base
+    from hicae.io.checkpoint import load_base
     from hicae.demo.real_model import qwen25_gguf_path
 
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hicae.demo import real_model as rm
-from hicae.checkpoint import load_base
+from hicae.io.checkpoint import load_base
 from hicae.errors import CheckpointError, HicaeError
 
 PIECES = [b"GGUF" + bytes([i]) * (1000 + i) for i in range(1, 7)]
@@ -107,7 +107,7 @@ def test_failed_conversion_leaves_no_folder(cache, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise CheckpointError("cannot load base model: broken")
 
-    monkeypatch.setattr("hicae.checkpoint.load_base", boom)
+    monkeypatch.setattr("hicae.io.checkpoint.load_base", boom)
     with pytest.raises(CheckpointError):
         rm.convert_gguf(gguf, cache / rm.FOLDER_NAME)
     assert not (cache / rm.FOLDER_NAME).exists() and list(cache.glob(".*")) == []

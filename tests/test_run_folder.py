@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hicae.errors import CheckpointError, ConfigError
-from hicae.run_folder import (MODEL_FILES, STAGING, TRAINER_STATE, clear_previous_run, commit_checkpoint,
+from hicae.training.run_folder import (MODEL_FILES, STAGING, TRAINER_STATE, clear_previous_run, commit_checkpoint,
                               complete_checkpoints, previous_run, resolve_resume, resume_flag, rotate)
 
 STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")

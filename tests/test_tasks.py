@@ -4,7 +4,8 @@ import typing
 
 import pytest
 
-from hicae import DataError, data, layout, model, tasks
+from hicae import DataError, layout, model, tasks
+from hicae.training import data
 from hicae.serve import schemas
 
 

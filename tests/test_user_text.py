@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import QWEN25_TEMPLATE, tokenizer_variant
 
-from hicae.data import Collator
+from hicae.training.data import Collator
 from hicae.evaluation.decoding import chat_prompt_ids
 from hicae.layout import IGNORE
 from hicae.tokens import SpecialTokens, added_token_strings, tokenize

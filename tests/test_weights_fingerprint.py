@@ -12,8 +12,8 @@ from conftest import TEXTS, TINY_ICAE, build_icae
 from safetensors.torch import load_file, save_file
 
 from hicae import ICAE, CheckpointError, ICAEConfig, Memory
-from hicae.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
-from hicae.fingerprint import SAMPLE, base_fingerprint, base_fingerprints, encoder_fingerprint, weights_match
+from hicae.io.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, load_base, load_icae
+from hicae.io.fingerprint import SAMPLE, base_fingerprint, base_fingerprints, encoder_fingerprint, weights_match
 from hicae.demo.tiny import tiny_model
 
 
@@ -187,7 +187,7 @@ def test_old_memory_without_fingerprints_loads_with_a_warning(make_icae, tmp_pat
 
 
 def test_hub_names_stay_names(tmp_path, monkeypatch):
-    from hicae.checkpoint import absolute_source
+    from hicae.io.checkpoint import absolute_source
 
     monkeypatch.chdir(tmp_path)
     assert absolute_source("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"

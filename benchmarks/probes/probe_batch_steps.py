@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
     from hicae.demo import DEMO_CHECKPOINT
     from hicae.cli.infer import load_base
     from hicae.demo.real_model import qwen25_path

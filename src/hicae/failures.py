@@ -14,7 +14,7 @@ import pickle
 import traceback
 
 from .errors import HicaeError
-from .fileio import io_failure
+from .io.fileio import io_failure
 
 _GENERATION_CODE = os.sep + os.path.join("transformers", "generation") + os.sep
 _TORCH_LOAD = os.path.join("torch", "serialization.py")

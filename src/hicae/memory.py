@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError, DataError
-from .fileio import atomic_path
+from .io.fileio import atomic_path
 from .memory_checks import check_slots, parse_metadata
 
 FORMAT = "hicae-memory"
@@ -43,7 +43,7 @@ class Memory:
     # trailing partial segment (whose provisional block is the last one), kept for ``append``.
     blocks: list[list[list[int]]] | None = None
     tails: list[list[int]] | None = None
-    # Weights fingerprints (see fingerprint.py) of the base model and of the trained encoder that
+    # Weights fingerprints (see io/fingerprint.py) of the base model and of the trained encoder that
     # made the slots; empty in memories of an older hicae (and from ``compress_ids``, internal).
     base_weights: str = ""
     encoder_weights: str = ""

@@ -31,7 +31,7 @@ from .decoding.requests import decode_request
 from .decoding.run import build_prefix_cache, decode
 from .decoding.static import DecodingOptions, contiguous_head_input
 from .errors import CheckpointError, ConfigError, DataError
-from .fingerprint import base_fingerprints, encoder_fingerprint, weights_match
+from .io.fingerprint import base_fingerprints, encoder_fingerprint, weights_match
 from .layout import (
     AE,
     FT,
@@ -67,7 +67,7 @@ def twin_module(module: nn.Module) -> nn.Module:
     structure (peft replacing ``q_proj`` by a LoRA wrapper) do not reach the twin; leaf modules
     (Linear, norms, embeddings: the ones holding weights) are the very same objects in both trees.
     Sharing leaves rather than only their tensors lets FSDP swap a leaf's sharded and gathered
-    weights once for both trees (see fsdp.py).
+    weights once for both trees (see training/fsdp.py).
     """
     if not module._modules:
         return module
@@ -104,7 +104,7 @@ class ICAE(nn.Module):
             target_modules=list(cfg.lora_target_modules),
             bias="none",
         )
-        # Which base weights these are (a strided sample, see fingerprint.py): checkpoints and
+        # Which base weights these are (a strided sample, see io/fingerprint.py): checkpoints and
         # memories record it, and loading one on other weights is refused unless allowed. Taken
         # before any adapter is added, so it is the plain base's.
         self.base_weights = base_fingerprints(self.decoder)  # "<bf16>/<fp16>": any cast of them matches
@@ -136,8 +136,48 @@ class ICAE(nn.Module):
         is one (a Mistral base; none for Qwen, whose fingerprints stay as they were)."""
         return {"text_prefix": self.tokens.text_prefix} if self.tokens.text_prefix else None
 
-    # ---- I/O: ``from_base``, ``from_pretrained`` and ``save_pretrained`` are bound onto this class by
-    # ``hicae.checkpoint`` (imported by the package): I/O sits above the model, which imports none of it.
+    # ---- I/O: calls down into io/checkpoint_files.py, which imports no model class ---------------
+
+    # The class a hierarchical checkpoint loads as: HierarchicalICAE registers itself when its class
+    # statement runs (``loads_hierarchy = True``), so this module need not import hierarchy/.
+    loads_hierarchy = False
+    _hierarchy_class: "type[ICAE] | None" = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("loads_hierarchy"):
+            ICAE._hierarchy_class = cls
+
+    @staticmethod
+    def _for_checkpoint(base_model: nn.Module, tokenizer: Any, config: ICAEConfig, hierarchy: Any) -> "ICAE":
+        """The model a checkpoint's config builds: ICAE, or HierarchicalICAE when it records a hierarchy."""
+        if hierarchy is None:
+            return ICAE(base_model, tokenizer, config)
+        if ICAE._hierarchy_class is None:  # hicae/__init__.py imports hierarchy/: only a bare import of model.py
+            raise CheckpointError("a hierarchical checkpoint needs hicae.hierarchy imported (import hicae)")
+        return ICAE._hierarchy_class(base_model, tokenizer, config, hierarchy)
+
+    @classmethod
+    def from_base(cls, name_or_path: str, config: ICAEConfig | None = None, **kwargs: Any) -> "ICAE":
+        """A new model (untrained adapter) on a base model loaded by ``load_base`` (hub name, folder or .gguf)."""
+        from .io.checkpoint_files import load_base
+
+        base, tok = load_base(name_or_path, **kwargs)
+        return cls(base, tok, config)
+
+    @classmethod
+    def from_pretrained(cls, path: Any, base_model: Any = None, tokenizer: Any = None, **kwargs: Any) -> "ICAE":
+        """Load a checkpoint (``config_overrides``, ``hierarchy``, ``allow_other_weights``: see
+        ``io.checkpoint_files.load_checkpoint``); a hierarchical one loads as ``HierarchicalICAE``."""
+        from .io.checkpoint_files import load_checkpoint
+
+        return load_checkpoint(path, ICAE._for_checkpoint, base_model=base_model, tokenizer=tokenizer, **kwargs)
+
+    def save_pretrained(self, path: Any, save_base: bool = False) -> None:
+        """Write a checkpoint (see ``io.checkpoint_files.save_icae``)."""
+        from .io.checkpoint_files import save_icae
+
+        save_icae(self, path, save_base=save_base)
 
     # ---- speed options (decoding/static.py, speed.py) ---------------------------------------------
 

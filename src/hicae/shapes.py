@@ -3,7 +3,7 @@
 ``tiny`` is the tests' and the demo's random model (``hicae.demo.tiny``; vocabulary large enough for
 the Qwen tokenizer, 151,669 ids). The others are released Qwen2.5 models (``config.json`` of
 ``Qwen/Qwen2.5-*`` on the Hugging Face hub): the benchmarks build 0.5B and 7B with random weights
-(``benchmarks/harness.py``, ``--shape``); ``fsdp_memory.py`` computes the per-GPU memory of 32B and 72B.
+(``benchmarks/harness.py``, ``--shape``); ``training/fsdp_memory.py`` computes the per-GPU memory of 32B and 72B.
 """
 
 from __future__ import annotations

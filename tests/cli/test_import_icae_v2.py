@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from hicae import CheckpointError, ICAE
-from hicae.checkpoint import CONFIG_FILE
-from hicae.migration import import_icae_v2, read_icae_v2
+from hicae.io.checkpoint import CONFIG_FILE
+from hicae.io.migration import import_icae_v2, read_icae_v2
 from hicae.demo.tiny import tiny_model
 from hicae.tokens import tokenize
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from hicae.run_folder import STAGING
+from hicae.training.run_folder import STAGING
 from test_distributed import launch, setup, trained  # noqa: F401  (the DDP tests' launcher and equal-length records)
 
 from .conftest import PASSAGES, tiny_args
@@ -24,7 +24,7 @@ ARGS = ("--max_steps", "6", "--save_steps", "2", "--seed", "3")
 # weights, optimizer, scheduler and RNG state are written, before trainer_state.json.
 KILL_AT_4 = """
 import os, signal
-from hicae.trainer import ICAETrainer
+from hicae.training.trainer import ICAETrainer
 _rng = ICAETrainer._save_rng_state
 def _save_rng_state(self, output_dir):
     _rng(self, output_dir)

@@ -72,13 +72,13 @@ def run_cli(capsys):
 @pytest.fixture(scope="session")
 def icae_model(icae_ckpt):
     """The ICAE checkpoint loaded once (tests must not change it; monkeypatch methods if needed)."""
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
 
     return load_icae(icae_ckpt).eval()
 
 
 @pytest.fixture(scope="session")
 def hier_model(hier_ckpt):
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
 
     return load_icae(hier_ckpt).eval()

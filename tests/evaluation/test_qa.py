@@ -91,7 +91,7 @@ def test_chat_prompt_is_the_tokenizer_template(icae_model):
 def test_truncated_contexts_reach_both_answers_alike(icae_ckpt, monkeypatch):
     """--overlong truncate: the memory holds the text's head, so the full-text baseline reads that same head
     (not the whole text), and the report says how many contexts were cut."""
-    from hicae.checkpoint import load_icae
+    from hicae.io.checkpoint import load_icae
 
     model = load_icae(icae_ckpt, config_overrides={"model_max_length": 8, "overlong": "truncate"}).eval()
     seen = []

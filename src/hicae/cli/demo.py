@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..demo.corpus import demo_corpus, long_document
 from ..devices import pick_device
-from ..fileio import write_text_atomic
+from ..io.fileio import write_text_atomic
 from ..setting import setting as _f
 from ..tokens import tokenize
 from .flags import Flags
@@ -148,7 +148,7 @@ def demo(argv: list[str]) -> int:
         "--use_cpu", str(device == "cpu").lower(), "--overwrite_output_dir", "true",  # a re-run of the demo starts over
     ])
 
-    from ..checkpoint import load_icae
+    from ..io.checkpoint import load_icae
 
     model = load_icae(ckpt, device=device)
     seen, unseen = train[1], heldout[0]
@@ -191,7 +191,7 @@ def _blocks_summary(mem) -> str:
 def hierarchical_demo(args, out: Path, ckpt: Path, train: list[str], heldout: list[str], device: str) -> None:
     """Upgrade the ICAE to a hierarchy, train it briefly on longer documents, then compress and
     stream a long text into a bounded memory and decode from it."""
-    from ..checkpoint import load_icae
+    from ..io.checkpoint import load_icae
 
     docs = [" ".join(train[i:] + train[:i]) for i in range(len(train))]  # long documents from the passages
     _write_jsonl(out / "data" / "long.jsonl", docs)

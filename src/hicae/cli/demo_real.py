@@ -53,7 +53,7 @@ def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) 
 
 
 def real_demo(args: Any) -> int:
-    from ..checkpoint import load_base, load_icae, read_checkpoint_config
+    from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
     from ..demo.real_model import qwen25_path
     from ..devices import pick_device
     from ..evaluation.metrics import sentence_bleu

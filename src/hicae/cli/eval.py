@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..checkpoint import read_checkpoint_config
+from ..io.checkpoint import read_checkpoint_config
 from ..devices import pick_device
 from ..errors import ConfigError
 from ..evaluation import EvalSettings, write_report

@@ -7,10 +7,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, load_base, save_icae
+from ..io.checkpoint import CONFIG_FILE, load_base, save_icae
 from ..config import BOS_MODES
 from ..errors import ConfigError
-from ..migration import REFERENCE_LORA_ALPHA, import_icae_v2, refuse_pickle
+from ..io.migration import REFERENCE_LORA_ALPHA, import_icae_v2, refuse_pickle
 from .flags import Flags
 from .outputs import check_writable, refuse_overwriting_inputs
 

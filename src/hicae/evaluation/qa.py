@@ -21,7 +21,7 @@ from typing import Any
 
 from ..decoding.generation import generate_plain
 from ..errors import ConfigError, DataError
-from ..fileio import write_text_atomic
+from ..io.fileio import write_text_atomic
 from . import longbench, metrics
 from .decoding import chat_prompt_ids, decode
 from .eval_task import EvalTask

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl, parse_line
+from ..training.data import PRETRAIN_FIELDS, decode_utf8, iter_jsonl, parse_line
 from ..errors import ConfigError, DataError
 from .longbench import DATASET_METRIC, check_dataset
 from .prompts import PromptTemplate

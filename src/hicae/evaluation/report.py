@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_path, write_text_atomic
+from ..io.fileio import atomic_path, write_text_atomic
 
 
 @dataclass

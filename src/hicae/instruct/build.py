@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..data import PRETRAIN_FIELDS, iter_jsonl
+from ..training.data import PRETRAIN_FIELDS, iter_jsonl
 from ..errors import ConfigError, DataError
 from ..setting import setting as _f
 from .questions import KINDS, make_questions

@@ -25,7 +25,7 @@ class PlainBase:
 
     @classmethod
     def load(cls, path: str, dtype: str = "bf16", device: str | None = None) -> "PlainBase":
-        from ..checkpoint import load_base
+        from ..io.checkpoint import load_base
 
         base, tok = load_base(path, dtype=dtype, **({"device": device} if device else {}))
         return cls.wrap(base.eval(), tok)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..fileio import atomic_path, write_text_atomic
+from ..io.fileio import atomic_path, write_text_atomic
 from ..instruct.build import text_rng
 from ..instruct.questions import cloze_questions
 from .documents import build_long_docs, parse_lengths
@@ -110,7 +110,7 @@ def load_optimizer(opt: torch.optim.Optimizer, named: dict[str, torch.nn.Paramet
 
 
 def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
-    from ..checkpoint import load_trained_weights
+    from ..io.checkpoint import load_trained_weights
     from .load import load_checkpoint, protocol_docs
 
     out = Path(s.out_dir)

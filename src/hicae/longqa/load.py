@@ -42,7 +42,7 @@ def protocol_docs(s: Any, lang: str, held_out: bool) -> list[tuple[str, str]]:
 
 def load_checkpoint(path: str, s: Any, limit: int) -> Any:
     """A checkpoint with its length limit raised to ``limit`` tokens (``s``: ``base``, ``dtype``)."""
-    from ..checkpoint import load_base, load_icae, read_checkpoint_config
+    from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
     from ..config import HierarchyConfig
     from ..demo.real_model import qwen25_path
 

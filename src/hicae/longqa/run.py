@@ -27,7 +27,7 @@ from ..evaluation import longbench
 from ..evaluation.decoding import chat_prompt_ids, decode
 from ..evaluation.qa import fulltext_content
 from ..evaluation.runtime import compress_ids
-from ..fileio import write_text_atomic
+from ..io.fileio import write_text_atomic
 from ..instruct.build import text_rng
 from ..instruct.questions import Question, cloze_questions
 from .contexts import FirstTokenClock, bm25_ids, last_n_ids

@@ -48,7 +48,7 @@ def load_corpus(s: ProtocolSettings, log=print) -> tuple[dict[str, list[Document
 def write_train(train: dict[str, list[Document]], tokenizer: Any, path: Path, max_tokens: int, min_tokens: int,
                 seed: int) -> dict[str, dict[str, int]]:
     """Every training-side document's passages, all domains interleaved in a seeded order, as JSONL."""
-    from ..fileio import write_text_atomic
+    from ..io.fileio import write_text_atomic
 
     count = token_counter(tokenizer)
     recs, stats = [], {}
@@ -167,7 +167,7 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    from ..fileio import write_text_atomic
+    from ..io.fileio import write_text_atomic
     from .render import render_markdown
 
     write_text_atomic(out / "protocol.json", json.dumps({k: v for k, v in report.items() if k != "rows"},
@@ -224,7 +224,7 @@ def load_tokenizer(base: str | None) -> Any:
 
 
 def load_model(s: ProtocolSettings) -> Any:
-    from ..checkpoint import load_base, load_icae
+    from ..io.checkpoint import load_base, load_icae
     from ..demo.real_model import qwen25_path
     from ..devices import pick_device
 

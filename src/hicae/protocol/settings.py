@@ -14,7 +14,7 @@ from .sources import DOMAINS
 
 @dataclass
 class ProtocolSettings:
-    checkpoint: str | None = _f(None, "ICAE checkpoint folder to evaluate (hicae.checkpoint.load_icae); "
+    checkpoint: str | None = _f(None, "ICAE checkpoint folder to evaluate (hicae.io.checkpoint.load_icae); "
                                       "may be left out when only --write_train is wanted")
     base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct of hicae.demo.real_model)")
     out_dir: str = _f("outputs/protocol", "where protocol.json and protocol.md are written (atomically)")

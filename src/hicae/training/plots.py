@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_path, write_text_atomic
+from ..io.fileio import atomic_path, write_text_atomic
 
 CURVE_KEYS = ("loss", "ae_loss", "lm_loss", "ft_loss", "distill_loss", "eval_loss")
 

@@ -1,7 +1,7 @@
 """Per-GPU memory of hicae training under per-layer FSDP (fsdp.py), computed from a model's config.
 
 An estimate from parameter counts and tensor shapes, not a measurement; every term is listed so
-it can be checked (``python -m hicae.fsdp_memory`` prints the table of docs/training.md). Assumptions:
+it can be checked (``python -m hicae.training.fsdp_memory`` prints the table of docs/training.md). Assumptions:
 - base weights in bf16, fully sharded over ``gpus`` (FSDP2, ``reshard_after_forward``);
 - the root group (embeddings, LM head, final norm, LoRA, memory and task embeddings) stays
   gathered from forward to the end of backward (FSDP2's default for the root);
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .shapes import MODEL_SHAPES
+from ..shapes import MODEL_SHAPES
 
 GB = 1e9
 CE_CHUNK = 2048  # _CE_CHUNK of model.py

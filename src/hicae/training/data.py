@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .batching import pad_decoder, pad_encoder
-from .config import HierarchyConfig, ICAEConfig
-from .errors import DataError
-from .hierarchy_plan import budget_to_blocks, num_blocks
-from .layout import ae_example, encoder_rows, lm_example, with_target
-from .tokens import SpecialTokens, fit_length, tokenize
+from ..batching import pad_decoder, pad_encoder
+from ..config import HierarchyConfig, ICAEConfig
+from ..errors import DataError
+from ..hierarchy.plan import budget_to_blocks, num_blocks
+from ..layout import ae_example, encoder_rows, lm_example, with_target
+from ..tokens import SpecialTokens, fit_length, tokenize
 
 PRETRAIN_FIELDS = ("text",)
 FINETUNE_FIELDS = ("input", "prompt", "answer")

@@ -38,7 +38,7 @@ from typing import Iterable
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SAMPLE = 1024  # elements read from each tensor
 

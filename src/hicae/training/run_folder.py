@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .checkpoint import ADAPTER_FILE, EMBED_FILE
-from .checkpoint_meta import ADAPTER_CONFIG_FILE, CONFIG_FILE
-from .errors import CheckpointError, ConfigError
+from ..io.checkpoint import ADAPTER_FILE, EMBED_FILE
+from ..io.checkpoint_meta import ADAPTER_CONFIG_FILE, CONFIG_FILE
+from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger("hicae")
 

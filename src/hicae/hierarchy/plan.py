@@ -132,7 +132,7 @@ def budget_to_blocks(max_slots: int | None, mem_size: int) -> int | None:
     trailing partial segment, so that the plan's state never depends on whether one exists."""
     if max_slots is None:
         return None
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if max_slots < mem_size:
         raise ConfigError(f"max_slots={max_slots} is smaller than one block (mem_size={mem_size} slots)")

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import HierarchyConfig, ICAEConfig
-from .errors import CheckpointError, ConfigError
+from ..config import HierarchyConfig, ICAEConfig
+from ..errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "hicae_config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

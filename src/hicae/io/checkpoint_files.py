@@ -1,4 +1,7 @@
-"""Loading base models and saving / loading ICAE checkpoints (the only module here that does model I/O).
+"""Loading base models, and a checkpoint's files written from and read into a model (the model classes' I/O).
+
+Below the model classes: it imports none of them. ``ICAE.from_pretrained`` passes in how to build the model;
+``ICAE.save_pretrained`` and ``ICAE.from_base`` call ``save_icae`` and ``load_base`` (model.py).
 
 A checkpoint holds only what is trained:
 - ``hicae_config.json``: the ICAEConfig, the base model's name (a local path made absolute) and
@@ -18,7 +21,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -27,13 +30,11 @@ from safetensors.torch import save_file
 
 from .base_resolve import load_recorded_base
 from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
-from .config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
-from .decoder_side import plain_state_dict
-from .errors import CheckpointError
+from ..config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
+from ..decoder_side import plain_state_dict
+from ..errors import CheckpointError
 from .fileio import staged_dir
 from .fingerprint import SEP, check_finite, encoder_fingerprint, weights_match
-from .hierarchy import HierarchicalICAE
-from .model import ICAE
 
 EMBED_FILE = "icae_embeddings.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -156,11 +157,13 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
             model.tokenizer.save_pretrained(str(tmp / BASE_DIR))
 
 
-def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, config_overrides: dict | None = None,
-              hierarchy: Any = None, allow_other_weights: bool = False, **load_kwargs: Any) -> Any:
+def load_checkpoint(path: str | Path, build: Callable[[Any, Any, ICAEConfig, HierarchyConfig | None], Any],
+                    base_model: Any = None, tokenizer: Any = None, config_overrides: dict | None = None,
+                    hierarchy: Any = None, allow_other_weights: bool = False, **load_kwargs: Any) -> Any:
     """Load a checkpoint; the base model comes from ``base_model``, the checkpoint's ``base/``, or its saved name.
 
-    A hierarchical checkpoint loads as ``HierarchicalICAE``. Passing ``hierarchy`` (a
+    ``build(base_model, tokenizer, config, hierarchy)`` makes the model (``ICAE.from_pretrained`` passes
+    ``ICAE._for_checkpoint``): a hierarchical checkpoint loads as ``HierarchicalICAE``. Passing ``hierarchy`` (a
     ``HierarchyConfig``) loads any checkpoint as one: a Phase-1 ICAE checkpoint is upgraded, its
     level embeddings starting as copies of its memory tokens.
 
@@ -188,7 +191,7 @@ def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, c
     cfg = ICAEConfig.from_dict(cfg_dict)
     if hierarchy is None and "hierarchy" in meta:
         hierarchy = HierarchyConfig.from_dict(meta["hierarchy"])
-    model = ICAE(base_model, tokenizer, cfg) if hierarchy is None else HierarchicalICAE(base_model, tokenizer, cfg, hierarchy)
+    model = build(base_model, tokenizer, cfg, hierarchy)
     if meta.get("has_base") or not model.base_model_name:
         model.base_model_name = meta["base_model"]  # keep the original name, not the temporary folder
     model.allow_other_weights = allow_other_weights
@@ -302,27 +305,3 @@ def load_adapter(model: Any, adapter: dict[str, torch.Tensor], where: str | Path
     if bad:
         raise CheckpointError(f"{where}: peft did not load {bad[:3]}")
 
-
-# ---- the classes' I/O entry points ---------------------------------------------------------------
-# Bound here, not defined in model.py: the model modules import no I/O (no import cycle), and the
-# package imports this module, so ``ICAE.from_pretrained`` & co. exist whenever ``hicae`` does.
-
-def _from_base(cls: type, name_or_path: str, config: ICAEConfig | None = None, **kwargs: Any) -> Any:
-    """A new ICAE (untrained adapter) on a base model loaded by ``load_base`` (hub name, folder or .gguf)."""
-    base, tok = load_base(name_or_path, **kwargs)
-    return cls(base, tok, config)
-
-
-def _from_pretrained(cls: type, path: str | Path, base_model: Any = None, tokenizer: Any = None, **kwargs: Any) -> Any:
-    """Load a checkpoint (see ``load_icae``); a hierarchical one loads as ``HierarchicalICAE``."""
-    return load_icae(path, base_model=base_model, tokenizer=tokenizer, **kwargs)
-
-
-def _save_pretrained(self: Any, path: str | Path, save_base: bool = False) -> None:
-    """Write a checkpoint (see ``save_icae``)."""
-    save_icae(self, path, save_base=save_base)
-
-
-ICAE.from_base = classmethod(_from_base)  # type: ignore[attr-defined]
-ICAE.from_pretrained = classmethod(_from_pretrained)  # type: ignore[attr-defined]
-ICAE.save_pretrained = _save_pretrained  # type: ignore[attr-defined]

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from peft import get_peft_model_state_dict
 
-from .checkpoint import _check_keys, _read_safetensors, load_adapter
-from .config import ICAEConfig
-from .errors import CheckpointError
+from .checkpoint_files import _check_keys, _read_safetensors, load_adapter
+from ..config import ICAEConfig
+from ..errors import CheckpointError
 from .fingerprint import check_finite
-from .model import ICAE
-from .tasks import TASKS
+from ..model import ICAE
+from ..tasks import TASKS
 
 log = logging.getLogger("hicae")
 

@@ -119,7 +119,7 @@ def enable_on_cpu(accelerator: Any) -> bool:
 def shard_for_training(model: nn.Module, accelerator: Any) -> None:
     """Shard ``model`` per layer with the accelerator's FSDP settings (before the Trainer prepares it:
     accelerate then leaves a model that is already sharded as it is)."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     plugin = accelerator.state.fsdp_plugin
     if plugin.fsdp_version != 2:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from safetensors import SafetensorError
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 def io_failure(e: BaseException) -> str | None:

@@ -3,7 +3,7 @@
 Level 1 is ICAE: each segment of ``S = k*r`` tokens (fixed segmentation) becomes a block of k
 slots. A level-``l+1`` block is made by the same LoRA encoder reading ``g`` consecutive blocks'
 slots (``g*k`` embeddings, positions ``0..g*k-1``) followed by that level's k memory tokens. Which
-blocks merge, and when, is decided by ``hierarchy_plan`` (a base-g counter plus a budget rule). The
+blocks merge, and when, is decided by ``plan.py`` (a base-g counter plus a budget rule). The
 decoder reads the retained blocks in text order, exactly as it reads ICAE slots. See
 docs/hierarchy.md.
 
@@ -25,14 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batching import pad_encoder
-from .config import HierarchyConfig, ICAEConfig, base_shape
-from .errors import CheckpointError, ConfigError, DataError
-from .hierarchy_plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, num_blocks, push_segments, waves
-from .layout import MEM, EncoderRows, Placement, encoder_position_ids, span_slot_positions
-from .memory import Memory
-from .model import ICAE
-from .tokens import tokenize
+from ..batching import pad_encoder
+from ..config import HierarchyConfig, ICAEConfig, base_shape
+from ..errors import CheckpointError, ConfigError, DataError
+from .plan import Block, Merge, PlanState, budget_to_blocks, fit_budget, num_blocks, push_segments, waves
+from ..layout import MEM, EncoderRows, Placement, encoder_position_ids, span_slot_positions
+from ..memory import Memory
+from ..model import ICAE
+from ..tokens import tokenize
 
 
 @dataclasses.dataclass
@@ -54,6 +54,8 @@ def _fitted(st: _Stream, hier: HierarchyConfig, budget: int | None) -> list[Merg
 
 
 class HierarchicalICAE(ICAE):
+    loads_hierarchy = True  # registers this class as what hierarchical checkpoints load as (ICAE._for_checkpoint)
+
     def __init__(self, base_model: nn.Module, tokenizer: Any, config: ICAEConfig | None = None,
                  hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
         """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""

@@ -26,8 +26,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from .cache import cache_dir
-from .config import base_shape, shape_mismatches
-from .errors import CheckpointError
+from ..config import base_shape, shape_mismatches
+from ..errors import CheckpointError
 from .fingerprint import base_fingerprints, weights_match
 
 log = logging.getLogger("hicae")
@@ -78,7 +78,7 @@ def _shape_of(folder: Path) -> dict[str, Any] | None:
 def load_recorded_base(path: Path, meta: dict[str, Any], load_base: Callable[..., tuple[Any, Any]],
                        **load_kwargs: Any) -> tuple[Any, Any]:
     """The base model and tokenizer of checkpoint ``path`` (its ``hicae_config.json`` is ``meta``); see the module
-    docstring. ``load_base``: ``checkpoint.load_base`` (passed in: this module sits below the I/O layer), given
+    docstring. ``load_base``: ``checkpoint_files.load_base`` (passed in), given
     ``load_kwargs`` (dtype, device, attn_implementation)."""
     name = meta["base_model"]
     if not name:

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .checkpoint import load_trained_weights
-from .errors import CheckpointError
-from .fileio import write_text_atomic
-from .errors import ConfigError
+from ..io.checkpoint import load_trained_weights
+from ..errors import CheckpointError
+from ..io.fileio import write_text_atomic
+from ..errors import ConfigError
 from .fsdp import enable_on_cpu, full_trained_parameters, is_sharded, shard_for_training
-from .model import LOGGED
-from .speed import bf16_adapter_training
+from ..model import LOGGED
+from ..speed import bf16_adapter_training
 from .run_folder import STAGING, TRAINER_STATE, TRAINING_ARGS, commit_checkpoint, resolve_resume, rng_file, rotate
 
 HOST_KEYS = ("enc_seg_lens", "segments_per_example")  # batch entries the model reads on the host
