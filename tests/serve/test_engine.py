@@ -11,7 +11,7 @@ import torch
 
 from hicae.errors import CheckpointError, DataError
 from hicae.sampling import SamplingOptions
-from hicae.serve.engine import Engine, QueueFull, Timeout
+from hicae.serve.engine import CompressArgs, DecodeArgs, Engine, QueueFull, Timeout
 from hicae.speed import adapter_in_dtype
 from hicae.serve.settings import ServeConfig
 from hicae.serve.store import MemoryStore, NotFound, check_id
@@ -32,7 +32,7 @@ def _engine(model, tmp_path, **cfg) -> Engine:
 
 def _compress(engine: Engine, texts: list[str]) -> str:
     mid = engine.memory_id_of("compress", texts=texts, max_slots=None)
-    job = engine.submit(engine.job("compress", {"id": mid, "texts": texts, "max_slots": None, "parent": None}))
+    job = engine.submit(engine.job("compress", CompressArgs(id=mid, texts=texts, max_slots=None, parent=None)))
     assert job.future.result(60)["created"]
     return mid
 
@@ -87,12 +87,13 @@ def test_batches_are_filled_oldest_first_and_never_lengthened(model, tmp_path):
     engine = _engine(model, tmp_path, batch_window_ms=0, max_batch_rows=4)
 
     def job(name, limit=8, rows=1, task="answer", grouped=True):
-        args = {"name": name, "max_new_tokens": limit, "rows": rows}
+        args = DecodeArgs(memory_id=name, task=task, prompts=None, max_new_tokens=limit, sampling=SamplingOptions(),
+                          rows=rows)
         return engine.submit(engine.job("decode", args, ("greedy", task, "m") if grouped else None))
 
     job("a", 8), job("b", 16), job("c", 4), job("d", grouped=False), job("e", 4, task="reconstruct"), job("f", 8, rows=3)
     job("g", 8, rows=2)
-    taken = [[j.args["name"] for j in engine._take()] for _ in range(4)]
+    taken = [[j.args.memory_id for j in engine._take()] for _ in range(4)]
     assert taken == [["a", "c", "g"], ["b", "f"], ["d"], ["e"]] and engine.depth == 0
 
 
@@ -127,7 +128,7 @@ def test_prefix_lru_is_bounded_in_bytes(model, tmp_path):
 def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
     engine = _engine(model, tmp_path, max_queue=2, request_timeout=0.05)
     mid = engine.memory_id_of("compress", texts=[TEXTS[0]], max_slots=None)
-    args = {"memory_id": mid, "task": "answer", "prompts": ["Q?"], "max_new_tokens": 6, "sampling": SamplingOptions(), "rows": 1}
+    args = DecodeArgs(memory_id=mid, task="answer", prompts=["Q?"], max_new_tokens=6, sampling=SamplingOptions(), rows=1)
     queued = [engine.submit(engine.job("decode", args, ("greedy", "answer", "m"))) for _ in range(2)]
     with pytest.raises(QueueFull, match="max_queue 2"):
         engine.submit(engine.job("decode", args))
@@ -145,8 +146,8 @@ def test_bounded_queue_deadline_and_bad_rows(model, tmp_path):
     engine.start()
     try:
         mid = _compress(engine, [TEXTS[0]])
-        args = {"memory_id": mid, "task": "continue", "prompts": None, "max_new_tokens": 4000, "rows": 1,
-                "sampling": SamplingOptions(do_sample=True, seed=0, top_k=50000)}  # sampling: no early stop on EOS
+        args = DecodeArgs(memory_id=mid, task="continue", prompts=None, max_new_tokens=4000, rows=1,
+                          sampling=SamplingOptions(do_sample=True, seed=0, top_k=50000))  # sampling: no early stop on EOS
         job = engine.submit(engine.job("decode", args))
         started = time.monotonic()
         out = job.future.result(60)["outputs"][0]

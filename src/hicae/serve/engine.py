@@ -57,10 +57,35 @@ class Timeout(HicaeError):
     """A request ran past ``request_timeout`` (504)."""
 
 
+@dataclass(frozen=True)
+class CompressArgs:
+    """A "compress" / "append" job: store ``texts`` as memory ``id`` (appended to memory ``parent`` if set)."""
+
+    id: str
+    texts: list[str]
+    max_slots: int | None = None
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class DecodeArgs:
+    """A "decode" job: ``task`` on memory ``memory_id``, each row cut to ``max_new_tokens``."""
+
+    memory_id: str
+    task: str
+    prompts: list[str] | None
+    max_new_tokens: int
+    sampling: SamplingOptions
+    rows: int = 1  # rows the job adds to a batched decoder call
+
+
+JobArgs = CompressArgs | DecodeArgs
+
+
 @dataclass
 class Job:
-    kind: str  # "compress" | "append" | "decode"
-    args: dict[str, Any]
+    kind: str  # "compress" | "append" (CompressArgs) | "decode" (DecodeArgs)
+    args: JobArgs
     deadline: float  # time.monotonic() after which the job is dropped / stopped
     group: tuple | None = None  # decode jobs of one group may share a decoder call
     streamer: Any = None  # decode: a transformers streamer (the job then runs alone)
@@ -78,6 +103,16 @@ class _Abandoned(StoppingCriteria):
         now = time.monotonic()
         stop = all(j.cancelled or now > j.deadline for j in self.jobs)
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _rows(job: Job) -> int:
+    """Rows the job adds to a decoder call (a compression job: 1)."""
+    return job.args.rows if isinstance(job.args, DecodeArgs) else 1
+
+
+def _decode_args(job: Job) -> DecodeArgs:
+    assert isinstance(job.args, DecodeArgs), job.kind
+    return job.args
 
 
 def _now() -> str:
@@ -126,7 +161,7 @@ class Engine:
             self._cond.notify_all()
         return job
 
-    def job(self, kind: str, args: dict[str, Any], group: tuple | None = None, streamer: Any = None) -> Job:
+    def job(self, kind: str, args: JobArgs, group: tuple | None = None, streamer: Any = None) -> Job:
         return Job(kind, args, time.monotonic() + self.cfg.request_timeout, group, streamer)
 
     def decode_job(self, memory_id: str, mem: Any, task: str, prompts: list[str] | None, options: SamplingOptions,
@@ -137,8 +172,8 @@ class Engine:
         if max_new_tokens is None:  # reconstruct: the text's length and a little more; else 128; within the cap
             longest = max(mem.num_tokens[e] for e in entries)
             max_new_tokens = min(longest + 8 if task == "reconstruct" else 128, self.cfg.max_new_tokens)
-        args = {"memory_id": memory_id, "task": task, "prompts": prompts, "max_new_tokens": max_new_tokens,
-                "sampling": options, "rows": len(entries)}
+        args = DecodeArgs(memory_id=memory_id, task=task, prompts=prompts, max_new_tokens=max_new_tokens,
+                          sampling=options, rows=len(entries))
         group = None if (streamer is not None or options.do_sample) else ("greedy", task, mem.origin)
         return self.job("decode", args, group, streamer)
 
@@ -201,15 +236,17 @@ class Engine:
             if self._stopping:
                 return None
             first = self._jobs.popleft()
-            batch, rows = [first], first.args.get("rows", 1)
+            batch, rows = [first], _rows(first)
             if first.group is None:
                 return batch
-            longest = first.args["max_new_tokens"]
+            assert isinstance(first.args, DecodeArgs)  # only decode jobs have a group
+            longest = first.args.max_new_tokens
             end = time.monotonic() + self.cfg.batch_window_ms / 1000
             while rows < self.cfg.max_batch_rows:
                 for job in list(self._jobs):
-                    n = job.args.get("rows", 1)
-                    if (job.group == first.group and job.args["max_new_tokens"] <= longest
+                    n = _rows(job)
+                    if (job.group == first.group and isinstance(job.args, DecodeArgs)
+                            and job.args.max_new_tokens <= longest
                             and rows + n <= self.cfg.max_batch_rows):
                         self._jobs.remove(job)
                         batch.append(job)
@@ -226,22 +263,23 @@ class Engine:
             self._decode(jobs)
         elif kind in ("compress", "append"):
             (job,) = jobs
+            assert isinstance(job.args, CompressArgs)
             job.future.set_result(self._compress(job.args))
         else:  # pragma: no cover - jobs are built by service.py
             raise ValueError(f"unknown job kind {kind!r}")
 
     # ---- compression -----------------------------------------------------------------------------
 
-    def _compress(self, args: dict[str, Any]) -> dict[str, Any]:
-        mid = args["id"]
+    def _compress(self, args: CompressArgs) -> dict[str, Any]:
+        mid = args.id
         if self.store.exists(mid):  # an identical request finished while this one waited
             return {"id": mid, "created": False}
         model = self.model
-        if args.get("parent"):  # routes/memories.py offers append on a hierarchical checkpoint only
-            mem = model.append(self.hot.get(args["parent"]).mem, args["texts"], max_slots=args["max_slots"])
+        if args.parent:  # routes/memories.py offers append on a hierarchical checkpoint only
+            mem = model.append(self.hot.get(args.parent).mem, args.texts, max_slots=args.max_slots)
         else:
-            mem = model.compress(args["texts"], max_slots=args["max_slots"])
-        mem.extra.update(created=_now(), **({"parent": args["parent"]} if args.get("parent") else {}))
+            mem = model.compress(args.texts, max_slots=args.max_slots)
+        mem.extra.update(created=_now(), **({"parent": args.parent} if args.parent else {}))
         self.store.save(mid, mem)
         self.stats.add("compressions")
         self.stats.add("compressed_tokens", sum(mem.num_tokens))
@@ -259,12 +297,12 @@ class Engine:
     def _decode(self, jobs: list[Job]) -> None:
         """One ``generate`` call for the rows of ``jobs`` (one job: sampled / streamed; or a greedy batch, whose
         rows may come from several memories), each job's rows cut to its own ``max_new_tokens``."""
-        task, model = jobs[0].args["task"], self.model
+        task, model = _decode_args(jobs[0]).task, self.model
         parts = []  # (job, its memory, its rows' entries, its prompts)
         for job in jobs:
             try:
-                hot = self.hot.get(job.args["memory_id"])
-                entries, prompts = self.rows_of(hot.mem, task, job.args["prompts"])
+                hot = self.hot.get(_decode_args(job).memory_id)
+                entries, prompts = self.rows_of(hot.mem, task, _decode_args(job).prompts)
             except HicaeError as err:  # deleted meanwhile, or a bad request: that job only
                 job.future.set_exception(err)
                 self._end_stream(job)
@@ -276,8 +314,8 @@ class Engine:
         prompts = [p for *_, ps in parts for p in ps]
         caches = [hot.cache for _, hot, entries, _ in parts for _ in entries]
         cache = False if any(c is None for c in caches) else caches  # one cache per row: its memory's
-        limit = max(job.args["max_new_tokens"] for job, *_ in parts)  # decode to the longest, cut each row
-        options: SamplingOptions = parts[0][0].args["sampling"]  # one job when it samples
+        limit = max(_decode_args(job).max_new_tokens for job, *_ in parts)  # decode to the longest, cut each row
+        options: SamplingOptions = _decode_args(parts[0][0]).sampling  # one job when it samples
         gen = options.generate_kwargs()
         options.seed_torch()
         live = [job for job, *_ in parts]
@@ -291,7 +329,7 @@ class Engine:
         ids = decode(model, request, limit, prefix_cache=cache, **gen)
         seconds = time.perf_counter() - started
         steps = max((len(x) for x in ids), default=0)
-        own = [job.args["max_new_tokens"] for job, _, entries, _ in parts for _ in entries]
+        own = [_decode_args(job).max_new_tokens for job, _, entries, _ in parts for _ in entries]
         ids = [x[:n] for x, n in zip(ids, own)]  # greedy: a row's first tokens do not depend on the call's length
         self._count(parts, ids, steps, seconds, before)
         texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -306,7 +344,7 @@ class Engine:
                 "finish_reason": "length" if len(ids[r]) >= own[r] else "stop",
             } for i, r in enumerate(range(start, start + len(entries)))]
             start += len(entries)
-            job.future.set_result({"memory_id": job.args["memory_id"], "task": task, "outputs": outputs})
+            job.future.set_result({"memory_id": _decode_args(job).memory_id, "task": task, "outputs": outputs})
 
     def _count(self, parts: list, ids: list[list[int]], steps: int, seconds: float, before: dict[int, int]) -> None:
         """``/metrics`` counters of one decoder call, and a debug line (what a profile of the load needs)."""
@@ -315,7 +353,7 @@ class Engine:
             if hot.cache is not None:  # a hit: this job's memory computed no prefix in the call
                 hit = hot.cache.prefix_tokens == before[id(hot.cache)]
                 self.stats.add("prefix_cache_hits" if hit else "prefix_cache_misses")
-        memories = len({job.args["memory_id"] for job in live})
+        memories = len({_decode_args(job).memory_id for job in live})
         self.stats.add("decoder_calls")
         self.stats.add("decoded_rows", len(ids))
         self.stats.add("decode_steps", steps)

@@ -20,7 +20,7 @@ from transformers import AsyncTextIteratorStreamer
 
 from ..errors import DataError
 from ..sampling import SamplingOptions
-from .engine import Engine, Job
+from .engine import CompressArgs, Engine, Job
 from .errors import Conflict, TooLarge, Unauthorized, classify
 from .openapi import ID_PATTERN
 from .settings import ServeConfig
@@ -95,7 +95,7 @@ class Service:
         mid = engine.memory_id_of(op, **what)
         created = False
         if not self.store.exists(mid):
-            job = engine.submit(engine.job(op, {"id": mid, "texts": texts, "max_slots": max_slots, "parent": parent}))
+            job = engine.submit(engine.job(op, CompressArgs(id=mid, texts=texts, max_slots=max_slots, parent=parent)))
             created = (await engine.wait(job))["created"]
         body = await run_in_threadpool(self.info, mid)
         return JSONResponse({**body, "created_now": created}, 201 if created else 200)
