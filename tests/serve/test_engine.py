@@ -370,3 +370,29 @@ def test_fp16_memories_under_concurrent_compress_and_ask(qwen3_tokenizer, tmp_pa
     finally:
         engine.stop()
     assert asked[0] > 20 and not refused, (asked[0], refused[:1])
+
+
+def test_the_server_never_recomputes_the_encoder_fingerprint_per_decode(model, tmp_path, monkeypatch):
+    """The engine computes the encoder's fingerprint once and checks every memory against it (on load, and
+    on each decode), so two decoding requests call ``model.encoder_weights`` not at all; the public
+    ``generate`` still recomputes it and still refuses a memory of other encoder weights."""
+    engine = _engine(model, tmp_path, batch_window_ms=0)
+    engine.start()
+    try:
+        mid = _compress(engine, [TEXTS[0]])  # compressing records the fingerprint in the memory (one call)
+        real, calls = model.encoder_weights, []
+        monkeypatch.setattr(model, "encoder_weights", lambda: calls.append(1) or real())
+        _decode(engine, mid, [PROMPTS[0]]).future.result(60)
+        _decode(engine, mid, None, task="reconstruct").future.result(60)
+        assert calls == []
+        mem = engine.hot.get(mid).mem
+        assert mem.encoder_weights == engine.encoder_weights
+    finally:
+        engine.stop()
+    model.generate(mem, PROMPTS[0], max_new_tokens=2)  # the default path: checked, fingerprint recomputed
+    assert len(calls) == 1
+    other = mem[[0]]
+    other.encoder_weights = "0" * len(mem.encoder_weights)
+    with pytest.raises(CheckpointError, match="encoder weights"):
+        model.generate(other, PROMPTS[0], max_new_tokens=2)
+    assert len(calls) == 2

@@ -273,14 +273,14 @@ def unsupported_reason(model: Any, kwargs: dict[str, Any]) -> str | None:
 
 
 def resolve(model: Any, mem: Memory, prefix_lens: list[int] | None, prefix_cache: Any,
-            kwargs: dict[str, Any]) -> PrefixCache | None:
+            kwargs: dict[str, Any], encoder_weights: str | None = None) -> PrefixCache | None:
     """The cache a generation call uses, or None for the plain path.
 
     ``prefix_cache``: a ``PrefixCache`` (use it), a list of one per row of ``mem`` (rows joined
     from several memories, ``Memory.cat``: each row's prefix comes from, and is kept in, its own
     memory's cache), ``False`` (never), ``None`` (automatic: a temporary cache when several rows
     share one memory entry, e.g. many questions about one memory, so that the shared prefix is
-    computed once).
+    computed once). ``encoder_weights``: as for ``PrefixCache``, used by the temporary one.
     """
     if prefix_cache is False:
         return None
@@ -308,7 +308,7 @@ def resolve(model: Any, mem: Memory, prefix_lens: list[int] | None, prefix_cache
         return prefix_cache
     if len({id(s) for s in mem.slots}) == len(mem):  # no entry is shared: nothing to reuse
         return None
-    cache = PrefixCache(model, mem)
+    cache = PrefixCache(model, mem, encoder_weights)
     return cache if cache.supported else None
 
 

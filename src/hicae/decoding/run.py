@@ -33,22 +33,26 @@ def prefix_lengths(request: Request) -> list[int] | None:
 
 
 def decode(model: Any, request: Request, max_new_tokens: int, *, prefix_cache: Any = None,
-           **gen_kwargs: Any) -> list[list[int]]:
+           encoder_weights: str | None = None, **gen_kwargs: Any) -> list[list[int]]:
     """Greedy (or sampled, via ``gen_kwargs``) decoding of the request's rows, batched with left padding;
     each row's new tokens up to its first stop id.
 
     ``prefix_cache``: a ``PrefixCache``, a list of one per row, ``None`` (automatic: used when rows
     share a memory entry) or ``False`` (never); see ``hicae.decoding.prefix_cache``.
+
+    ``encoder_weights``: the model's ``encoder_weights()`` if the caller already has it (a server, whose
+    weights do not change, computes it once). The memory is still checked on every call, against it,
+    rather than against a fingerprint recomputed from the encoder's tensors (a few ms on a real model).
     """
     mem, examples = request.mem, request.examples
-    model.check_memory(mem)
+    model.check_memory(mem, encoder_weights=encoder_weights)
     # Only hicae's settings and the caller's: the base's generation_config (Qwen's repetition penalty,
     # no_repeat_ngram_size, sampling defaults ...) plays no part (generation.py).
     kwargs = {**gen_kwargs, "max_new_tokens": max_new_tokens}
     config = hicae_generation_config(model.tokens.stop_ids, model.tokens.pad_id, max_new_tokens)
     prefix_lens = prefix_lengths(request)
     with model.eval_mode(), explicit_generation(model.decoder, config):
-        cache = resolve(model, mem, prefix_lens, prefix_cache, kwargs)  # reads that config
+        cache = resolve(model, mem, prefix_lens, prefix_cache, kwargs, encoder_weights)  # reads that config
         if cache is not None:
             out = generate_cached(model, mem, examples, prefix_lens, cache, kwargs)  # type: ignore[arg-type]
         else:

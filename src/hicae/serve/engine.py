@@ -326,7 +326,9 @@ class Engine:
         started = time.perf_counter()
         # the rows' layouts, worked out once: decoded here, and counted as each output's prompt_tokens
         request = decode_request(model, rows, model_task(task), prompts if task == PROMPTED else None)
-        ids = decode(model, request, limit, prefix_cache=cache, **gen)
+        # hot.py checked each memory when it loaded it; decode checks the rows again, against the fingerprint
+        # computed once here rather than recomputed from the encoder's tensors on every call
+        ids = decode(model, request, limit, prefix_cache=cache, encoder_weights=self.encoder_weights, **gen)
         seconds = time.perf_counter() - started
         steps = max((len(x) for x in ids), default=0)
         own = [_decode_args(job).max_new_tokens for job, _, entries, _ in parts for _ in entries]
