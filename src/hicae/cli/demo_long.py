@@ -10,19 +10,14 @@ memory has slots (the same budget).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .demo_real import _timed
+
 LONG_DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
-
-
-def _timed(fn: Any) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def _short(s: str, n: int = 70) -> str:

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from ..batching import pad_decoder
 from ..errors import ConfigError
 from ..instruct.questions import Question, cloze_questions
-from ..layout import FT, SLOT, DecoderExample, Placement, segment_lengths, span_slot_positions
+from ..layout import FT, IGNORE, SLOT, DecoderExample, Placement, segment_lengths, span_slot_positions
 from ..memory import Memory
 from .documents import LongDoc
 
@@ -112,7 +112,7 @@ def shared_prefix(examples: list[DecoderExample]) -> int:
     head = examples[0].ids[:p]
     if any(ex.ids[:p] != head for ex in examples) or SLOT in examples[0].ids[p:]:
         raise ValueError("rows do not share one prefix 'before [slots] [FT]'")
-    if any(lab != -100 for ex in examples for lab in ex.labels[: p + 1]):
+    if any(lab != IGNORE for ex in examples for lab in ex.labels[: p + 1]):
         raise ValueError("a label inside the shared prefix (or on its first next token): no loss may start there")
     return p
 

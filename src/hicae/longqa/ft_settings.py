@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .settings import _f
+from ..setting import setting as _f
 
 
 @dataclass

@@ -67,6 +67,15 @@ def _plain_answer(model: Any, content: str, s: LongQASettings) -> tuple[str, flo
     return decode(model, [ids])[0], ttft, total, len(prompt)
 
 
+def _compress(model: Any, doc: LongDoc, max_slots: int | None, cond: str, memory_info: dict[str, Any]) -> Any:
+    """The document's memory, timed; records its slot count and compress time under ``memory_info[cond]``."""
+    ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
+    t = time.perf_counter()
+    mem = compress_ids(model, [ids], max_slots)
+    memory_info[cond] = {"slots": int(mem.num_slots[0]), "compress_s": time.perf_counter() - t}
+    return mem
+
+
 def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str, Any], plain: Any,
                   s: LongQASettings, budget: int, memory_info: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of one condition on one document (one per question)."""
@@ -78,10 +87,7 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
     decoded_ids: list[int] = []
     if cond == DECODED:  # the flat memory, read back as text once per document
         model = models["memory_flat"]
-        ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
-        t = time.perf_counter()
-        mem = compress_ids(model, [ids])
-        memory_info[cond] = {"slots": int(mem.num_slots[0]), "compress_s": time.perf_counter() - t}
+        mem = _compress(model, doc, None, cond, memory_info)
         t = time.perf_counter()
         decoded_ids = read_back(model, mem)
         memory_info[cond]["prefix_s"] = time.perf_counter() - t  # the read-back: once per document
@@ -89,10 +95,7 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
         mem = None
     elif cond in MEMORY:
         model = models[cond]
-        ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
-        t = time.perf_counter()
-        mem = compress_ids(model, [ids], s.max_slots if cond == "memory_hier" else None)
-        memory_info[cond] = {"slots": int(mem.num_slots[0]), "compress_s": time.perf_counter() - t}
+        mem = _compress(model, doc, s.max_slots if cond == "memory_hier" else None, cond, memory_info)
         if s.prefix_cache:  # the decoder's pass over the memory, once per document: then each question only reads it
             t = time.perf_counter()
             cache = model.prefix_cache(mem)
