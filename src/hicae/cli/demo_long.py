@@ -10,14 +10,20 @@ memory has slots (the same budget).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .demo_real import _timed
-
 LONG_DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    """``fn()`` and its wall time in seconds (the demo's timings)."""
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
 
 
 def _short(s: str, n: int = 70) -> str:
@@ -41,9 +47,9 @@ def long_document_part(model: Any, path: str | None, answer_from_text: Any, ques
     ids = model.tokens.text_ids([text])[0]
     qs = cloze_questions(text, questions, text_rng(0, doc.name), None)
     with torch.no_grad():
-        mem, t_comp = _timed(lambda: model.compress_ids([ids]))
+        mem, t_comp = timed(lambda: model.compress_ids([ids]))
         cache = model.prefix_cache(mem)
-        _, t_prefix = _timed(lambda: model.generate_ids(mem, [qs[0].prompt], max_new_tokens=1, prefix_cache=cache))
+        _, t_prefix = timed(lambda: model.generate_ids(mem, [qs[0].prompt], max_new_tokens=1, prefix_cache=cache))
     n = mem.num_slots[0]
     print(f"\n[demo] long document {doc} ({len(ids)} tokens) -> {n} memory slots: compressed once in {t_comp:.1f} s, "
           f"the decoder read the memory once in {t_prefix:.1f} s; then {len(qs)} questions (the words after a quote):")
@@ -51,10 +57,10 @@ def long_document_part(model: Any, path: str | None, answer_from_text: Any, ques
     score = {"memory": 0.0, "full text": 0.0, "BM25": 0.0}
     for q in qs:
         with torch.no_grad():
-            ans_mem, t_mem = _timed(lambda: model.generate(mem, [q.prompt], max_new_tokens=16, prefix_cache=cache)[0])
-        ans_full, t_full = _timed(lambda: answer_from_text(model, text, q.prompt, 16))
+            ans_mem, t_mem = timed(lambda: model.generate(mem, [q.prompt], max_new_tokens=16, prefix_cache=cache)[0])
+        ans_full, t_full = timed(lambda: answer_from_text(model, text, q.prompt, 16))
         ctx, _ = bm25_ids(ids, q.prompt, n, 128, tok)
-        ans_bm25, t_bm25 = _timed(lambda: answer_from_text(model, tok.decode(ctx), q.prompt, 16))
+        ans_bm25, t_bm25 = timed(lambda: answer_from_text(model, tok.decode(ctx), q.prompt, 16))
         print(f"\n  Q: {q.prompt}\n     gold: {q.gold!r}")
         for label, ans, t in (("memory", ans_mem, t_mem), ("full text", ans_full, t_full), ("BM25", ans_bm25, t_bm25)):
             ok = contains(ans, q.gold or "", q.lang)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..demo import DEMO_CHECKPOINT
+from .demo_long import timed as _timed
 
 # The first held-out passage of each language in experiments/real_quality.py's split (seed 0; the
 # documents they come from were never trained on), cut to 60 tokens: a Python 3.11 HOWTO (urllib,
@@ -32,12 +33,6 @@ PASSAGES = [
 ]
 LABELS = ["held-out, English docs", "held-out, Chinese docs", "out of domain: prose written for the demo"]
 QUESTION = "What does calling urlopen with the Request object return?"
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) -> str:
