@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
+import pathlib
 
 import pytest
 import torch
@@ -13,8 +15,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from hicae import ICAE, CheckpointError, HicaeError, ICAEConfig
-from hicae.io.checkpoint import ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, read_checkpoint_config
+from hicae import ICAE, CheckpointError, HicaeError, HierarchicalICAE, HierarchyConfig, ICAEConfig
+from hicae.io.checkpoint import (ADAPTER_FILE, CONFIG_FILE, EMBED_FILE, CheckpointInfo, read_checkpoint,
+                                 read_checkpoint_config)
 from hicae.io.checkpoint_meta import check_adapter_config
 from hicae.demo.tiny import tiny_model
 
@@ -133,6 +136,47 @@ def saved(qwen3_tokenizer, tmp_path):
 
 def _load(path, tokenizer, arch="qwen3", **overrides):
     return ICAE.from_pretrained(path, base_model=tiny_model(arch, **overrides), tokenizer=tokenizer)
+
+
+def test_read_checkpoint_gives_the_typed_config_files(saved, qwen3_tokenizer, tmp_path):
+    model, path = saved
+    info = read_checkpoint(path)
+    assert isinstance(info, CheckpointInfo) and info.path == path and info.config_file == path / CONFIG_FILE
+    assert info.icae == model.icae_config and info.hierarchy is None and not info.hierarchical
+    assert info.base_model == "tiny-qwen3" and info.base_shape["model_type"] == "qwen3" and info.has_base is False
+    assert info.base_weights == model.base_weights and info.encoder_weights == model.encoder_weights()
+    assert info.fingerprint == model.fingerprint and info.format_version == 1
+    assert info.raw == read_checkpoint_config(path)  # the same file, the same checks
+    with pytest.raises(AttributeError):  # one value: frozen
+        info.has_base = True
+    h = HierarchicalICAE(tiny_model("qwen3"), qwen3_tokenizer, model.icae_config, HierarchyConfig(levels=3, max_slots=8))
+    h.save_pretrained(tmp_path / "hier", save_base=True)
+    hinfo = read_checkpoint(tmp_path / "hier")
+    assert hinfo.hierarchical and hinfo.hierarchy == h.hierarchy and hinfo.has_base is True
+
+
+def test_one_load_reads_the_config_file_once(saved, qwen3_tokenizer, monkeypatch):
+    """``from_pretrained`` reads and checks hicae_config.json once and passes what it read down (read_checkpoint)."""
+    _, path = saved
+    opened, depth = [], [0]
+
+    def counting(original):  # every way a file is opened by name: Path's methods and open(), outermost call only
+        def wrapper(*args, **kwargs):
+            file = args[0] if args else kwargs.get("file", "")
+            if not depth[0] and isinstance(file, (str, pathlib.Path)) and pathlib.Path(file).name == CONFIG_FILE:
+                opened.append(file)
+            depth[0] += 1  # Path.read_text opens through Path.open: one read
+            try:
+                return original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return wrapper
+
+    for meth in ("read_text", "read_bytes", "open"):
+        monkeypatch.setattr(pathlib.Path, meth, counting(getattr(pathlib.Path, meth)))
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    _load(path, qwen3_tokenizer)
+    assert len(opened) == 1, opened
 
 
 def test_other_base_config_is_refused_naming_the_mismatch(saved, qwen3_tokenizer):

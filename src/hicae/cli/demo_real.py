@@ -48,7 +48,7 @@ def answer_from_text(model: Any, text: str, question: str, max_new_tokens: int) 
 
 
 def real_demo(args: Any) -> int:
-    from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
+    from ..io.checkpoint import load_base, load_icae, read_checkpoint
     from ..demo.real_model import qwen25_path
     from ..devices import pick_device
     from ..evaluation.metrics import sentence_bleu
@@ -57,7 +57,7 @@ def real_demo(args: Any) -> int:
     out = Path(args.output_dir)
     device = pick_device(args.device)
     ckpt = Path(args.checkpoint) if args.checkpoint else DEMO_CHECKPOINT
-    read_checkpoint_config(ckpt)  # a clear error before loading the base when it is no checkpoint
+    read_checkpoint(ckpt)  # a clear error before loading the base when it is no checkpoint
     base_path = args.model_name_or_path or str(qwen25_path())
     (base, tok), t_load = _timed(lambda: load_base(base_path, dtype=args.dtype, device=device))
     model = load_icae(ckpt, base_model=base, tokenizer=tok, allow_other_weights=args.allow_other_weights).eval()

@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ..io.checkpoint import read_checkpoint_config
+from ..io.checkpoint import read_checkpoint
 from ..devices import pick_device
 from ..errors import ConfigError
 from ..evaluation import EvalSettings, write_report
@@ -57,7 +57,7 @@ def evaluate(argv: list[str]) -> int:
     if not task.reads_data and cmd.data:
         raise ConfigError(f"--task {task.name} makes its own data: drop --data")
     prepared = task.prepare(args)
-    if settings.max_slots is not None and "hierarchy" not in read_checkpoint_config(load.checkpoint):
+    if settings.max_slots is not None and not read_checkpoint(load.checkpoint).hierarchical:
         raise ConfigError("--max_slots needs a hierarchical checkpoint (hicae pretrain --hierarchical)")
     t0 = time.time()
     model = _load(load, length.overrides())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
+from ..io.checkpoint import load_base, load_icae, read_checkpoint
 from ..config import HierarchyConfig, ICAEConfig
 from ..training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
 from ..errors import ConfigError
@@ -99,7 +99,7 @@ def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, given: set[str]) ->
     default or flag); memory-defining fields must agree. ``given``: the settings the command line names."""
     if not margs.restore_from:
         return None
-    saved = ICAEConfig.from_dict(read_checkpoint_config(margs.restore_from)["icae"])
+    saved = read_checkpoint(margs.restore_from).icae
     for name in ICAEConfig._MEMORY_FIELDS:
         if name in given and getattr(cli_cfg, name) != getattr(saved, name):
             raise ConfigError(

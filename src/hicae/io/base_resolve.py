@@ -22,12 +22,15 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
 from .cache import cache_dir
 from ..config import base_shape, shape_mismatches
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .checkpoint_meta import CheckpointInfo
 from .fingerprint import base_fingerprints, weights_match
 
 log = logging.getLogger("hicae")
@@ -75,21 +78,20 @@ def _shape_of(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_recorded_base(path: Path, meta: dict[str, Any], load_base: Callable[..., tuple[Any, Any]],
+def load_recorded_base(info: CheckpointInfo, load_base: Callable[..., tuple[Any, Any]],
                        **load_kwargs: Any) -> tuple[Any, Any]:
-    """The base model and tokenizer of checkpoint ``path`` (its ``hicae_config.json`` is ``meta``); see the module
-    docstring. ``load_base``: ``checkpoint_files.load_base`` (passed in), given
-    ``load_kwargs`` (dtype, device, attn_implementation)."""
-    name = meta["base_model"]
+    """The base model and tokenizer of the checkpoint ``info`` describes; see the module docstring.
+    ``load_base``: ``checkpoint_files.load_base`` (passed in), given ``load_kwargs`` (dtype, device,
+    attn_implementation)."""
+    path, name, want = info.path, info.base_model, info.base_weights
     if not name:
         raise CheckpointError(f"{path}: the checkpoint names no base model; pass base_model and tokenizer")
     if Path(name).expanduser().exists():
         return load_base(name, **load_kwargs)
-    want = meta.get("weights", {}).get("base")
     if want:
         for folder in local_folders():
             shape = _shape_of(folder)
-            if shape is None or shape_mismatches(meta["base_shape"], shape):
+            if shape is None or shape_mismatches(info.base_shape, shape):
                 continue
             model, tok = load_base(str(folder), **load_kwargs)
             if weights_match(want, base_fingerprints(model)):

@@ -21,7 +21,7 @@ from .checkpoint_files import (  # noqa: F401  the I/O layer's names, from one m
     load_trained_weights,
     save_icae,
 )
-from .checkpoint_meta import CONFIG_FILE, read_checkpoint_config  # noqa: F401
+from .checkpoint_meta import CONFIG_FILE, CheckpointInfo, read_checkpoint, read_checkpoint_config  # noqa: F401
 
 
 def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, **kwargs: Any) -> ICAE:

@@ -17,6 +17,7 @@ it. ``allow_other_weights=True`` (``--allow_other_weights``) accepts other weigh
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -29,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .base_resolve import load_recorded_base
-from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, check_adapter_config, read_checkpoint_config
+from .checkpoint_meta import CONFIG_FILE, FORMAT_VERSION, CheckpointInfo, read_checkpoint
 from ..config import HierarchyConfig, ICAEConfig, base_shape, shape_mismatches
 from ..decoder_side import plain_state_dict
 from ..errors import CheckpointError
@@ -171,40 +172,38 @@ def load_checkpoint(path: str | Path, build: Callable[[Any, Any, ICAEConfig, Hie
     ``allow_other_weights``; the loaded model then also decodes memories of other weights.
     """
     path = Path(path)
-    meta = read_checkpoint_config(path)
-    check_adapter_config(path, meta)
+    info = read_checkpoint(path)  # both config files, read and checked once for the whole load
     if base_model is None:  # the checkpoint's base/, else its recorded base: a local copy first (base_resolve.py)
-        if meta.get("has_base"):
+        if info.has_base:
             base_model, loaded_tok = load_base(str(path / BASE_DIR), **load_kwargs)
         else:
-            base_model, loaded_tok = load_recorded_base(path, meta, load_base, **load_kwargs)
+            base_model, loaded_tok = load_recorded_base(info, load_base, **load_kwargs)
         tokenizer = tokenizer or loaded_tok
     elif tokenizer is None:
-        tokenizer = _base_tokenizer(path, meta, base_model)
-    mism = shape_mismatches(meta["base_shape"], base_shape(base_model.config))
+        tokenizer = _base_tokenizer(info, base_model)
+    mism = shape_mismatches(info.base_shape, base_shape(base_model.config))
     if mism:
         raise CheckpointError(
-            f"{path}: checkpoint was trained on base model {meta['base_model']!r} of another shape: " + "; ".join(mism)
+            f"{path}: checkpoint was trained on base model {info.base_model!r} of another shape: " + "; ".join(mism)
         )
-    cfg_dict = dict(meta["icae"])
-    cfg_dict.update(config_overrides or {})
-    cfg = ICAEConfig.from_dict(cfg_dict)
-    if hierarchy is None and "hierarchy" in meta:
-        hierarchy = HierarchyConfig.from_dict(meta["hierarchy"])
+    # fresh configs for the model (the configs are mutable; ``info`` stays what the files say)
+    cfg = ICAEConfig.from_dict({**info.icae.to_dict(), **(config_overrides or {})})
+    if hierarchy is None and info.hierarchy is not None:
+        hierarchy = dataclasses.replace(info.hierarchy)
     model = build(base_model, tokenizer, cfg, hierarchy)
-    if meta.get("has_base") or not model.base_model_name:
-        model.base_model_name = meta["base_model"]  # keep the original name, not the temporary folder
+    if info.has_base or not model.base_model_name:
+        model.base_model_name = info.base_model  # keep the original name, not the temporary folder
     model.allow_other_weights = allow_other_weights
-    want = meta.get("weights", {}).get("base")
+    want = info.base_weights
     if want is None:
         log.warning("hicae: warning: %s records no weights fingerprint (an older hicae); its base and encoder "
                     "weights are not checked", path / CONFIG_FILE)
     elif not weights_match(want, model.base_weights) and not allow_other_weights:
         raise CheckpointError(
-            f"{path}: checkpoint was trained on base weights {want} ({meta['base_model']!r}), but the base model "
+            f"{path}: checkpoint was trained on base weights {want} ({info.base_model!r}), but the base model "
             f"given has weights {model.base_weights} ({model.base_model_name!r}){_dtype_hint(want, model)}; {OVERRIDE}"
         )
-    load_trained_weights(model, path, allow_other_weights=allow_other_weights)
+    load_trained_weights(model, path, allow_other_weights=allow_other_weights, info=info)
     return model
 
 
@@ -218,15 +217,16 @@ def _dtype_hint(want: str, model: Any) -> str:
     return " (if it is the same base: a checkpoint trained on a bf16 cast of fp32 weights is checked in bf16 or fp32)"
 
 
-def _base_tokenizer(path: Path, meta: dict[str, Any], base_model: Any) -> Any:
+def _base_tokenizer(info: CheckpointInfo, base_model: Any) -> Any:
     """The tokenizer of a checkpoint given only its base model (peft's habit): from where the base came.
 
     Checkpoints do not carry tokenizer files (Qwen's are ~11 MB, more than a typical adapter):
     hicae trains with the base model's own tokenizer, so the base's saved name (or the checkpoint's
     ``base/``, or the name the given model was loaded from) gives the same files back.
     """
-    sources = [str(path / BASE_DIR)] if meta.get("has_base") else []
-    sources += [meta.get("base_model") or "", str(getattr(base_model.config, "_name_or_path", "") or "")]
+    path = info.path
+    sources = [str(path / BASE_DIR)] if info.has_base else []
+    sources += [info.base_model, str(getattr(base_model.config, "_name_or_path", "") or "")]
     tried = []
     for src in dict.fromkeys(s for s in sources if s):  # in order, without repeats
         try:
@@ -263,18 +263,20 @@ def _check_keys(file: Path, got: dict[str, torch.Tensor], expected: dict[str, to
         raise CheckpointError(f"{file}: does not fit this model: " + "; ".join(parts))
 
 
-def load_trained_weights(model: Any, path: str | Path, allow_other_weights: bool = False) -> None:
+def load_trained_weights(model: Any, path: str | Path, allow_other_weights: bool = False,
+                         info: CheckpointInfo | None = None) -> None:
     """Strictly load the adapter and the embeddings of a checkpoint into ``model``.
 
     Every tensor must be there, of its shape and finite; and (when the checkpoint records one)
     their fingerprint must be the encoder fingerprint of ``hicae_config.json``: files of different
-    checkpoints do not mix.
+    checkpoints do not mix. ``info``: the checkpoint as ``load_checkpoint`` already read it (else read here).
     """
     path = Path(path)
-    meta = read_checkpoint_config(path)
+    if info is None:
+        info = read_checkpoint(path, check_adapter=False)
     emb = _read_safetensors(path / EMBED_FILE)
     expected_emb = model.trained_embeddings()
-    upgrade = "level_embeddings" in expected_emb and "level_embeddings" not in emb and "hierarchy" not in meta
+    upgrade = "level_embeddings" in expected_emb and "level_embeddings" not in emb and not info.hierarchical
     if upgrade:  # a Phase-1 ICAE checkpoint into a hierarchy: level tokens start as copies of level 1's
         expected_emb = {k: v for k, v in expected_emb.items() if k != "level_embeddings"}
     _check_keys(path / EMBED_FILE, emb, expected_emb)
@@ -282,7 +284,7 @@ def load_trained_weights(model: Any, path: str | Path, allow_other_weights: bool
     _check_keys(path / ADAPTER_FILE, adapter, get_peft_model_state_dict(model.encoder))
     check_finite(emb, str(path / EMBED_FILE))
     check_finite(adapter, str(path / ADAPTER_FILE))
-    want = meta.get("weights", {}).get("encoder")
+    want = info.encoder_weights
     if want is not None and not allow_other_weights:
         got = encoder_fingerprint({**adapter, **emb}, str(path))
         if got != want:

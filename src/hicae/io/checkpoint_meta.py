@@ -4,11 +4,16 @@
 fingerprints; ``adapter_config.json`` is peft's. ICAE builds its LoRA from the former and only
 loads tensors from the adapter file, so if the two disagreed (say alpha 32 against 512) one would
 silently win: they must agree.
+
+``read_checkpoint(path)`` reads and checks both once into a ``CheckpointInfo``, the one value a load
+(and any caller asking what a checkpoint is) passes around; ``read_checkpoint_config`` is the raw,
+checked dict.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,52 @@ def _read_json(f: Path) -> Any:
         raise CheckpointError(f"{f}: invalid JSON: {e}") from e
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint's ``hicae_config.json``, checked and typed (``read_checkpoint``)."""
+
+    path: Path
+    icae: ICAEConfig
+    hierarchy: HierarchyConfig | None  # None: a flat ICAE checkpoint
+    base_model: str  # hub name or absolute local path ("" if none recorded)
+    base_shape: dict[str, Any]  # config.base_shape of the base it was trained on
+    has_base: bool = False  # the base model is saved in the checkpoint's base/
+    base_weights: str | None = None  # weights fingerprints (fingerprint.py); None: an older hicae recorded none
+    encoder_weights: str | None = None
+    fingerprint: str | None = None  # the memory fingerprint
+    format_version: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the file as read
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.hierarchy is not None
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+
+def read_checkpoint(path: str | Path, check_adapter: bool = True) -> CheckpointInfo:
+    """What checkpoint ``path`` is: its ``hicae_config.json`` read and checked once (and, with ``check_adapter``,
+    its ``adapter_config.json`` checked against it)."""
+    path = Path(path)
+    meta = read_checkpoint_config(path)
+    icae = ICAEConfig.from_dict(meta["icae"])  # checked by read_checkpoint_config: cannot fail here
+    if check_adapter:
+        _check_adapter(path, icae)
+    weights = meta.get("weights", {})
+    return CheckpointInfo(
+        path=path, icae=icae,
+        hierarchy=HierarchyConfig.from_dict(meta["hierarchy"]) if "hierarchy" in meta else None,
+        base_model=meta["base_model"], base_shape=meta["base_shape"], has_base=meta.get("has_base", False),
+        base_weights=weights.get("base"), encoder_weights=weights.get("encoder"),
+        fingerprint=meta.get("fingerprint"), format_version=meta.get("format_version", 0), raw=meta,
+    )
+
+
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
-    """``hicae_config.json`` of a checkpoint, every field checked (types, the configs it holds)."""
+    """``hicae_config.json`` of a checkpoint as a dict, every field checked (types, the configs it holds);
+    ``read_checkpoint`` gives it typed."""
     path = Path(path)
     f = path / CONFIG_FILE
     if not f.is_file():
@@ -84,14 +133,17 @@ def _expected_lora(cfg: ICAEConfig) -> dict[str, Any]:
 
 
 def check_adapter_config(path: str | Path, meta: dict[str, Any]) -> None:
-    """The LoRA settings of ``adapter_config.json`` must be those of ``hicae_config.json``."""
+    """The LoRA settings of ``adapter_config.json`` must be those of ``hicae_config.json`` (``meta``, as read)."""
+    _check_adapter(path, ICAEConfig.from_dict(meta["icae"]))
+
+
+def _check_adapter(path: str | Path, cfg: ICAEConfig) -> None:
     f = Path(path) / ADAPTER_CONFIG_FILE
     if not f.is_file():
         raise CheckpointError(f"{f}: missing")
     peft_cfg = _read_json(f)
     if not isinstance(peft_cfg, dict):
         raise CheckpointError(f"{f}: expected a JSON object, got {type(peft_cfg).__name__}")
-    cfg = ICAEConfig.from_dict(meta["icae"])
     got = dict(peft_cfg)
     tm = got.get("target_modules")
     if isinstance(tm, list) and all(isinstance(m, str) for m in tm):  # peft writes a set: any order

@@ -42,15 +42,14 @@ def protocol_docs(s: Any, lang: str, held_out: bool) -> list[tuple[str, str]]:
 
 def load_checkpoint(path: str, s: Any, limit: int) -> Any:
     """A checkpoint with its length limit raised to ``limit`` tokens (``s``: ``base``, ``dtype``)."""
-    from ..io.checkpoint import load_base, load_icae, read_checkpoint_config
-    from ..config import HierarchyConfig
+    from ..io.checkpoint import load_base, load_icae, read_checkpoint
     from ..demo.real_model import qwen25_path
 
-    meta = read_checkpoint_config(path)
+    info = read_checkpoint(path)
     kw: dict[str, Any] = {"config_overrides": {"model_max_length": limit, "overlong": "truncate"}}
-    if "hierarchy" in meta:
-        kw["hierarchy"] = dataclasses.replace(HierarchyConfig.from_dict(meta["hierarchy"]), max_text_tokens=limit)
-    if meta.get("has_base") and not s.base:
+    if info.hierarchy is not None:
+        kw["hierarchy"] = dataclasses.replace(info.hierarchy, max_text_tokens=limit)
+    if info.has_base and not s.base:
         return load_icae(path, dtype=s.dtype, **kw).eval()
     base, tok = load_base(s.base or str(qwen25_path()), dtype=s.dtype)
     return load_icae(path, base_model=base, tokenizer=tok, **kw).eval()
