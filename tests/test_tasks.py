@@ -10,8 +10,9 @@ from hicae.serve import schemas
 
 
 def test_older_copies_agree_with_the_vocabulary():
-    assert model.TASKS == tasks.TASKS  # the order of the task embeddings' rows
-    assert data.TASK_INDEX == tasks.TASK_INDEX
+    assert model.TASKS is tasks.TASKS  # the order of the task embeddings' rows
+    assert data.TASK_INDEX is tasks.TASK_INDEX  # the collator's task column: imported, not copied
+    assert tasks.TASK_INDEX == {"ae": 0, "lm": 1, "ft": 2}  # the rows of a checkpoint's task embeddings
     assert layout.TASK_IDS == tasks.PLACEHOLDER
     assert set(tasks.USER_TASKS.values()) == set(tasks.TASKS)
     assert typing.get_args(schemas.GenerateRequest.model_fields["task"].annotation) == tuple(tasks.USER_TASKS)

@@ -5,7 +5,7 @@ users (the CLI, the server, the hand-off) name it by what it does (``reconstruct
 ``answer``). Everything that needs either spelling, or the task's row, reads it here.
 
 The placeholder ids come from ``layout.py`` (the decoder's id lists); ``model.TASKS`` is this
-``TASKS``; ``data.TASK_INDEX`` still holds its own copy, which tests/test_tasks.py checks against these.
+``TASKS`` and the training collator's ``task`` column is this ``TASK_INDEX`` (tests/test_tasks.py).
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from ..config import HierarchyConfig, ICAEConfig
 from ..errors import DataError
 from ..hierarchy.plan import budget_to_blocks, num_blocks
 from ..layout import ae_example, encoder_rows, lm_example, with_target
+from ..tasks import TASK_INDEX
 from ..tokens import SpecialTokens, fit_length, tokenize
 
 PRETRAIN_FIELDS = ("text",)
 FINETUNE_FIELDS = ("input", "prompt", "answer")
-TASK_INDEX = {"ae": 0, "lm": 1, "ft": 2}
 
 
 def decode_utf8(raw: bytes, where: str) -> str:
