@@ -177,6 +177,11 @@ def test_one_load_reads_the_config_file_once(saved, qwen3_tokenizer, monkeypatch
     monkeypatch.setattr(builtins, "open", counting(builtins.open))
     _load(path, qwen3_tokenizer)
     assert len(opened) == 1, opened
+    # a caller that already read it (to fail early, or to ask what it is) passes the value on: no second read
+    info = read_checkpoint(path)
+    opened.clear()
+    model = _load(info, qwen3_tokenizer)
+    assert opened == [] and model.icae_config == info.icae and model.icae_config is not info.icae
 
 
 def test_other_base_config_is_refused_naming_the_mismatch(saved, qwen3_tokenizer):

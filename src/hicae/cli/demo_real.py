@@ -57,10 +57,10 @@ def real_demo(args: Any) -> int:
     out = Path(args.output_dir)
     device = pick_device(args.device)
     ckpt = Path(args.checkpoint) if args.checkpoint else DEMO_CHECKPOINT
-    read_checkpoint(ckpt)  # a clear error before loading the base when it is no checkpoint
+    ck = read_checkpoint(ckpt)  # a clear error before loading the base when it is no checkpoint; read once
     base_path = args.model_name_or_path or str(qwen25_path())
     (base, tok), t_load = _timed(lambda: load_base(base_path, dtype=args.dtype, device=device))
-    model = load_icae(ckpt, base_model=base, tokenizer=tok, allow_other_weights=args.allow_other_weights).eval()
+    model = load_icae(ck, base_model=base, tokenizer=tok, allow_other_weights=args.allow_other_weights).eval()
     cfg = model.icae_config
     print(f"[demo] base {base_path} ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M params, {args.dtype}); "
           f"ICAE checkpoint {ckpt}: k={cfg.mem_size} slots per segment of up to {cfg.segment_tokens} tokens "

@@ -24,7 +24,7 @@ from .checkpoint_files import (  # noqa: F401  the I/O layer's names, from one m
 from .checkpoint_meta import CONFIG_FILE, CheckpointInfo, read_checkpoint, read_checkpoint_config  # noqa: F401
 
 
-def load_icae(path: str | Path, base_model: Any = None, tokenizer: Any = None, **kwargs: Any) -> ICAE:
+def load_icae(path: "str | Path | CheckpointInfo", base_model: Any = None, tokenizer: Any = None, **kwargs: Any) -> ICAE:
     """``ICAE.from_pretrained``: a hierarchical checkpoint loads as ``HierarchicalICAE`` (see
     ``checkpoint_files.load_checkpoint`` for ``config_overrides``, ``hierarchy``, ``allow_other_weights``)."""
     return ICAE.from_pretrained(path, base_model=base_model, tokenizer=tokenizer, **kwargs)

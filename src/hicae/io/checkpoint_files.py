@@ -158,7 +158,7 @@ def save_icae(model: Any, path: str | Path, save_base: bool = False) -> None:
             model.tokenizer.save_pretrained(str(tmp / BASE_DIR))
 
 
-def load_checkpoint(path: str | Path, build: Callable[[Any, Any, ICAEConfig, HierarchyConfig | None], Any],
+def load_checkpoint(path: str | Path | CheckpointInfo, build: Callable[[Any, Any, ICAEConfig, HierarchyConfig | None], Any],
                     base_model: Any = None, tokenizer: Any = None, config_overrides: dict | None = None,
                     hierarchy: Any = None, allow_other_weights: bool = False, **load_kwargs: Any) -> Any:
     """Load a checkpoint; the base model comes from ``base_model``, the checkpoint's ``base/``, or its saved name.
@@ -170,9 +170,11 @@ def load_checkpoint(path: str | Path, build: Callable[[Any, Any, ICAEConfig, Hie
 
     A base model whose weights are not those the checkpoint was trained on is refused, unless
     ``allow_other_weights``; the loaded model then also decodes memories of other weights.
+
+    ``path`` may be the ``CheckpointInfo`` a caller already read (``read_checkpoint``): it is not read again.
     """
-    path = Path(path)
-    info = read_checkpoint(path)  # both config files, read and checked once for the whole load
+    info = path if isinstance(path, CheckpointInfo) else read_checkpoint(path)  # read and checked once
+    path = info.path
     if base_model is None:  # the checkpoint's base/, else its recorded base: a local copy first (base_resolve.py)
         if info.has_base:
             base_model, loaded_tok = load_base(str(path / BASE_DIR), **load_kwargs)

@@ -50,9 +50,9 @@ def load_checkpoint(path: str, s: Any, limit: int) -> Any:
     if info.hierarchy is not None:
         kw["hierarchy"] = dataclasses.replace(info.hierarchy, max_text_tokens=limit)
     if info.has_base and not s.base:
-        return load_icae(path, dtype=s.dtype, **kw).eval()
+        return load_icae(info, dtype=s.dtype, **kw).eval()
     base, tok = load_base(s.base or str(qwen25_path()), dtype=s.dtype)
-    return load_icae(path, base_model=base, tokenizer=tok, **kw).eval()
+    return load_icae(info, base_model=base, tokenizer=tok, **kw).eval()
 
 
 def load_models(s: LongQASettings, longest: int) -> tuple[dict[str, Any], Any]:
