@@ -9,7 +9,7 @@ import torch
 
 from hicae import ICAEConfig
 from hicae.demo.assets import load_qwen3_tokenizer
-from hicae.training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, iter_jsonl
+from hicae.training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, RehearsalMix, iter_jsonl
 from hicae.errors import DataError
 from hicae.layout import AE, FT, IGNORE, LM, MEM, SLOT, segment_lengths
 from hicae.tokens import SpecialTokens
@@ -138,6 +138,35 @@ def test_finetune_batch_has_chat_layout_and_answer_loss(tok):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert labelled == tok("Blue.", add_special_tokens=False).input_ids + [im_end]
     assert b["task"].tolist() == [2]
+
+
+def test_finetune_batch_trains_rehearsal_texts_as_pretraining_does(tok):
+    """A {'text'} record in fine-tuning (RehearsalMix) is an AE example, its row equal to pretraining's."""
+    text = "The probe routine allocates the buffer."
+    ft = {"index": 0, "input": "The sky is blue.", "prompt": "What colour?", "answer": "Blue."}
+    b = _collator(tok, mode="finetune")([ft, {"index": 3, "text": text}])
+    alone = _collator(tok)([{"index": 3, "text": text}])
+    assert b["task"].tolist() == [2, 0]
+    n = int(alone["dec_mask"][0].sum())
+    assert b["dec_ids"][1, :n].tolist() == alone["dec_ids"][0, :n].tolist()
+    assert b["dec_labels"][1, :n].tolist() == alone["dec_labels"][0, :n].tolist()
+
+
+def test_rehearsal_mix_appends_its_share_of_texts_cycled(tmp_path):
+    recs = write(tmp_path / "ft.jsonl", [json.dumps({"input": f"in {i}", "prompt": "p", "answer": "a"})
+                                         for i in range(6)])
+    texts = write(tmp_path / "t.jsonl", [json.dumps({"text": f"text {i}"}) for i in range(2)])
+    mix = RehearsalMix(JsonlDataset(recs, FINETUNE_FIELDS), JsonlDataset(texts, PRETRAIN_FIELDS), 0.25)
+    assert len(mix) == 8  # 6 records, 2 texts: a quarter
+    assert [mix[i]["input"] for i in range(6)] == [f"in {i}" for i in range(6)]
+    assert [mix[i]["text"] for i in (6, 7)] == ["text 0", "text 1"]
+    mix = RehearsalMix(JsonlDataset(recs, FINETUNE_FIELDS), JsonlDataset(texts, PRETRAIN_FIELDS), 0.5)
+    assert len(mix) == 12 and mix[11]["text"] == "text 1" and mix[10]["text"] == "text 0"  # cycled
+    with pytest.raises(IndexError):
+        mix[12]
+    for bad in (0.0, 1.0):
+        with pytest.raises(DataError, match="rehearsal_ratio"):
+            RehearsalMix(JsonlDataset(recs, FINETUNE_FIELDS), JsonlDataset(texts, PRETRAIN_FIELDS), bad)
 
 
 def test_collator_overlong_policy(tok):

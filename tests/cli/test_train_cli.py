@@ -80,6 +80,23 @@ def test_finetune_restores_pretrained_checkpoint(base_dir, pretrain_file, finetu
     assert code == 1 and "--mem_size 8 differs" in err
 
 
+def test_finetune_with_rehearsal_trains_answers_and_reconstruction(base_dir, pretrain_file, finetune_file, tmp_path,
+                                                                    run_cli):
+    pre = tmp_path / "pre"
+    assert run_cli("pretrain", *tiny_args(base_dir, pre, pretrain_file, "--max_steps", "1"))[0] == 0
+    args = ("--restore_from", str(pre), "--train_file", str(finetune_file), "--max_steps", "4", "--report_to", "none",
+            "--use_cpu", "true", "--disable_tqdm", "true", "--logging_steps", "1",
+            "--per_device_train_batch_size", "4")
+    code, _, err = run_cli("finetune", *args, "--output_dir", str(tmp_path / "ft"), "--rehearsal_file",
+                           str(pretrain_file), "--rehearsal_ratio", "0.5")
+    assert code == 0, err
+    hist = json.loads((tmp_path / "ft" / "loss_history.json").read_text())
+    assert "ft_loss" in hist and "ae_loss" in hist  # both kinds of example were trained
+    code, _, err = run_cli("pretrain", *tiny_args(base_dir, tmp_path / "p2", pretrain_file, "--max_steps", "1",
+                                                  "--rehearsal_file", str(pretrain_file)))
+    assert code == 1 and "--rehearsal_file" in err
+
+
 def test_finetune_does_not_inherit_pretraining_truncation(base_dir, pretrain_file, finetune_file, tmp_path, run_cli):
     """A pretraining checkpoint records overlong=truncate (pretraining's default); fine-tuning from it still
     refuses an over-long input (its answer may need the cut part) unless --overlong truncate is given."""

@@ -25,7 +25,7 @@ from transformers import TrainingArguments, set_seed
 
 from ..io.checkpoint import load_base, load_icae, read_checkpoint
 from ..config import HierarchyConfig, ICAEConfig
-from ..training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset
+from ..training.data import FINETUNE_FIELDS, PRETRAIN_FIELDS, Collator, JsonlDataset, RehearsalMix
 from ..errors import ConfigError
 from ..hierarchy import HierarchicalICAE
 from ..model import ICAE
@@ -62,6 +62,11 @@ class DataArguments:
     train_file: str = field(default=None, metadata={"help": "Training JSONL."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation JSONL (same format)."})
     lm_ratio: float = field(default=0.0, metadata={"help": "pretrain: share of LM (continuation) examples; the rest is AE."})
+    rehearsal_file: str | None = field(default=None, metadata={
+        "help": "finetune: a pretraining JSONL {'text'} whose texts join the training records as AE examples "
+                "(LM by --lm_ratio), so that fine-tuning does not erase reconstruction."})
+    rehearsal_ratio: float = field(default=0.25, metadata={
+        "help": "finetune with --rehearsal_file: the share of training examples that are rehearsal texts."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training records."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation records."})
 
@@ -178,6 +183,7 @@ def run(mode: str, argv: list[str]) -> int:
             raise ConfigError(f"--{flag} {n}: must be at least 1 (leave it out to use every record)")
     check_writable("--output_dir", targs.output_dir, folder=True)
     inputs = [("--train_file", dargs.train_file), ("--validation_file", dargs.validation_file),
+              ("--rehearsal_file", dargs.rehearsal_file),
               ("--model_name_or_path", margs.model_name_or_path), ("--restore_from", margs.restore_from)]
     refuse_overwriting_inputs([("--output_dir", targs.output_dir)],
                               [*inputs, ("--resume_from_checkpoint", targs.resume_from_checkpoint)])
@@ -187,6 +193,11 @@ def run(mode: str, argv: list[str]) -> int:
     _start_clean(targs, rargs, resume.path if resume else None, inputs)
     fields = PRETRAIN_FIELDS if mode == "pretrain" else FINETUNE_FIELDS
     train = JsonlDataset(dargs.train_file, fields, limit=dargs.max_train_samples)
+    if dargs.rehearsal_file:
+        if mode != "finetune":
+            raise ConfigError("--rehearsal_file mixes pretraining texts into fine-tuning: pretraining reads "
+                              "texts already (give them in --train_file)")
+        train = RehearsalMix(train, JsonlDataset(dargs.rehearsal_file, PRETRAIN_FIELDS), dargs.rehearsal_ratio)
     evals = JsonlDataset(dargs.validation_file, fields, limit=dargs.max_eval_samples) if dargs.validation_file else None
     if evals is None and targs.eval_strategy != "no":
         raise ConfigError(f"--eval_strategy {targs.eval_strategy.value} needs --validation_file")

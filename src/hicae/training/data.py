@@ -90,6 +90,29 @@ def iter_jsonl(path: str | os.PathLike, fields: tuple[str, ...]) -> Iterator[tup
                 yield i, rec
 
 
+class RehearsalMix(Dataset):
+    """Fine-tuning records followed by ``n_texts`` pretraining texts (``{'text'}``, cycled if fewer): a
+    ``rehearsal`` share of what fine-tuning reads, so that reconstruction ([AE]) and continuation are not
+    forgotten while the decoder learns to answer. The trainer's sampler shuffles the two together; the
+    Collator trains a text as pretraining would (``Collator.is_text``)."""
+
+    def __init__(self, records: Dataset, texts: Dataset, rehearsal: float):
+        if not 0.0 < rehearsal < 1.0:
+            raise DataError(f"--rehearsal_ratio must be in (0, 1), got {rehearsal}")
+        self.records, self.texts = records, texts
+        self.n_texts = max(1, round(len(records) * rehearsal / (1.0 - rehearsal)))
+
+    def __len__(self) -> int:
+        return len(self.records) + self.n_texts
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        if i < len(self.records):
+            return self.records[i]
+        return self.texts[(i - len(self.records)) % len(self.texts)]
+
+
 class JsonlDataset(Dataset):
     """Map-style view of a JSONL file: item ``i`` is ``{"index", "where", **record}`` read from disk."""
 
@@ -254,14 +277,19 @@ class Collator:
         counts = [num_blocks(len(c), cfg.segment_tokens, hier.group_size, hier.levels, budget) for c in contexts]
         return [n * cfg.mem_size for n in counts], None
 
+    def is_text(self, r: dict[str, Any]) -> bool:
+        """A pretraining record: every record in pretraining; in fine-tuning a rehearsal text (``{'text'}``
+        without ``input``, see ``RehearsalMix``), trained as in pretraining (AE, or LM by ``lm_ratio``)."""
+        return self.mode == "pretrain" or ("input" not in r and "text" in r)
+
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
-        key = "text" if self.mode == "pretrain" else "input"
-        raw = self.tokens.text_ids([r[key] for r in records])  # BOS first where the tokenizer adds one
+        # BOS first where the tokenizer adds one
+        raw = self.tokens.text_ids([r["text"] if self.is_text(r) else r["input"] for r in records])
         contexts, tasks, targets = [], [], []
         for r, ids in zip(records, raw):
             ids = self._checked(ids, r.get("where", f"record {r.get('index')}"))
-            if self.mode == "pretrain":
+            if self.is_text(r):
                 split = self.split if self.hierarchy is None else self.split_hierarchical
                 task, ctx, tgt = split(ids, int(r.get("index", 0)))
             else:
