@@ -23,63 +23,73 @@ import torch
 from ..batching import pad_decoder
 from ..evaluation.qa import fulltext_content
 from ..layout import with_target
+from ..memory import Memory
 
 CONDITIONS = ("memory", "memory_foreign", "full", "none")
 
 
-def _answer_ids(model: Any, answer: str) -> list[int]:
-    return model.tokenizer(answer, add_special_tokens=False)["input_ids"] + model.tokens.answer_end()
+@torch.no_grad()  # as evaluation compresses: with grad on, the encoder's bf16 path differs in the last bits
+def compress(model: Any, text: str) -> Memory:
+    return model.compress_ids(model.tokens.text_ids([text]))
 
 
 @torch.no_grad()
-def record_losses(model: Any, rec: dict[str, Any], condition: str, foreign: str | None = None) -> torch.Tensor:
-    """Token losses [N] of ``rec['answer']`` under ``condition`` (one record: no padding to reason about);
-    ``foreign``: the input ``memory_foreign`` compresses instead of the record's."""
-    target = _answer_ids(model, rec["answer"])
-    dev = model.device
+def record_losses(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
+    """Token losses [N] of ``rec['answer']`` and the end of turn under ``condition`` (one record: no padding
+    to reason about). ``memory``: what the memory conditions read (``memory_foreign`` needs it: another
+    input's; ``memory`` compresses the record's input without it)."""
+    answer = model.tokenizer(rec["answer"], add_special_tokens=False)["input_ids"]
     if condition in ("memory", "memory_foreign"):
-        if condition == "memory_foreign" and foreign is None:
-            raise ValueError("memory_foreign needs the foreign input")
-        text = rec["input"] if condition == "memory" else foreign
-        mem = model.compress_ids(model.tokens.text_ids([text]))
-        ex = model.tokens.ft_example(mem.num_slots[0], rec["prompt"], target[:-1])  # ft_example adds the end
-        b = pad_decoder([ex], model.tokens.pad_id)
-        losses, _ = model.token_losses(b.ids.to(dev), b.labels.to(dev), b.attention_mask.to(dev),
-                                       mem.slots[0].to(dev), model.placements(mem))
-        return losses
-    if condition not in ("full", "none"):
+        if memory is None:
+            if condition == "memory_foreign":
+                raise ValueError("memory_foreign needs the foreign input's memory")
+            memory = compress(model, rec["input"])
+        ex = model.tokens.ft_example(memory.num_slots[0], rec["prompt"], answer)  # adds the end of turn
+        slots, placements = memory.slots[0], model.placements(memory)
+    elif condition in ("full", "none"):
+        content = fulltext_content(rec["input"], rec["prompt"]) if condition == "full" else rec["prompt"]
+        ex = with_target(model.tokens.chat_ids(content), answer + model.tokens.answer_end())
+        slots = placements = None  # the plain base
+    else:
         raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
-    content = fulltext_content(rec["input"], rec["prompt"]) if condition == "full" else rec["prompt"]
-    ex = with_target(model.tokens.chat_ids(content), target)
+    dev = model.device
     b = pad_decoder([ex], model.tokens.pad_id)
-    losses, _ = model.token_losses(b.ids.to(dev), b.labels.to(dev), b.attention_mask.to(dev))  # the plain base
+    losses, _ = model.token_losses(b.ids.to(dev), b.labels.to(dev), b.attention_mask.to(dev),
+                                   None if slots is None else slots.to(dev), placements)
     return losses
 
 
 def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[str, ...] = CONDITIONS
                   ) -> dict[str, dict[str, float]]:
     """Per language (``rec['lang']``): each condition's mean answer-token loss over all the records' answer
-    tokens, and the number of records. A language needs two records of other inputs for ``memory_foreign``."""
-    sums: dict[tuple[str, str], list[float]] = {}
-    counts: dict[str, int] = {}
+    tokens, and the number of records. ``memory_foreign`` reads the memory of the language's next record
+    whose input differs (wrapping around): a language needs two different inputs. Each input is
+    compressed once, for its own records and as others' foreign memory."""
     by_lang: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         by_lang.setdefault(rec.get("lang", "all"), []).append(rec)
-    for rec in records:
-        lang = rec.get("lang", "all")
-        counts[lang] = counts.get(lang, 0) + 1
-        same = by_lang[lang]
-        i = same.index(rec)
-        # the next record of the language whose input differs (a wrap-around search)
-        foreign = next((r["input"] for r in same[i + 1:] + same[:i] if r["input"] != rec["input"]), None)
-        for cond in conditions:
-            if cond == "memory_foreign" and foreign is None:
-                raise ValueError(f"memory_foreign: the {lang} records hold one input only")
-            x = record_losses(model, rec, cond, foreign).float()  # [N]
-            acc = sums.setdefault((lang, cond), [0.0, 0])
-            acc[0] += float(x.sum())
-            acc[1] += x.numel()
-    out: dict[str, dict[str, float]] = {lang: {"records": n} for lang, n in sorted(counts.items())}
-    for (lang, cond), (tot, n) in sums.items():
-        out[lang][cond] = round(tot / max(1, n), 4)
+    memories: dict[str, Memory] = {}
+
+    def memory_of(text: str) -> Memory:
+        if text not in memories:
+            memories[text] = compress(model, text)
+        return memories[text]
+
+    out: dict[str, dict[str, float]] = {}
+    for lang, same in sorted(by_lang.items()):
+        sums = {cond: [0.0, 0] for cond in conditions}
+        for i, rec in enumerate(same):
+            foreign = next((r["input"] for r in same[i + 1:] + same[:i] if r["input"] != rec["input"]), None)
+            for cond in conditions:
+                mem = None
+                if cond == "memory":
+                    mem = memory_of(rec["input"])
+                elif cond == "memory_foreign":
+                    if foreign is None:
+                        raise ValueError(f"memory_foreign: the {lang} records hold one input only")
+                    mem = memory_of(foreign)
+                x = record_losses(model, rec, cond, mem).float()  # [N]
+                sums[cond][0] += float(x.sum())
+                sums[cond][1] += x.numel()
+        out[lang] = {"records": len(same), **{c: round(t / max(1, n), 4) for c, (t, n) in sums.items()}}
     return out
