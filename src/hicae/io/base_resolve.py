@@ -28,10 +28,10 @@ from urllib.parse import urlparse
 from .cache import cache_dir
 from ..config import base_shape, shape_mismatches
 from ..errors import CheckpointError
+from .fingerprint import base_fingerprints, weights_match
 
 if TYPE_CHECKING:
     from .checkpoint_meta import CheckpointInfo
-from .fingerprint import base_fingerprints, weights_match
 
 log = logging.getLogger("hicae")
 HUB_TIMEOUT = 3.0  # seconds to reach the hub before calling it offline
