@@ -21,6 +21,7 @@ BOS_MODES = ("auto", "always", "never")
 SLOT_PROJECTORS = ("none", "mlp")
 DECODER_POSITIONS = ("sequential", "follow")
 SLOT_SOURCES = ("memory_tokens", "pooled")
+LOSS_BALANCES = ("tokens", "tasks")
 
 
 @dataclass
@@ -145,6 +146,15 @@ class ICAEConfig:
                           "scaled by T^2 (Hinton et al.), so its gradient keeps its size as T changes."},
     )
 
+    loss_balance: str = field(
+        default="tokens",
+        metadata={"help": "How a batch's labelled tokens make one loss: 'tokens' (the mean over all of them, the "
+                          "paper: a task weighs as much as its token count, so 256-token reconstructions drown "
+                          "a 10-token answer) or 'tasks' (each task in the batch weighs the same: the mean of "
+                          "the AE, LM and FT tokens' mean losses, over the tasks present). Under DDP each process "
+                          "balances its own batch."},
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -179,6 +189,8 @@ class ICAEConfig:
             raise ConfigError(f"lm_distill must be in [0, 1] (the KL's share of the LM loss), got {self.lm_distill}")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ConfigError(f"distill_temperature must be a positive number, got {self.distill_temperature}")
+        if self.loss_balance not in LOSS_BALANCES:
+            raise ConfigError(f"loss_balance must be one of {LOSS_BALANCES}, got {self.loss_balance!r}")
         if self.overlong not in OVERLONG_POLICIES:
             raise ConfigError(f"overlong must be one of {OVERLONG_POLICIES}, got {self.overlong!r}")
         if self.model_max_length < 1:

@@ -481,7 +481,7 @@ class ICAE(nn.Module):
         teacher_mask: torch.Tensor | None = None,
         **_: Any,
     ) -> dict[str, torch.Tensor]:
-        """Loss of a collated batch (see ``data.Collator``): mean over all labelled tokens.
+        """Loss of a collated batch (see ``data.Collator``): mean over all labelled tokens (or over tasks: ``loss_balance``).
 
         Also returns per-task token-loss sums and counts (``ae_loss_sum``, ``ae_tokens``, ...) so the
         trainer can log AE and LM losses separately. ``teacher_*`` (``lm_distill``): the LM examples'
@@ -516,7 +516,7 @@ class ICAE(nn.Module):
             kl = self.distill_losses(hidden, dec_labels, lm, *teacher)  # [N_lm]
             # LM tokens learn (1-w) * CE + w * KL; the mean stays over all labelled tokens, as without distillation
             loss = tok_loss.masked_scatter(lm, (1 - w) * tok_loss[lm] + w * kl)
-        out: dict[str, torch.Tensor] = {"loss": loss.sum() / max(1, loss.numel())}
+        out: dict[str, torch.Tensor] = {"loss": self._reduce(loss, ex_task)}
         if ex_task is not None:
             for j, name in enumerate(TASKS):
                 sel = ex_task == j
@@ -526,6 +526,15 @@ class ICAE(nn.Module):
             out["distill_loss_sum"] = kl.detach().sum()
             out["distill_tokens"] = torch.tensor(kl.numel(), device=kl.device)
         return out
+
+    def _reduce(self, loss: torch.Tensor, ex_task: torch.Tensor | None) -> torch.Tensor:
+        """One loss from the labelled tokens' losses [N] (``loss_balance``): their mean ('tokens'), or the mean
+        over the tasks present of each task's token mean ('tasks'; ``ex_task`` [N] names each token's task)."""
+        if self.icae_config.loss_balance == "tokens" or ex_task is None or loss.numel() == 0:
+            return loss.sum() / max(1, loss.numel())
+        present = torch.unique(ex_task)  # the tasks in this batch
+        means = [loss[ex_task == j].mean() for j in present.tolist()]
+        return torch.stack(means).mean()
 
     def distill_losses(self, hidden: torch.Tensor, labels: torch.Tensor, lm: torch.Tensor, teacher_ids: torch.Tensor,
                        teacher_labels: torch.Tensor, teacher_mask: torch.Tensor) -> torch.Tensor:
