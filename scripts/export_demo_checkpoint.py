@@ -25,6 +25,8 @@ from hicae.io.fileio import staged_dir
 
 DEST = Path(__file__).resolve().parent.parent / "src" / "hicae" / "demo" / "checkpoint"
 BASE_NAME = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+BASE_DESCRIPTION = ("the real Qwen2.5-0.5B-Instruct of hicae.demo.real_model "
+                    "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)")
 
 
 def main() -> None:
@@ -76,15 +78,12 @@ def _finetune_info(a: argparse.Namespace) -> tuple[str, dict, str]:
     run = record["runs"][a.run]
     summary = run["summary"]
     info = {"summary": summary, "objectives": run["objectives"], "stage": a.stage, "steps": run["steps"],
-            "run": run, "record": a.finetune_record, "command": a.command,
-            "base": "the real Qwen2.5-0.5B-Instruct of hicae.demo.real_model "
-            "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)"}
+            "run": run, "record": a.finetune_record, "command": a.command, "base": BASE_DESCRIPTION}
     lines = (f"- Base: {info['base']}, frozen.\n"
              f"- Training: {record['what']}; this adapter is run `{a.run}` of {a.finetune_record} (data, steps, "
              "held-out numbers), built on the runs it names in `from`.\n"
              f"- Command: `{a.command}` (then `python scripts/export_demo_checkpoint.py {a.checkpoint} "
-             f"--finetune_record {a.finetune_record} --run {a.run}`).\n"
-             "- Machine: 2 CPU cores, 24 GiB, no GPU, torch 2.13.0+cpu, bf16.\n")
+             f"--finetune_record {a.finetune_record} --run {a.run}`).\n")
     return summary, info, lines
 
 
@@ -102,8 +101,7 @@ def _pretrain_info(a: argparse.Namespace, src: Path) -> tuple[str, dict, str]:
                   if final else f"(16 texts): en {last['en']['bleu']:.1f}, zh {last['zh']['bleu']:.1f}")
                + " (docs/results.md)")
     info = {"summary": summary, "objectives": "AE + LM", "stage": a.stage, "steps": last["step"], "settings": s,
-            "corpus": rep["corpus"], "base": "the real Qwen2.5-0.5B-Instruct of hicae.demo.real_model "
-            "(Qwen2.5-Coder-0.5B-Instruct AWQ, Q4_K_M GGUF, dequantized to bf16)",
+            "corpus": rep["corpus"], "base": BASE_DESCRIPTION,
             "curve_last": last, "final": {l: {"ae": v["ae"], "ppl": {c: v["ppl"][c]["ppl"] for c in v["ppl"]}}
                                           for l, v in final.items()},
             "extra": rep.get("extra", ""), "command": a.command, "seed": rep["seed"], "machine": rep.get("machine")}
