@@ -57,3 +57,19 @@ def test_each_task_runs_and_writes_its_report(icae_ckpt, tmp_path, run_cli, name
     assert line["task"] == name and isinstance(line["summary"], dict)
     assert all((out / f).exists() for f in (f"{name}.json", f"{name}_examples.jsonl", f"{name}.md"))
     assert json.loads((out / f"{name}.json").read_text())["task"] == name
+
+
+FOREIGN = [(name, other) for name in TASKS for other in TASKS
+           if REGISTRY[other].flags is not REGISTRY[name].flags and SMOKE[other][1]]
+
+
+@pytest.mark.parametrize("name,other", FOREIGN)
+def test_a_flag_of_another_task_is_refused_not_ignored(tmp_path, run_cli, name, other):
+    # One parser holds every task's flags: --task qa --conditions memory used to run qa as if it were not there.
+    kind = SMOKE[name][0]
+    data = ("--data", _data(tmp_path, kind)) if kind else ()
+    flag = SMOKE[other][1][0]
+    code, _, err = run_cli("eval", "--task", name, "--checkpoint", tmp_path / "no-ckpt", "--output_dir", tmp_path / "o",
+                           *data, *SMOKE[other][1])
+    assert code == 1 and f"does not read {flag} (read by --task " in err and other in err, err
+    assert not (tmp_path / "o").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from ..io.checkpoint import read_checkpoint
 from ..devices import pick_device
@@ -39,6 +39,22 @@ def build_parser() -> Flags:
                     "baseline then reads too; ppl its tail)", "model_max_length": "ICAE: " + LENGTH_HELP})
 
 
+def foreign_flags(task_name: str, args) -> list[str]:
+    """Flags of other tasks set away from their defaults: one parser holds every task's flags, and a flag the
+    chosen task does not read would otherwise be ignored without a word (``--task qa --conditions memory``)."""
+    own = REGISTRY[task_name].flags
+    own_names = {f.name for f in fields(own)} if own else set()
+    found: dict[str, list[str]] = {}
+    for t in REGISTRY.values():
+        if t.flags is None or t.flags is own:
+            continue
+        for f in fields(t.flags):
+            default = f.default if f.default is not MISSING else None
+            if f.name not in own_names and getattr(args, f.name, default) != default:
+                found.setdefault(f"--{f.name}", []).append(t.name)
+    return [f"{flag} (read by --task {'/'.join(names)})" for flag, names in found.items()]
+
+
 def evaluate(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.namespace(argv)  # the tasks read their own flags from it
@@ -52,6 +68,8 @@ def evaluate(argv: list[str]) -> int:
     pick_device(load.device)
     if task.name != "qa" and (args.prompt_templates or args.prompt_template is not None):
         raise ConfigError("--prompt_templates / --prompt_template are for --task qa")
+    if stray := foreign_flags(task.name, args):
+        raise ConfigError(f"--task {task.name} does not read {', '.join(stray)}: drop them or change --task")
     if task.reads_data and not cmd.data:
         raise ConfigError(f"--task {task.name} needs --data")
     if not task.reads_data and cmd.data:

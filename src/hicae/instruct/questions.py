@@ -107,6 +107,10 @@ _EN_NAMES = re.compile(r"\b[A-Z][A-Za-z0-9]+(?:[ -][A-Z][A-Za-z0-9]+)+\b"  # Deb
                        r"|(?<!\w)--?[a-z][a-z0-9-]+")  # command-line options
 _ZH_NAMES = re.compile(r"[「“《]([^」”》\n]{1,20})[」”》]|(?<![A-Za-z0-9_./-])([A-Za-z][A-Za-z0-9_.+-]{2,30})")
 _STOP = {"The", "This", "That", "These", "It", "In", "If", "For", "To", "And", "OK", "I"}
+# English words inside Chinese text are names only when they are not plain English ("the" asked as
+# "根据文中内容，the是什么？" made the teacher echo the question)
+_EN_WORDS = {"the", "and", "for", "with", "not", "are", "you", "can", "this", "that", "from", "was", "which",
+             "will", "all", "any", "has", "have", "but", "one", "use", "see", "its", "into", "also", "may"}
 
 
 def named_things(text: str, lang: str) -> list[str]:
@@ -115,7 +119,7 @@ def named_things(text: str, lang: str) -> list[str]:
         found = [a or b for a, b in _ZH_NAMES.findall(text)]
     else:
         found = [m.group(0) for m in _EN_NAMES.finditer(text)]
-    found = [f.strip() for f in found if f.strip() and f.strip() not in _STOP]
+    found = [f.strip() for f in found if f.strip() and f.strip() not in _STOP and f.strip().lower() not in _EN_WORDS]
     counts = Counter(found)
     first = {f: i for i, f in reversed(list(enumerate(found)))}
     return sorted(counts, key=lambda f: (-counts[f], first[f]))
