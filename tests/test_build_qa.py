@@ -42,6 +42,7 @@ def test_named_things_lists_and_kinds():
     assert {"Debian Reference", "APT"} <= set(named_things(EN, "en"))
     assert "aptitude" in named_things(ZH, "zh")
     assert named_things("请参阅 the manual 中的 untag 选项，the 文件。", "zh") == ["manual", "untag"]
+    assert named_things("地址族为 AF_INET. 端口", "zh") == ["AF_INET"]
     assert list_items(EN)[0][:2] == ["Edit the sources.list file.", "Run apt update to refresh the lists."]
     qs = make_questions(EN, KINDS, random.Random(0))
     assert {q.kind for q in qs} == set(KINDS)

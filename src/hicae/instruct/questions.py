@@ -116,7 +116,7 @@ _EN_WORDS = {"the", "and", "for", "with", "not", "are", "you", "can", "this", "t
 def named_things(text: str, lang: str) -> list[str]:
     """Named things of the text, the most frequent first (ties by first appearance)."""
     if lang == "zh":
-        found = [a or b for a, b in _ZH_NAMES.findall(text)]
+        found = [a or b.rstrip(".-") for a, b in _ZH_NAMES.findall(text)]  # a sentence end is not part of the name
     else:
         found = [m.group(0) for m in _EN_NAMES.finditer(text)]
     found = [f.strip() for f in found if f.strip() and f.strip() not in _STOP and f.strip().lower() not in _EN_WORDS]
