@@ -69,7 +69,8 @@ def evaluate(argv: list[str]) -> int:
     if task.name != "qa" and (args.prompt_templates or args.prompt_template is not None):
         raise ConfigError("--prompt_templates / --prompt_template are for --task qa")
     if stray := foreign_flags(task.name, args):
-        raise ConfigError(f"--task {task.name} does not read {', '.join(stray)}: drop them or change --task")
+        raise ConfigError(f"--task {task.name} does not read {', '.join(stray)}: drop "
+                          f"{'it' if len(stray) == 1 else 'them'} or change --task")
     if task.reads_data and not cmd.data:
         raise ConfigError(f"--task {task.name} needs --data")
     if not task.reads_data and cmd.data:
