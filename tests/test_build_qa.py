@@ -109,3 +109,52 @@ def test_cli_dry_run_twice_and_a_bad_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) != 0
     assert "c.jsonl:2" in capsys.readouterr().err
+
+
+class _WordTokenizer:  # one token per word: enough for the passage packer
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [t.split() for t in texts]}
+
+
+def _fake_protocol(monkeypatch, sizes):
+    """Domains with the given number of one-paragraph documents (split by the protocol's own rule)."""
+    from hicae.protocol import sources
+
+    def load(name, cache):
+        return [sources.Document(name, f"d{i}", f"passage {i} of {name} " * 5, f"{name}/{i}") for i in range(sizes[name])]
+
+    monkeypatch.setattr(sources, "load_domain", load)
+
+
+@pytest.mark.parametrize("balance", ["none", "language", "domain"])
+def test_protocol_passage_order_balance(monkeypatch, tmp_path, balance):
+    from hicae.instruct.build import protocol_sources
+
+    sizes = {"en_kernel_docs": 300, "en_python_docs": 100, "zh_manpages": 40}
+    _fake_protocol(monkeypatch, sizes)
+    s = BuildSettings(output=str(tmp_path / "o.jsonl"), protocol_domains=",".join(sizes), text_tokens=64,
+                      min_tokens=4, balance=balance)
+    order = protocol_sources(s, _WordTokenizer())
+    again = protocol_sources(s, _WordTokenizer())
+    assert [x.id for x in order] == [x.id for x in again]  # seeded
+    assert len({x.id for x in order}) == len(order) and 380 < len(order) < 440  # each train passage once
+    head = [x.id.split(":")[0] for x in order[:60]]
+    zh = head.count("zh_manpages")
+    if balance == "none":
+        assert zh < 15  # about 9% of the passages: English dominates the first N
+    elif balance == "language":
+        assert zh == 30 and all(head[i].startswith("en") != head[i + 1].startswith("en") for i in range(0, 60, 2))
+    else:
+        assert head.count("en_kernel_docs") == head.count("en_python_docs") == zh == 20
+    tail = [x.id.split(":")[0] for x in order[-20:]]  # a group that runs out leaves the others in turn
+    if balance == "language":
+        assert all(t.startswith("en_") for t in tail)
+    elif balance == "domain":
+        assert tail == ["en_kernel_docs"] * 20
+
+
+def test_balance_is_checked():
+    with pytest.raises(ConfigError, match="--balance must be one of"):
+        BuildSettings(output="o.jsonl", protocol_domains="zh_manpages", balance="lang")
+    with pytest.raises(ConfigError, match="--input is read in file order"):
+        BuildSettings(output="o.jsonl", input="x.jsonl", balance="language")

@@ -29,6 +29,9 @@ from .questions import KINDS, make_questions
 
 
 
+BALANCE = ("none", "language", "domain")
+
+
 @dataclass
 class BuildSettings:
     output: str = _f(None, "JSONL to append the records to (created if missing; ids already in it are skipped)")
@@ -46,6 +49,9 @@ class BuildSettings:
     kinds: str = _f(",".join(KINDS), f"question kinds, comma-separated, from {', '.join(KINDS)}")
     per_kind: int = _f(1, "questions of each kind per text (cloze: one from each of this many stretches of the text)")
     max_texts: int | None = _f(None, "use only the first N source texts (after the seeded shuffle of protocol passages)")
+    balance: str = _f("none", "protocol passage order: none (one seeded shuffle over all domains: the largest "
+                              "dominate the first --max_texts; kernel docs are half of the English side), language "
+                              "(English and Chinese alternate) or domain (the domains take turns)", choices=BALANCE)
     max_new_tokens: int = _f(96, "the teacher's answer length limit")
     batch_size: int = _f(4, "questions the teacher answers at once")
     seed: int = _f(0, "seed of the questions and of the protocol's split and passage order")
@@ -62,6 +68,10 @@ class BuildSettings:
         bad = [k for k in self.kind_list if k not in KINDS]
         if bad or not self.kind_list:
             raise ConfigError(f"--kinds: unknown {bad}; choose from {', '.join(KINDS)}")
+        if self.balance not in BALANCE:
+            raise ConfigError(f"--balance must be one of {', '.join(BALANCE)}, got {self.balance!r}")
+        if self.input is not None and self.balance != "none":
+            raise ConfigError("--balance orders protocol passages (--protocol_domains); --input is read in file order")
         if self.protocol_side not in ("train", "test"):
             raise ConfigError(f"--protocol_side must be train or test, got {self.protocol_side!r}")
         for name in ("text_tokens", "per_kind", "max_new_tokens", "batch_size"):
@@ -95,16 +105,31 @@ def protocol_sources(s: BuildSettings, tokenizer: Any) -> list[Source]:
     from ..protocol.split import split_documents
 
     count = token_counter(tokenizer)
-    out = []
+    groups: dict[str, list[Source]] = {}
     for name in [d.strip() for d in (s.protocol_domains or "").split(",") if d.strip()]:
         if name not in DOMAINS:
             raise ConfigError(f"--protocol_domains: unknown {name!r}; choose from {', '.join(DOMAINS)}")
         train, test = split_documents(load_domain(name, Path(s.cache_dir)), s.seed, s.holdout_fraction)
+        key = {"none": "", "language": DOMAINS[name].language, "domain": name}[s.balance]
         for d in train if s.protocol_side == "train" else test:
             for i, (p, _) in enumerate(document_passages(d.text, count, s.text_tokens, s.min_tokens)):
-                out.append(Source(f"{name}:{d.doc_id}#{i}", p))
-    random.Random(s.seed).shuffle(out)
-    return out
+                groups.setdefault(key, []).append(Source(f"{name}:{d.doc_id}#{i}", p))
+    return take_turns(groups, s.seed)
+
+
+def take_turns(groups: dict[str, list[Source]], seed: int) -> list[Source]:
+    """Each group shuffled (seeded), then one from each group in turn until all are used: the first N of
+    the result hold every group alike (as far as each has passages). One group: the plain shuffle."""
+    if len(groups) == 1:  # --balance none: one shuffle, the order of every earlier build
+        (only,) = groups.values()
+        random.Random(seed).shuffle(only)
+        return only
+    lists = []
+    for key in sorted(groups):
+        g = list(groups[key])
+        random.Random(f"{seed}:{key}").shuffle(g)
+        lists.append(g)
+    return [g[i] for i in range(max(map(len, lists), default=0)) for g in lists if i < len(g)]
 
 
 def done_ids(path: Path) -> set[str]:
