@@ -63,7 +63,8 @@ def main() -> None:
                for k, v in load_file(str(src / EMBED_FILE)).items()}
         save_file(emb, str(tmp / EMBED_FILE), metadata={"format": "hicae-embeddings"})
         (tmp / "demo_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        (tmp / "TRAINING.md").write_text("# The demo's ICAE adapter\n\n" + summary + ".\n\n" + training_md
+        (tmp / "TRAINING.md").write_text("# The demo's ICAE adapter\n\n" + summary + ".\n\n"
+                                         + f"- Base: {BASE_DESCRIPTION}, frozen.\n" + training_md
                                          + "- Adapter stored in bf16 (trained in fp32); `hicae demo` runs it in the "
                                          "model's dtype.\n")
     total = sum(f.stat().st_size for f in Path(a.dest).iterdir())
@@ -79,8 +80,7 @@ def _finetune_info(a: argparse.Namespace) -> tuple[str, dict, str]:
     summary = run["summary"]
     info = {"summary": summary, "objectives": run["objectives"], "stage": a.stage, "steps": run["steps"],
             "run": run, "record": a.finetune_record, "command": a.command, "base": BASE_DESCRIPTION}
-    lines = (f"- Base: {info['base']}, frozen.\n"
-             f"- Training: {record['what']}; this adapter is run `{a.run}` of {a.finetune_record} (data, steps, "
+    lines = (f"- Training: {record['what']}; this adapter is run `{a.run}` of {a.finetune_record} (data, steps, "
              "held-out numbers), built on the runs it names in `from`.\n"
              f"- Command: `{a.command}` (then `python scripts/export_demo_checkpoint.py {a.checkpoint} "
              f"--finetune_record {a.finetune_record} --run {a.run}`).\n")
@@ -105,8 +105,7 @@ def _pretrain_info(a: argparse.Namespace, src: Path) -> tuple[str, dict, str]:
             "curve_last": last, "final": {l: {"ae": v["ae"], "ppl": {c: v["ppl"][c]["ppl"] for c in v["ppl"]}}
                                           for l, v in final.items()},
             "extra": rep.get("extra", ""), "command": a.command, "seed": rep["seed"], "machine": rep.get("machine")}
-    lines = (f"- Base: {info['base']}, frozen.\n"
-             f"- Data: {json.dumps(rep['corpus'])}: Debian python3.11-doc reST sources (English) and fortunes-zh "
+    lines = (f"- Data: {json.dumps(rep['corpus'])}: Debian python3.11-doc reST sources (English) and fortunes-zh "
              "(chinese, tang300, song100; Chinese), held out by document (seed "
              f"{rep['seed']}, 10%); passages cut by experiments/real_quality.py.\n"
              f"- Settings: {json.dumps(s)}; method options (`hicae pretrain` flags): `{rep.get('extra') or 'none'}`.\n"

@@ -66,8 +66,6 @@ def evaluate(argv: list[str]) -> int:
     outputs = [("--output_dir", f) for f in report_paths(task.name, cmd.output_dir).values()] + [("--judge_file", args.judge_file)]
     refuse_overwriting_inputs(outputs, [("--data", cmd.data), ("--prompt_templates", args.prompt_templates), *load.inputs()])
     pick_device(load.device)
-    if task.name != "qa" and (args.prompt_templates or args.prompt_template is not None):
-        raise ConfigError("--prompt_templates / --prompt_template are for --task qa")
     if stray := foreign_flags(task.name, args):
         raise ConfigError(f"--task {task.name} does not read {', '.join(stray)}: drop "
                           f"{'it' if len(stray) == 1 else 'them'} or change --task")

@@ -119,7 +119,7 @@ def named_things(text: str, lang: str) -> list[str]:
         found = [a or b.rstrip(".-") for a, b in _ZH_NAMES.findall(text)]  # a sentence end is not part of the name
     else:
         found = [m.group(0) for m in _EN_NAMES.finditer(text)]
-    found = [f.strip() for f in found if f.strip() and f.strip() not in _STOP and f.strip().lower() not in _EN_WORDS]
+    found = [f for f in (x.strip() for x in found) if f and f not in _STOP and f.lower() not in _EN_WORDS]
     counts = Counter(found)
     first = {f: i for i, f in reversed(list(enumerate(found)))}
     return sorted(counts, key=lambda f: (-counts[f], first[f]))
