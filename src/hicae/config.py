@@ -140,10 +140,19 @@ class ICAEConfig:
                           "(1-w)*CE + w*T^2*KL(teacher || student); AE and FT tokens keep their CE. One extra "
                           "no-grad base forward per LM example. 0: off (plain CE, the paper). Flat ICAE only."},
     )
+    ft_distill: float = field(
+        default=0.0,
+        metadata={"help": "Fine-tuning objective: weight w of distillation from the plain base model reading the "
+                          "whole input and the prompt in its chat format (the full-text answer a teacher gives, "
+                          "hicae build-qa's teacher) into the decoder reading [slots] [FT] prompt. Each answer "
+                          "token's loss is (1-w)*CE + w*T^2*KL(teacher || student) on the record's answer, so the "
+                          "memory learns the teacher's whole next-token distribution, not only its greedy text. "
+                          "One extra no-grad base forward per instruction record. 0: off. Flat ICAE only."},
+    )
     distill_temperature: float = field(
         default=1.0,
-        metadata={"help": "Temperature T of lm_distill: both distributions are softened by T and the KL is "
-                          "scaled by T^2 (Hinton et al.), so its gradient keeps its size as T changes."},
+        metadata={"help": "Temperature T of lm_distill and ft_distill: both distributions are softened by T and "
+                          "the KL is scaled by T^2 (Hinton et al.), so its gradient keeps its size as T changes."},
     )
 
     loss_balance: str = field(
@@ -187,6 +196,9 @@ class ICAEConfig:
             raise ConfigError(f"slot_source must be one of {SLOT_SOURCES}, got {self.slot_source!r}")
         if not 0.0 <= self.lm_distill <= 1.0:
             raise ConfigError(f"lm_distill must be in [0, 1] (the KL's share of the LM loss), got {self.lm_distill}")
+        if not 0.0 <= self.ft_distill <= 1.0:
+            raise ConfigError(f"ft_distill must be in [0, 1] (the KL's share of the answer loss), "
+                              f"got {self.ft_distill}")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ConfigError(f"distill_temperature must be a positive number, got {self.distill_temperature}")
         if self.loss_balance not in LOSS_BALANCES:

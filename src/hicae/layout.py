@@ -171,6 +171,12 @@ def with_target(prefix: list[int], target: list[int], loss_from: int = 0) -> Dec
     return DecoderExample(list(prefix) + list(target), labels)
 
 
+def fulltext_content(context: str, question: str) -> str:
+    """The user turn of a model reading the text itself (the full-text baseline, build-qa's teacher, the
+    distillation teacher): the text, a blank line, the question."""
+    return f"{context}\n\n{question}"
+
+
 def ae_example(num_slots: int, text_ids: list[int], eos_id: int) -> DecoderExample:
     """``[slots] [AE] text EOS`` with loss on ``text EOS``."""
     return with_target([SLOT] * num_slots + [AE], list(text_ids) + [eos_id])

@@ -56,7 +56,7 @@ from .speed import adapter_in_dtype, compile_encoder
 from .tasks import TASKS  # the task embeddings' rows, in this order
 from .tokens import SpecialTokens, fit_length
 
-LOGGED = TASKS + ("distill",)  # per-token losses the trainer logs: each task's CE, and lm_distill's KL
+LOGGED = TASKS + ("distill",)  # per-token losses the trainer logs: each task's CE, and the distillation KL
 _CE_CHUNK = 2048  # labelled positions per cross-entropy chunk: bounds the [N, V] logits
 
 
@@ -484,8 +484,8 @@ class ICAE(nn.Module):
         """Loss of a collated batch (see ``data.Collator``): mean over all labelled tokens (or over tasks: ``loss_balance``).
 
         Also returns per-task token-loss sums and counts (``ae_loss_sum``, ``ae_tokens``, ...) so the
-        trainer can log AE and LM losses separately. ``teacher_*`` (``lm_distill``): the LM examples'
-        whole texts, labelled at their continuations (see ``distill_losses``).
+        trainer can log AE and LM losses separately. ``teacher_*`` (``lm_distill``, ``ft_distill``): the
+        distilled examples' plain texts, labelled at their targets (see ``distill_losses``).
         """
         spe = segments_per_example.tolist() if segments_per_example is not None else []
         slots = self.encode_rows(EncoderBatch(enc_ids, enc_seg_lens.cpu(), spe))  # [R, k, D]
@@ -504,18 +504,19 @@ class ICAE(nn.Module):
                      teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``.
         ``placements``: where each example's slots sit in its text (needed by ``decoder_positions='follow'``).
-        ``teacher``: ``(ids, labels, mask)`` of the LM examples' whole texts, for ``lm_distill``."""
+        ``teacher``: ``(ids, labels, mask)`` of the distilled examples' plain texts (``lm_distill``, ``ft_distill``)."""
         hidden = self._decoder_hidden(dec_ids, dec_mask, slots, placements)  # [B, T, D]
         tok_loss, rows = self.labelled_losses(hidden, dec_labels)  # [N], [N]
         ex_task = task.to(rows.device)[rows] if task is not None else None  # [N]
         loss = tok_loss
-        w = self.icae_config.lm_distill
         kl = None
-        if w and teacher is not None and ex_task is not None:
-            lm = ex_task == TASKS.index("lm")  # [N]
-            kl = self.distill_losses(hidden, dec_labels, lm, *teacher)  # [N_lm]
-            # LM tokens learn (1-w) * CE + w * KL; the mean stays over all labelled tokens, as without distillation
-            loss = tok_loss.masked_scatter(lm, (1 - w) * tok_loss[lm] + w * kl)
+        if teacher is not None and ex_task is not None and (self.icae_config.lm_distill or self.icae_config.ft_distill):
+            w = self.distill_weights(ex_task)  # [N]: each token's KL share, 0 where its task is not distilled
+            taught = w > 0  # [N]
+            kl = self.distill_losses(hidden, dec_labels, taught, *teacher)  # [N_taught]
+            # taught tokens learn (1-w) * CE + w * KL; the mean stays over all labelled tokens, as without distillation
+            wt = w[taught]
+            loss = tok_loss.masked_scatter(taught, (1 - wt) * tok_loss[taught] + wt * kl)
         out: dict[str, torch.Tensor] = {"loss": self._reduce(loss, ex_task)}
         if ex_task is not None:
             for j, name in enumerate(TASKS):
@@ -536,26 +537,38 @@ class ICAE(nn.Module):
         means = [loss[ex_task == j].mean() for j in present.tolist()]
         return torch.stack(means).mean()
 
-    def distill_losses(self, hidden: torch.Tensor, labels: torch.Tensor, lm: torch.Tensor, teacher_ids: torch.Tensor,
-                       teacher_labels: torch.Tensor, teacher_mask: torch.Tensor) -> torch.Tensor:
-        """``T^2 * KL(teacher || student)`` at each LM example's labelled continuation token (``lm_distill``).
+    def distill_weights(self, ex_task: torch.Tensor) -> torch.Tensor:
+        """Each labelled token's KL share [N] from its task [N]: ``lm_distill`` on LM tokens, ``ft_distill``
+        on answer tokens, 0 on AE tokens (nothing teaches a reconstruction)."""
+        cfg = self.icae_config
+        share = torch.zeros(len(TASKS), dtype=torch.float32, device=ex_task.device)
+        share[TASKS.index("lm")] = cfg.lm_distill
+        share[TASKS.index("ft")] = cfg.ft_distill
+        return share[ex_task]
 
-        Student: the decoder's states ``hidden`` [B, T, D] (it read ``[slots] [LM] continuation``) at the
-        labelled positions that ``lm`` [N] marks. Teacher: the plain base model (no adapters, no grad)
-        reading ``teacher_ids`` [B_lm, T'] (``head + continuation``, right-padded, plain positions 0..n-1),
-        at the positions ``teacher_labels`` marks: row-major, the same tokens in the same order.  -> [N_lm]
+    def distill_losses(self, hidden: torch.Tensor, labels: torch.Tensor, taught: torch.Tensor,
+                       teacher_ids: torch.Tensor, teacher_labels: torch.Tensor,
+                       teacher_mask: torch.Tensor) -> torch.Tensor:
+        """``T^2 * KL(teacher || student)`` at each taught labelled token (``lm_distill``, ``ft_distill``).
+
+        Student: the decoder's states ``hidden`` [B, T, D] (it read ``[slots] [LM] continuation`` or
+        ``[slots] [FT] prompt answer``) at the labelled positions that ``taught`` [N] marks. Teacher: the
+        plain base model (no adapters, no grad) reading ``teacher_ids`` [B_t, T'] (the taught examples'
+        plain-text versions: ``head + continuation``, or the chat turn ``input + prompt`` then the answer;
+        right-padded, positions 0..n-1), at the positions ``teacher_labels`` marks: row-major, the same
+        tokens in the same order.  -> [N_taught]
         """
         target = labels[:, 1:]  # [B, T-1]; position i predicts token i+1
-        student = hidden[:, :-1][target != IGNORE][lm]  # [N_lm, D]
+        student = hidden[:, :-1][target != IGNORE][taught]  # [N_taught, D]
         t_target = teacher_labels[:, 1:]
-        t_sel = t_target != IGNORE  # [B_lm, T'-1]
-        if not torch.equal(target[target != IGNORE][lm], t_target[t_sel]):
-            raise DataError("lm_distill: the teacher's labelled tokens are not the LM examples' continuations "
-                            "(teacher_ids must hold the LM examples' texts, in batch order)")
+        t_sel = t_target != IGNORE  # [B_t, T'-1]
+        if not torch.equal(target[target != IGNORE][taught], t_target[t_sel]):
+            raise DataError("distillation: the teacher's labelled tokens are not the taught examples' targets "
+                            "(teacher_ids must hold the distilled examples' plain texts, in batch order)")
         with torch.no_grad(), self.plain_decoding():
             t_hidden = self.decoder.model(input_ids=teacher_ids, attention_mask=teacher_mask,
-                                          use_cache=False).last_hidden_state  # [B_lm, T', D]
-        t_states = t_hidden[:, :-1][t_sel]  # [N_lm, D]: only these reach the 152k-wide output layer
+                                          use_cache=False).last_hidden_state  # [B_t, T', D]
+        t_states = t_hidden[:, :-1][t_sel]  # [N_taught, D]: only these reach the 152k-wide output layer
         head = self.decoder.get_output_embeddings()
         T = self.icae_config.distill_temperature
         out = []

@@ -105,3 +105,18 @@ def test_truncated_contexts_reach_both_answers_alike(icae_ckpt, monkeypatch):
     assert [r["context_truncated"] for r in res.examples] == [True, False]
     assert res.examples[0]["context_tokens"] == 8
     assert any("1 context(s) over the length limit (8 tokens) were cut to their head" in n for n in res.notes)
+
+
+def test_no_context_baseline_is_the_question_alone_and_leaves_the_rest(icae_model):
+    """``no_context``: each row's answer is the base model's greedy answer to the chat turn holding only the
+    prompt that follows the memory (one prompt at a time, unbatched); memory and full-text answers stay as without it."""
+    recs = [QARecord(f"f:{i}", r["input"], r["prompt"], [r["answer"]]) for i, r in enumerate(pwc_records())]
+    plain = run_qa(icae_model, recs, QUIET)
+    res = run_qa(icae_model, recs, QUIET, no_context=True)
+    assert set(res.summary) >= {"memory", "fulltext", "none"} and "none" not in plain.summary
+    for a, b, r in zip(plain.examples, res.examples, recs):
+        assert (a["answer_memory"], a["answer_fulltext"]) == (b["answer_memory"], b["answer_fulltext"])
+        alone = generate_plain(icae_model, [chat_prompt_ids(icae_model, r.question)], QUIET.max_new_tokens)
+        assert b["answer_none"] == icae_model.tokenizer.decode(alone[0], skip_special_tokens=True)
+    assert len({b["answer_none"] for b in res.examples}) > 1  # the questions differ, so do the answers
+    assert [row[0] for row in res.tables[0].rows] == ["memory slots", "full text (base model)", "no context (base model)"]

@@ -22,6 +22,7 @@ from typing import Any
 from ..decoding.generation import generate_plain
 from ..errors import ConfigError, DataError
 from ..io.fileio import write_text_atomic
+from ..layout import fulltext_content
 from . import longbench, metrics
 from .decoding import chat_prompt_ids, decode
 from .eval_task import EvalTask
@@ -34,11 +35,6 @@ from .runtime import EvalSettings, bucket_key, compress_ids, group_by, progress_
 METRICS = ("rouge_l", "f1", "exact_match")
 NAMES = {"rouge_l": "ROUGE-L", "f1": "token F1", "exact_match": "exact match"}
 DEFAULT_MAX_NEW_TOKENS = 64
-
-
-def fulltext_content(context: str, question: str) -> str:
-    """The user turn of the full-text baseline: the text, a blank line, the question."""
-    return f"{context}\n\n{question}"
 
 
 def memory_prompt(r: QARecord) -> str:
@@ -77,7 +73,10 @@ def _longbench_summary(rows: list[dict[str, Any]], sources: list[str]) -> dict[s
 
 
 def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool = True,
-           judge_file: str | Path | None = None) -> TaskResult:
+           judge_file: str | Path | None = None, no_context: bool = False) -> TaskResult:
+    """Answers from memory, and as baselines from the full text (``fulltext``) and from the question alone
+    (``no_context``: the base model reading what follows the memory, without the memory: the floor that
+    tells what the memory adds over the question), same greedy decoding; scored against the references."""
     if judge_file is not None and not fulltext:
         raise ConfigError("--judge_file compares memory and full-text answers: it cannot be used with --skip_fulltext")
     window = getattr(model.base_config, "max_position_embeddings", None)
@@ -110,6 +109,9 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
             over_window += sum(1 for p, n in zip(prompts, limits) if window and len(p) + n > window)
             full_ids = generate_plain(model, prompts, max_new)
             full_answers = decode(model, [ids[:n] for ids, n in zip(full_ids, limits)])
+        if no_context:
+            bare_ids = generate_plain(model, [chat_prompt_ids(model, memory_prompt(r)) for r in batch], max_new)
+            bare_answers = decode(model, [ids[:n] for ids, n in zip(bare_ids, limits)])
         for j, r in enumerate(batch):
             ntok, nslot = len(ctx_ids[index[r.context]]), mem.num_slots[j]
             row: dict[str, Any] = {"where": r.where, "question": r.question, "answers": r.answers,
@@ -121,25 +123,30 @@ def run_qa(model: Any, records: list[QARecord], s: EvalSettings, fulltext: bool 
             if fulltext:
                 row["answer_fulltext"] = full_answers[j]
                 row.update({f"fulltext_{k}": v for k, v in metrics.qa_scores(full_answers[j], r.answers).items()})
+            if no_context:
+                row["answer_none"] = bare_answers[j]
+                row.update({f"none_{k}": v for k, v in metrics.qa_scores(bare_answers[j], r.answers).items()})
             if r.dataset:
                 row.update(dataset=r.dataset, longbench_metric=longbench.DATASET_METRIC[r.dataset])
-                for src, answer in (("memory", mem_answers[j]), ("fulltext", full_answers[j] if fulltext else None)):
+                for src in ("memory", "fulltext", "none"):
+                    answer = row.get(f"answer_{src}")
                     if answer is not None:
                         row[f"{src}_longbench"] = longbench.score(r.dataset, answer, r.answers, r.all_classes)
             rows.append(row)
 
-    sources = ["memory"] + (["fulltext"] if fulltext else [])
+    sources = ["memory"] + (["fulltext"] if fulltext else []) + (["none"] if no_context else [])
     summary: dict[str, Any] = {"n": len(rows), **{src: _mean_scores(rows, src) for src in sources},
                                "mean_context_tokens": sum(r["context_tokens"] for r in rows) / len(rows),
                                "mean_slots": sum(r["slots"] for r in rows) / len(rows)}
     by_ratio = {k: {"n": len(v), "memory": _mean_scores(v, "memory")} for k, v in
                 sorted(group_by(rows, "ratio_bucket").items(), key=lambda kv: bucket_key(kv[0]))}
-    label = {"memory": "memory slots", "fulltext": "full text (base model)"}
+    label = {"memory": "memory slots", "fulltext": "full text (base model)", "none": "no context (base model)"}
     tables = [Table("Answers", ["context", *[NAMES[m] for m in METRICS]],
                     [[label[src], *[summary[src][m] for m in METRICS]] for src in sources]),
               Table("Memory answers by compression ratio (tokens per slot)", ["tokens/slot", "n", *[NAMES[m] for m in METRICS]],
                     [[k, a["n"], *[a["memory"][m] for m in METRICS]] for k, a in by_ratio.items()])]
-    plots = [Bars("scores", "QA: memory vs full text", [NAMES[m] for m in METRICS],
+    plots = [Bars("scores", "QA: memory vs " + " vs ".join(label[x].split(" (")[0] for x in sources[1:]) if sources[1:]
+                  else "QA: memory", [NAMES[m] for m in METRICS],
                   {label[src]: [summary[src][m] for m in METRICS] for src in sources}, ylabel="score", ylim=(0, 1))]
     notes = ["Scores are the best over the reference answers; words are lower-cased letter/digit runs, "
              "punctuation dropped (exact match and F1 also drop a/an/the)."]
@@ -200,6 +207,9 @@ class QAFlags:
         "metavar": "TEXT", "help": "one template with {context} and {input} for every record (instead of "
                                    "--prompt_templates)"})
     skip_fulltext: bool = field(default=False, metadata={"help": "qa: no full-text baseline"})
+    no_context: bool = field(default=False, metadata={
+        "help": "qa: also the no-context baseline: the base model answering the prompt that follows the memory, "
+                "without it (what the memory adds over the question alone)"})
     judge_file: str | None = field(default=None, metadata={
         "help": "qa: write a pairwise-judging JSONL (question, reference, both answers)"})
 
@@ -224,4 +234,5 @@ def _prepare(args: Any) -> list[QARecord]:
 TASK = EvalTask(
     "qa", "answers from memory vs from the full text: ROUGE-L, token F1, exact match (PwC or LongBench JSONL)",
     reads_data=True, prepare=_prepare, flags=QAFlags,
-    run=lambda model, s, args, records: run_qa(model, records, s, fulltext=not args.skip_fulltext, judge_file=args.judge_file))
+    run=lambda model, s, args, records: run_qa(model, records, s, fulltext=not args.skip_fulltext,
+                                               judge_file=args.judge_file, no_context=args.no_context))

@@ -60,9 +60,10 @@ class HierarchicalICAE(ICAE):
                  hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
         """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""
         config = dataclasses.replace(config or ICAEConfig(), segmentation="fixed")
-        if config.lm_distill:  # its LM heads run to max_text_tokens: no teacher reads them whole
-            raise ConfigError(f"HierarchicalICAE has no distillation teacher; lm_distill={config.lm_distill} is for "
-                              "flat ICAE only")
+        for name in ("lm_distill", "ft_distill"):  # its texts run to max_text_tokens: no teacher reads them whole
+            if getattr(config, name):
+                raise ConfigError(f"HierarchicalICAE has no distillation teacher; {name}={getattr(config, name)} is "
+                                  "for flat ICAE only")
         super().__init__(base_model, tokenizer, config, share_decoder=share_decoder)
         self.hierarchy = hierarchy or HierarchyConfig()
         L = self.hierarchy.levels

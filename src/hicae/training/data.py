@@ -29,7 +29,7 @@ from ..batching import pad_decoder, pad_encoder
 from ..config import HierarchyConfig, ICAEConfig
 from ..errors import DataError
 from ..hierarchy.plan import budget_to_blocks, num_blocks
-from ..layout import ae_example, encoder_rows, lm_example, with_target
+from ..layout import DecoderExample, ae_example, encoder_rows, fulltext_content, lm_example, with_target
 from ..tasks import TASK_INDEX
 from ..tokens import SpecialTokens, fit_length, tokenize
 
@@ -282,6 +282,23 @@ class Collator:
         without ``input``, see ``RehearsalMix``), trained as in pretraining (AE, or LM by ``lm_ratio``)."""
         return self.mode == "pretrain" or ("input" not in r and "text" in r)
 
+    def teacher_example(self, task: str, record: dict[str, Any], ids: list[int], ctx: list[int],
+                        target: list[int]) -> DecoderExample:
+        """What the distillation teacher reads for one example, labelled at the student's target tokens.
+
+        LM: the whole text, head + continuation (the first ``leave_tokens_for_lm`` tokens free, as the
+        student's). FT: one chat turn holding the input (as the student compressed it: its head where
+        ``overlong`` truncated it) and the prompt (``fulltext_content``: the full-text baseline's and
+        build-qa's teacher's layout), then ``answer <end>``.
+        """
+        if task == "lm":
+            return with_target(ctx, target, self.config.leave_tokens_for_lm)
+        text = record["input"]
+        if len(ctx) < len(ids):  # truncated: the teacher reads what the memory holds
+            text = self.tokenizer.decode(ctx[len(self.tokens.text_prefix):])
+        return with_target(self.tokens.chat_ids(fulltext_content(text, record["prompt"])),
+                           list(target) + self.tokens.answer_end())
+
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         # BOS first where the tokenizer adds one
@@ -313,13 +330,13 @@ class Collator:
             "dec_mask": dec.attention_mask,
             "task": torch.tensor([TASK_INDEX[t] for t in tasks], dtype=torch.long),
         }
-        if cfg.lm_distill and "lm" in tasks:
-            # The teacher (the plain base) reads each LM example's whole text, head + continuation, labelled as the
-            # student's continuation is (the first leave_tokens_for_lm tokens free): both label sets, read row-major,
-            # list the same tokens in the same order. Only with lm_distill (the batch is unchanged without it).
-            teach = pad_decoder([with_target(c, t, cfg.leave_tokens_for_lm)
-                                 for task, c, t in zip(tasks, contexts, targets) if task == "lm"],
-                                self.tokens.pad_id, side="right")
+        taught = [i for i, t in enumerate(tasks) if (t == "lm" and cfg.lm_distill) or (t == "ft" and cfg.ft_distill)]
+        if taught:
+            # The teacher (the plain base) reads each distilled example as plain text, labelled as the student's
+            # target is: both label sets, read row-major, list the same tokens in the same order. Only with
+            # lm_distill / ft_distill (the batch is unchanged without them).
+            teach = pad_decoder([self.teacher_example(tasks[i], records[i], raw[i], contexts[i], targets[i])
+                                 for i in taught], self.tokens.pad_id, side="right")
             batch.update(teacher_ids=teach.ids, teacher_labels=teach.labels, teacher_mask=teach.attention_mask)
         if rows is None:  # the hierarchy plans and encodes its contexts itself
             batch["contexts"] = contexts

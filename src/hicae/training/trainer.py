@@ -26,8 +26,8 @@ HOST_KEYS = ("enc_seg_lens", "segments_per_example")  # batch entries the model 
 
 
 class ICAETrainer(Trainer):
-    """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` (cross-entropies) and, with ``lm_distill``,
-    ``distill_loss`` (the KL on LM tokens) beside the total loss.
+    """Trains an ``ICAE``; logs ``ae_loss`` / ``lm_loss`` / ``ft_loss`` (cross-entropies) and, with ``lm_distill``
+    or ``ft_distill``, ``distill_loss`` (the KL on the taught LM and answer tokens) beside the total loss.
 
     Checkpoints hold only what is trained (adapter, memory and task embeddings, config), written
     by ``ICAE.save_pretrained``, beside the Trainer's optimizer, scheduler, RNG and trainer state.
