@@ -1,4 +1,5 @@
-"""lm_distill: KL from the plain base reading the whole text into the decoder reading [slots] [LM] continuation."""
+"""lm_distill and ft_distill: KL from the plain base reading the plain text (LM: the whole text; FT: the input and the
+prompt in its chat turn) into the decoder reading the slots ([slots] [LM] continuation, [slots] [FT] prompt answer)."""
 
 from __future__ import annotations
 

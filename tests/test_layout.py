@@ -164,6 +164,9 @@ def test_with_target_labels_unshifted():
     ex = with_target([SLOT, LM], [1, 2, 3, 4], loss_from=2)
     assert ex.ids == [SLOT, LM, 1, 2, 3, 4]
     assert ex.labels == [IGNORE, IGNORE, IGNORE, IGNORE, 3, 4]
+    # a continuation shorter than loss_from (min_tokens_for_lm below leave_tokens_for_lm): no loss, same length
+    ex = with_target([SLOT, LM], [1, 2, 3], loss_from=8)
+    assert ex.ids == [SLOT, LM, 1, 2, 3] and ex.labels == [IGNORE] * 5
 
 
 def test_pad_decoder_right_and_left():

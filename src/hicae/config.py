@@ -137,13 +137,13 @@ class ICAEConfig:
         metadata={"help": "LM objective: weight w of distillation from the plain base model reading the whole text "
                           "(head + continuation as ordinary tokens, no adapters) into the decoder reading "
                           "[slots] [LM] continuation. Each labelled continuation token's loss is "
-                          "(1-w)*CE + w*T^2*KL(teacher || student); AE and FT tokens keep their CE. One extra "
+                          "(1-w)*CE + w*T^2*KL(teacher || student); AE tokens keep their CE (FT tokens: ft_distill). One extra "
                           "no-grad base forward per LM example. 0: off (plain CE, the paper). Flat ICAE only."},
     )
     ft_distill: float = field(
         default=0.0,
         metadata={"help": "Fine-tuning objective: weight w of distillation from the plain base model reading the "
-                          "whole input and the prompt in its chat format (the full-text answer a teacher gives, "
+                          "input (as the memory holds it) and the prompt in its chat format (the full-text answer a teacher gives, "
                           "hicae build-qa's teacher) into the decoder reading [slots] [FT] prompt. Each answer "
                           "token's loss is (1-w)*CE + w*T^2*KL(teacher || student) on the record's answer, so the "
                           "memory learns the teacher's whole next-token distribution, not only its greedy text. "

@@ -167,7 +167,9 @@ def with_target(prefix: list[int], target: list[int], loss_from: int = 0) -> Dec
     ``labels[i]`` is the token at position ``i`` (unshifted, as transformers expects); the loss
     predicts it from position ``i - 1``.
     """
-    labels = [IGNORE] * (len(prefix) + loss_from) + list(target[loss_from:])
+    # a target no longer than loss_from has no loss (an LM continuation within leave_tokens_for_lm); labels stay
+    # as long as the ids
+    labels = [IGNORE] * (len(prefix) + min(loss_from, len(target))) + list(target[loss_from:])
     return DecoderExample(list(prefix) + list(target), labels)
 
 

@@ -517,7 +517,9 @@ class ICAE(nn.Module):
             # taught tokens learn (1-w) * CE + w * KL; the mean stays over all labelled tokens, as without distillation
             wt = w[taught]
             loss = tok_loss.masked_scatter(taught, (1 - wt) * tok_loss[taught] + wt * kl)
-        out: dict[str, torch.Tensor] = {"loss": self._reduce(loss, ex_task)}
+        # a batch without labelled tokens (LM continuations within leave_tokens_for_lm) still backpropagates: zero
+        total = self._reduce(loss, ex_task) if loss.numel() else hidden.float().sum() * 0.0
+        out: dict[str, torch.Tensor] = {"loss": total}
         if ex_task is not None:
             for j, name in enumerate(TASKS):
                 sel = ex_task == j

@@ -41,6 +41,29 @@ def test_pretrain_lm_distill_logs_distill_loss(base_dir, pretrain_file, tmp_path
     assert (cfg["icae"]["lm_distill"], cfg["icae"]["distill_temperature"]) == (0.5, 2.0)
 
 
+def test_finetune_ft_distill_and_distillation_not_inherited(base_dir, pretrain_file, finetune_file, tmp_path, run_cli):
+    """--ft_distill trains instruction records against the teacher (distill_loss logged beside ft_loss); a run
+    started from a distilled checkpoint distils only when its own command asks (lm_distill and its temperature
+    are not carried over by --restore_from). The pretraining's LM continuations (over 4 tokens) can be shorter than
+    leave_tokens_for_lm (8): such examples carry no loss, and a batch of only them still trains (a zero loss)."""
+    pre = tmp_path / "pre"
+    assert run_cli("pretrain", *tiny_args(base_dir, pre, pretrain_file, "--max_steps", "1", "--lm_ratio", "1",
+                                          "--min_tokens_for_lm", "4", "--lm_distill", "0.5",
+                                          "--distill_temperature", "2"))[0] == 0
+    args = ("--restore_from", str(pre), "--train_file", str(finetune_file), "--max_steps", "2", "--report_to", "none",
+            "--use_cpu", "true", "--disable_tqdm", "true", "--logging_steps", "1", "--overlong", "truncate")
+    code, _, err = run_cli("finetune", *args, "--output_dir", str(tmp_path / "plain"))
+    assert code == 0, err
+    icae = json.loads((tmp_path / "plain" / "hicae_config.json").read_text())["icae"]
+    assert (icae["lm_distill"], icae["ft_distill"], icae["distill_temperature"]) == (0.0, 0.0, 1.0)
+    assert "distill_loss" not in json.loads((tmp_path / "plain" / "loss_history.json").read_text())
+    code, _, err = run_cli("finetune", *args, "--ft_distill", "0.5", "--output_dir", str(tmp_path / "kd"))
+    assert code == 0, err
+    hist = json.loads((tmp_path / "kd" / "loss_history.json").read_text())
+    assert "distill_loss" in hist and "ft_loss" in hist and len(hist["distill_loss"]) == 2
+    assert json.loads((tmp_path / "kd" / "hicae_config.json").read_text())["icae"]["ft_distill"] == 0.5
+
+
 def test_resume_reproduces_uninterrupted_run(base_dir, pretrain_file, tmp_path, run_cli):
     full, part = tmp_path / "full", tmp_path / "part"
     args = ("--max_steps", "4", "--save_steps", "2", "--seed", "3")

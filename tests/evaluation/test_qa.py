@@ -109,14 +109,32 @@ def test_truncated_contexts_reach_both_answers_alike(icae_ckpt, monkeypatch):
 
 def test_no_context_baseline_is_the_question_alone_and_leaves_the_rest(icae_model):
     """``no_context``: each row's answer is the base model's greedy answer to the chat turn holding only the
-    prompt that follows the memory (one prompt at a time, unbatched); memory and full-text answers stay as without it."""
+    prompt that follows the memory (the question, or a template without its context; one prompt at a time,
+    unbatched), scored like the others; memory and full-text answers stay as without it."""
+    from hicae.evaluation import metrics
+    from hicae.evaluation.prompts import parse as parse_template
+
     recs = [QARecord(f"f:{i}", r["input"], r["prompt"], [r["answer"]]) for i, r in enumerate(pwc_records())]
+    recs[2].template = parse_template("Read this: {context}\nThen answer briefly: {input}", "--prompt_template")
+    assert qa_mod.memory_prompt(recs[2]) != recs[2].question  # the template reaches the no-context prompt
     plain = run_qa(icae_model, recs, QUIET)
     res = run_qa(icae_model, recs, QUIET, no_context=True)
     assert set(res.summary) >= {"memory", "fulltext", "none"} and "none" not in plain.summary
     for a, b, r in zip(plain.examples, res.examples, recs):
         assert (a["answer_memory"], a["answer_fulltext"]) == (b["answer_memory"], b["answer_fulltext"])
-        alone = generate_plain(icae_model, [chat_prompt_ids(icae_model, r.question)], QUIET.max_new_tokens)
+        alone = generate_plain(icae_model, [chat_prompt_ids(icae_model, qa_mod.memory_prompt(r))], QUIET.max_new_tokens)
         assert b["answer_none"] == icae_model.tokenizer.decode(alone[0], skip_special_tokens=True)
+        assert b["none_f1"] == metrics.qa_scores(b["answer_none"], r.answers)["f1"]
     assert len({b["answer_none"] for b in res.examples}) > 1  # the questions differ, so do the answers
+    assert res.summary["none"]["f1"] == pytest.approx(sum(b["none_f1"] for b in res.examples) / len(recs))
     assert [row[0] for row in res.tables[0].rows] == ["memory slots", "full text (base model)", "no context (base model)"]
+
+
+def test_no_context_flag_reaches_the_task(icae_ckpt, tmp_path, run_cli):
+    data = write_jsonl(tmp_path / "pwc.jsonl", pwc_records()[:2])
+    out = tmp_path / "out"
+    code, _, err = run_cli("eval", "--task", "qa", "--checkpoint", icae_ckpt, "--data", data, "--output_dir", out,
+                           "--device", "cpu", "--max_new_tokens", "3", "--skip_fulltext", "--no_context", "--no_progress")
+    assert code == 0, err
+    summary = json.loads((out / "qa.json").read_text())["summary"]
+    assert {"memory", "none"} <= set(summary) and "fulltext" not in summary

@@ -99,6 +99,9 @@ def _report_to(value) -> list[str]:
     return value
 
 
+_COMMAND_ONLY = ("overlong", "lm_distill", "ft_distill", "distill_temperature")  # never taken from --restore_from
+
+
 def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, given: set[str]) -> ICAEConfig | None:
     """Config from --restore_from, with runtime knobs from the command line (``overlong`` always: the command's
     default or flag); memory-defining fields must agree. ``given``: the settings the command line names."""
@@ -113,8 +116,10 @@ def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, given: set[str]) ->
             )
     # The over-length policy is the command's (its default differs: pretrain truncates, finetune refuses),
     # never inherited: a pretraining checkpoint's truncate would cut fine-tuning inputs whose answers are trained.
+    # So are the distillation settings: a run started from a distilled one distils only when asked to (each costs a
+    # base forward per example, and HierarchicalICAE has no teacher).
     runtime = {f.name: getattr(cli_cfg, f.name) for f in dataclasses.fields(ICAEConfig)
-               if f.name not in ICAEConfig._MEMORY_FIELDS and (f.name in given or f.name == "overlong")}
+               if f.name not in ICAEConfig._MEMORY_FIELDS and (f.name in given or f.name in _COMMAND_ONLY)}
     return dataclasses.replace(saved, **runtime)
 
 

@@ -24,11 +24,11 @@ from typing import Any
 
 from ..decoding.generation import generate_plain
 from ..errors import ConfigError
+from ..layout import fulltext_content
 from ..tokens import tokenize_one
 from . import metrics
 from .decoding import chat_prompt_ids, decode
 from .eval_task import EvalTask
-from .qa import fulltext_content
 from .report import Heatmap, Table, TaskResult
 from .runtime import EvalSettings, compress_ids, progress_batches, text_levels
 

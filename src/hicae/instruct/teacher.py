@@ -13,7 +13,7 @@ from typing import Any
 
 from ..decoding.generation import generate_plain
 from ..evaluation.decoding import chat_prompt_ids, decode
-from ..evaluation.qa import fulltext_content
+from ..layout import fulltext_content
 from ..tokens import SpecialTokens
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..batching import pad_decoder
-from ..evaluation.qa import fulltext_content
+from ..layout import fulltext_content
 from ..layout import with_target
 from ..memory import Memory
 

@@ -25,7 +25,7 @@ from transformers import LogitsProcessorList
 from ..decoding.generation import generate_plain
 from ..evaluation import longbench
 from ..evaluation.decoding import chat_prompt_ids, decode
-from ..evaluation.qa import fulltext_content
+from ..layout import fulltext_content
 from ..evaluation.runtime import compress_ids
 from ..io.fileio import write_text_atomic
 from ..instruct.build import text_rng
