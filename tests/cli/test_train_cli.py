@@ -62,6 +62,8 @@ def test_finetune_ft_distill_and_distillation_not_inherited(base_dir, pretrain_f
     hist = json.loads((tmp_path / "kd" / "loss_history.json").read_text())
     assert "distill_loss" in hist and "ft_loss" in hist and len(hist["distill_loss"]) == 2
     assert json.loads((tmp_path / "kd" / "hicae_config.json").read_text())["icae"]["ft_distill"] == 0.5
+    code, _, err = run_cli("pretrain", *tiny_args(base_dir, tmp_path / "p2", pretrain_file, "--ft_distill", "0.5"))
+    assert code == 1 and "--ft_distill" in err and "--lm_distill" in err, err
 
 
 def test_resume_reproduces_uninterrupted_run(base_dir, pretrain_file, tmp_path, run_cli):

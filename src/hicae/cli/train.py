@@ -182,6 +182,9 @@ def run(mode: str, argv: list[str]) -> int:
     _check_distributed(targs)
     if not dargs.train_file:
         raise ConfigError("--train_file is required")
+    if mode == "pretrain" and cfg.ft_distill:
+        raise ConfigError("--ft_distill distils the answers of instruction records, and pretraining has none: "
+                          "drop it (--lm_distill distils LM continuations)")
     for flag in ("max_train_samples", "max_eval_samples"):
         n = getattr(dargs, flag)
         if n is not None and n < 1:
