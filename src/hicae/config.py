@@ -213,6 +213,14 @@ class ICAEConfig:
                 f"({self.segment_tokens} tokens + {self.mem_size} memory tokens)"
             )
 
+    # The distillation weight of each task that has a teacher (AE has none: nothing teaches a reconstruction).
+    DISTILL_FIELDS = {"lm": "lm_distill", "ft": "ft_distill"}
+
+    def distill_share(self, task: str) -> float:
+        """The KL's share of ``task``'s token loss (0: plain CE, and no teacher reads that task's examples)."""
+        name = self.DISTILL_FIELDS.get(task)
+        return float(getattr(self, name)) if name else 0.0
+
     @property
     def segment_tokens(self) -> int:
         """Most text tokens one segment holds (k * r)."""

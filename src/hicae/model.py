@@ -510,16 +510,14 @@ class ICAE(nn.Module):
         ex_task = task.to(rows.device)[rows] if task is not None else None  # [N]
         loss = tok_loss
         kl = None
-        if teacher is not None and ex_task is not None and (self.icae_config.lm_distill or self.icae_config.ft_distill):
+        if teacher is not None and ex_task is not None and any(map(self.icae_config.distill_share, TASKS)):
             w = self.distill_weights(ex_task)  # [N]: each token's KL share, 0 where its task is not distilled
             taught = w > 0  # [N]
             kl = self.distill_losses(hidden, dec_labels, taught, *teacher)  # [N_taught]
             # taught tokens learn (1-w) * CE + w * KL; the mean stays over all labelled tokens, as without distillation
             wt = w[taught]
             loss = tok_loss.masked_scatter(taught, (1 - wt) * tok_loss[taught] + wt * kl)
-        # a batch without labelled tokens (LM continuations within leave_tokens_for_lm) still backpropagates: zero
-        total = self._reduce(loss, ex_task) if loss.numel() else hidden.float().sum() * 0.0
-        out: dict[str, torch.Tensor] = {"loss": total}
+        out: dict[str, torch.Tensor] = {"loss": self._reduce(loss, ex_task)}
         if ex_task is not None:
             for j, name in enumerate(TASKS):
                 sel = ex_task == j
@@ -540,13 +538,10 @@ class ICAE(nn.Module):
         return torch.stack(means).mean()
 
     def distill_weights(self, ex_task: torch.Tensor) -> torch.Tensor:
-        """Each labelled token's KL share [N] from its task [N]: ``lm_distill`` on LM tokens, ``ft_distill``
-        on answer tokens, 0 on AE tokens (nothing teaches a reconstruction)."""
-        cfg = self.icae_config
-        share = torch.zeros(len(TASKS), dtype=torch.float32, device=ex_task.device)
-        share[TASKS.index("lm")] = cfg.lm_distill
-        share[TASKS.index("ft")] = cfg.ft_distill
-        return share[ex_task]
+        """Each labelled token's KL share [N] from its task [N] (``ICAEConfig.distill_share``: ``lm_distill`` on
+        LM tokens, ``ft_distill`` on answer tokens, 0 on AE tokens)."""
+        share = [self.icae_config.distill_share(t) for t in TASKS]  # by task index
+        return torch.tensor(share, dtype=torch.float32, device=ex_task.device)[ex_task]
 
     def distill_losses(self, hidden: torch.Tensor, labels: torch.Tensor, taught: torch.Tensor,
                        teacher_ids: torch.Tensor, teacher_labels: torch.Tensor,
@@ -626,7 +621,9 @@ class ICAE(nn.Module):
             else:
                 losses.append(_ce(head, hs, ys))
         if not losses:
-            return hidden.new_zeros(0, dtype=torch.float32), rows
+            # no labelled token (LM continuations within leave_tokens_for_lm): an empty loss still on the graph,
+            # so a batch of only such examples backpropagates a zero loss
+            return h.float().sum(-1), rows
         return torch.cat(losses), rows
 
     # ---- decoding: the decoding wing (hicae.decoding) does the work -------------------------------------

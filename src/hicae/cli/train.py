@@ -99,7 +99,8 @@ def _report_to(value) -> list[str]:
     return value
 
 
-_COMMAND_ONLY = ("overlong", "lm_distill", "ft_distill", "distill_temperature")  # never taken from --restore_from
+# never taken from --restore_from
+_COMMAND_ONLY = ("overlong", *ICAEConfig.DISTILL_FIELDS.values(), "distill_temperature")
 
 
 def _icae_config(margs: ModelArguments, cli_cfg: ICAEConfig, given: set[str]) -> ICAEConfig | None:

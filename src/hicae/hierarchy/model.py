@@ -60,7 +60,7 @@ class HierarchicalICAE(ICAE):
                  hierarchy: HierarchyConfig | None = None, *, share_decoder: bool = True):
         """Like ``ICAE``; segmentation is always 'fixed' (segment boundaries must not depend on what follows)."""
         config = dataclasses.replace(config or ICAEConfig(), segmentation="fixed")
-        for name in ("lm_distill", "ft_distill"):  # its texts run to max_text_tokens: no teacher reads them whole
+        for name in ICAEConfig.DISTILL_FIELDS.values():  # its texts run to max_text_tokens: no teacher reads them whole
             if getattr(config, name):
                 raise ConfigError(f"HierarchicalICAE has no distillation teacher; {name}={getattr(config, name)} is "
                                   "for flat ICAE only")

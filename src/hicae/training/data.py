@@ -330,7 +330,7 @@ class Collator:
             "dec_mask": dec.attention_mask,
             "task": torch.tensor([TASK_INDEX[t] for t in tasks], dtype=torch.long),
         }
-        taught = [i for i, t in enumerate(tasks) if (t == "lm" and cfg.lm_distill) or (t == "ft" and cfg.ft_distill)]
+        taught = [i for i, t in enumerate(tasks) if cfg.distill_share(t)]
         if taught:
             # The teacher (the plain base) reads each distilled example as plain text, labelled as the student's
             # target is: both label sets, read row-major, list the same tokens in the same order. Only with
