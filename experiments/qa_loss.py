@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", required=True, help="JSONL {'input','prompt','answer','lang'}")
     p.add_argument("--per_lang", type=int, default=40, help="records per language (a seeded sample)")
     p.add_argument("--conditions", default="memory,full,none")
+    p.add_argument("--kl", action="store_true",
+                   help="also KL(full text || condition) per answer token, kl_<condition> (what --ft_distill trains)")
     p.add_argument("--base", default=None, help="base model (default: the real Qwen2.5-0.5B-Instruct)")
     p.add_argument("--max_tokens", type=int, default=1024, help="the ICAE's length limit for the inputs")
     p.add_argument("--out", default=None, help="write the result JSON here")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     model = load_checkpoint(a.checkpoint, argparse.Namespace(base=a.base, dtype="bf16"), a.max_tokens)
     out = {"checkpoint": a.checkpoint, "records": a.records, "per_lang": a.per_lang,
-           "loss": answer_losses(model, picked, tuple(a.conditions.split(","))), "seconds": round(time.time() - t)}
+           "loss": answer_losses(model, picked, tuple(a.conditions.split(",")), kl=a.kl), "seconds": round(time.time() - t)}
     print(json.dumps(out, indent=1))
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:

@@ -505,7 +505,7 @@ class ICAE(nn.Module):
         """Decoder loss given every example's slots in order (slots: [S, D]); see ``forward``.
         ``placements``: where each example's slots sit in its text (needed by ``decoder_positions='follow'``).
         ``teacher``: ``(ids, labels, mask)`` of the distilled examples' plain texts (``lm_distill``, ``ft_distill``)."""
-        hidden = self._decoder_hidden(dec_ids, dec_mask, slots, placements)  # [B, T, D]
+        hidden = self.decoder_hidden(dec_ids, dec_mask, slots, placements)  # [B, T, D]
         tok_loss, rows = self.labelled_losses(hidden, dec_labels)  # [N], [N]
         ex_task = task.to(rows.device)[rows] if task is not None else None  # [N]
         loss = tok_loss
@@ -545,7 +545,7 @@ class ICAE(nn.Module):
 
     def distill_losses(self, hidden: torch.Tensor, labels: torch.Tensor, taught: torch.Tensor,
                        teacher_ids: torch.Tensor, teacher_labels: torch.Tensor,
-                       teacher_mask: torch.Tensor) -> torch.Tensor:
+                       teacher_mask: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """``T^2 * KL(teacher || student)`` at each taught labelled token (``lm_distill``, ``ft_distill``).
 
         Student: the decoder's states ``hidden`` [B, T, D] (it read ``[slots] [LM] continuation`` or
@@ -553,7 +553,8 @@ class ICAE(nn.Module):
         plain base model (no adapters, no grad) reading ``teacher_ids`` [B_t, T'] (the taught examples'
         plain-text versions: ``head + continuation``, or the chat turn ``input + prompt`` then the answer;
         right-padded, positions 0..n-1), at the positions ``teacher_labels`` marks: row-major, the same
-        tokens in the same order.  -> [N_taught]
+        tokens in the same order. ``temperature``: T (default ``distill_temperature``; the held-out measure of
+        ``hicae.longqa.answer_loss`` reads the plain KL, T = 1).  -> [N_taught]
         """
         target = labels[:, 1:]  # [B, T-1]; position i predicts token i+1
         student = hidden[:, :-1][target != IGNORE][taught]  # [N_taught, D]
@@ -567,7 +568,7 @@ class ICAE(nn.Module):
                                           use_cache=False).last_hidden_state  # [B_t, T', D]
         t_states = t_hidden[:, :-1][t_sel]  # [N_taught, D]: only these reach the 152k-wide output layer
         head = self.decoder.get_output_embeddings()
-        T = self.icae_config.distill_temperature
+        T = self.icae_config.distill_temperature if temperature is None else temperature
         out = []
         for s in range(0, student.shape[0], _CE_CHUNK):  # chunks, as labelled_losses: never all [N, V] logits
             hs, ts = student[s : s + _CE_CHUNK], t_states[s : s + _CE_CHUNK]
@@ -586,11 +587,12 @@ class ICAE(nn.Module):
         the ids are plain vocabulary ids read by the frozen base model (a no-compression baseline).
         ``placements``: where each row's slots sit in its text (``decoder_positions='follow'``).
         """
-        return self.labelled_losses(self._decoder_hidden(dec_ids, dec_mask, slots, placements), dec_labels)
+        return self.labelled_losses(self.decoder_hidden(dec_ids, dec_mask, slots, placements), dec_labels)
 
-    def _decoder_hidden(self, dec_ids: torch.Tensor, dec_mask: torch.Tensor, slots: torch.Tensor | None,
+    def decoder_hidden(self, dec_ids: torch.Tensor, dec_mask: torch.Tensor, slots: torch.Tensor | None,
                         placements: list[Placement] | None) -> torch.Tensor:
-        """The decoder's final states of a batch (see ``token_losses``).  -> [B, T, D]"""
+        """The decoder's final states of a batch (see ``token_losses``): what its labelled losses and
+        distillation KL read.  -> [B, T, D]"""
         if slots is None:
             with self.plain_decoding():
                 return self.decoder.model(input_ids=dec_ids, attention_mask=dec_mask, use_cache=False).last_hidden_state

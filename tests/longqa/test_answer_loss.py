@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hicae import ICAE, ICAEConfig
 from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.demo.tiny import tiny_model
-from hicae.longqa.answer_loss import answer_losses, record_losses
+from hicae.longqa.answer_loss import answer_losses, record_kl, record_losses
 from hicae.training.data import Collator
 
 from conftest import TINY_ICAE, perturb_trainable
@@ -73,3 +76,48 @@ def test_foreign_memory_is_the_next_other_input_of_the_language(model):
     assert out["en"]["memory_foreign"] == pytest.approx(want, abs=1e-3) and float(own) != float(swapped)
     with pytest.raises(ValueError, match="unknown condition"):
         record_losses(model, REC, "bm25")
+
+
+def test_kl_of_the_question_alone_equals_the_plain_base_by_hand(model):
+    """none: KL(p_full || p_none) at each answer token from transformers' own logits of the two chat turns."""
+    tok = model.tokenizer
+    target = tok(REC["answer"], add_special_tokens=False)["input_ids"] + model.tokens.answer_end()
+    logp = []
+    for content in (f"{REC['input']}\n\n{REC['prompt']}", REC["prompt"]):
+        ids = model.tokens.chat_ids(content) + target
+        with torch.no_grad(), model.plain_decoding():
+            logits = model.decoder(input_ids=torch.tensor([ids])).logits[0].float()  # [T, V]
+        logp.append(F.log_softmax(logits[len(ids) - len(target) - 1 : -1], -1))  # the positions predicting target
+    want = (logp[0].exp() * (logp[0] - logp[1])).sum(-1)  # [N]
+    got = record_kl(model, REC, "none")
+    assert got.shape == want.shape and float(want.min()) > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="against the full text"):
+        record_kl(model, REC, "full")
+
+
+def test_kl_of_the_memory_equals_what_ft_distill_trains(model):
+    """memory: the logged KL of a --ft_distill training batch of the record (temperature 1), the teacher rows
+    built by the Collator, equals the held-out measure summed over the answer's tokens."""
+    cfg = dataclasses.replace(model.icae_config, ft_distill=0.5, distill_temperature=1.0)
+    batch = Collator(model.tokenizer, model.tokens, cfg, mode="finetune")([{**REC, "index": 0}])
+    saved, model.icae_config = model.icae_config, cfg
+    try:
+        with torch.no_grad():
+            out = model(**batch)
+        model.icae_config = dataclasses.replace(cfg, distill_temperature=3.0)  # the measure is the plain KL, T = 1
+        got = record_kl(model, REC, "memory")
+    finally:
+        model.icae_config = saved
+    assert int(out["distill_tokens"]) == got.numel() and float(got.min()) >= 0
+    torch.testing.assert_close(got.sum(), out["distill_loss_sum"].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_answer_losses_adds_each_conditions_mean_kl(model):
+    zh = {**REC, "lang": "zh", "input": "另一段文字：调度器在每个时钟节拍唤醒空闲任务。"}
+    out = answer_losses(model, [REC, zh], ("memory", "full", "none"), kl=True)
+    assert set(out["en"]) == {"records", "memory", "full", "none", "kl_memory", "kl_none"}
+    for lang, rec in (("en", REC), ("zh", zh)):
+        assert out[lang]["kl_memory"] == pytest.approx(float(record_kl(model, rec, "memory").mean()), abs=1e-4)
+        assert out[lang]["kl_none"] == pytest.approx(float(record_kl(model, rec, "none").mean()), abs=1e-4)
+    assert "kl_memory" not in answer_losses(model, [REC], ("memory",))["en"]

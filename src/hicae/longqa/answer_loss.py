@@ -12,6 +12,10 @@ records:
 - ``memory_foreign``: the ICAE reads *another* record's input compressed (the next record of the same
   language): the gap to ``memory`` is what the answer gains from reading its own memory, apart from
   what fine-tuning taught about the answer's form (which ``memory`` and ``full`` do not share).
+
+The answer loss scores only the teacher's greedy answer; ``record_kl`` (``kl=True``) compares whole
+next-token distributions with the full-text reader's at the same tokens, ``KL(full || condition)``:
+held out, the quantity that ``--ft_distill`` trains.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 import torch
 
 from ..batching import pad_decoder
+from ..layout import IGNORE
+from ..layout import DecoderExample
 from ..layout import fulltext_content
 from ..layout import with_target
 from ..memory import Memory
@@ -33,11 +39,10 @@ def compress(model: Any, text: str) -> Memory:
     return model.compress_ids(model.tokens.text_ids([text]))
 
 
-@torch.no_grad()
-def record_losses(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
-    """Token losses [N] of ``rec['answer']`` and the end of turn under ``condition`` (one record: no padding
-    to reason about). ``memory``: what the memory conditions read (``memory_foreign`` needs it: another
-    input's; ``memory`` compresses the record's input without it)."""
+def _reader(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None
+            ) -> tuple[DecoderExample, torch.Tensor | None, Any]:
+    """What ``condition``'s reader reads, labelled at ``answer <end-of-turn>``: the decoder example, the
+    slots [S, D] it holds (None: the plain base) and their placements."""
     answer = model.tokenizer(rec["answer"], add_special_tokens=False)["input_ids"]
     if condition in ("memory", "memory_foreign"):
         if memory is None:
@@ -45,24 +50,50 @@ def record_losses(model: Any, rec: dict[str, Any], condition: str, memory: Memor
                 raise ValueError("memory_foreign needs the foreign input's memory")
             memory = compress(model, rec["input"])
         ex = model.tokens.ft_example(memory.num_slots[0], rec["prompt"], answer)  # adds the end of turn
-        slots, placements = memory.slots[0], model.placements(memory)
-    elif condition in ("full", "none"):
+        return ex, memory.slots[0], model.placements(memory)
+    if condition in ("full", "none"):
         content = fulltext_content(rec["input"], rec["prompt"]) if condition == "full" else rec["prompt"]
-        ex = with_target(model.tokens.chat_ids(content), answer + model.tokens.answer_end())
-        slots = placements = None  # the plain base
-    else:
-        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
-    dev = model.device
-    b = pad_decoder([ex], model.tokens.pad_id)
-    losses, _ = model.token_losses(b.ids.to(dev), b.labels.to(dev), b.attention_mask.to(dev),
-                                   None if slots is None else slots.to(dev), placements)
+        return with_target(model.tokens.chat_ids(content), answer + model.tokens.answer_end()), None, None
+    raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+
+
+def _batch(model: Any, ex: DecoderExample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b = pad_decoder([ex], model.tokens.pad_id)  # one record: no padding to reason about
+    return b.ids.to(model.device), b.labels.to(model.device), b.attention_mask.to(model.device)
+
+
+@torch.no_grad()
+def record_losses(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
+    """Token losses [N] of ``rec['answer']`` and the end of turn under ``condition``. ``memory``: what the
+    memory conditions read (``memory_foreign`` needs it: another input's; ``memory`` compresses the
+    record's input without it)."""
+    ex, slots, placements = _reader(model, rec, condition, memory)
+    ids, labels, mask = _batch(model, ex)
+    losses, _ = model.token_losses(ids, labels, mask, None if slots is None else slots.to(model.device), placements)
     return losses
 
 
-def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[str, ...] = CONDITIONS
-                  ) -> dict[str, dict[str, float]]:
+@torch.no_grad()
+def record_kl(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
+    """``KL(full || condition)`` [N] at each token of ``answer <end-of-turn>``, nats (T = 1): how far the
+    condition's next-token distributions are from the plain base reading the full text. Held out, it is
+    what ``--ft_distill`` trains (its teacher is that reader), beside the answer loss, which scores only
+    the teacher's greedy answer."""
+    if condition == "full":
+        raise ValueError("the KL is measured against the full text: choose another condition")
+    ex, slots, placements = _reader(model, rec, condition, memory)
+    ids, labels, mask = _batch(model, ex)
+    hidden = model.decoder_hidden(ids, mask, None if slots is None else slots.to(model.device), placements)
+    t_ids, t_labels, t_mask = _batch(model, _reader(model, rec, "full", None)[0])
+    taught = torch.ones(int((labels[:, 1:] != IGNORE).sum()), dtype=torch.bool, device=model.device)
+    return model.distill_losses(hidden, labels, taught, t_ids, t_labels, t_mask, temperature=1.0)
+
+
+def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[str, ...] = CONDITIONS,
+                  kl: bool = False) -> dict[str, dict[str, float]]:
     """Per language (``rec['lang']``): each condition's mean answer-token loss over all the records' answer
-    tokens, and the number of records. ``memory_foreign`` reads the memory of the language's next record
+    tokens, and the number of records; with ``kl``, also each condition's mean ``record_kl`` as
+    ``kl_<condition>`` (not for ``full``, the reference). ``memory_foreign`` reads the memory of the language's next record
     whose input differs (wrapping around): a language needs two different inputs. Each input is
     compressed once, for its own records and as others' foreign memory."""
     by_lang: dict[str, list[dict[str, Any]]] = {}
@@ -77,10 +108,12 @@ def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[s
 
     out: dict[str, dict[str, float]] = {}
     for lang, same in sorted(by_lang.items()):
-        sums = {cond: [0.0, 0] for cond in conditions}
+        measures = [(c, c, record_losses) for c in conditions]
+        measures += [(f"kl_{c}", c, record_kl) for c in conditions if kl and c != "full"]
+        sums = {name: [0.0, 0] for name, _, _ in measures}
         for i, rec in enumerate(same):
             foreign = next((r["input"] for r in same[i + 1:] + same[:i] if r["input"] != rec["input"]), None)
-            for cond in conditions:
+            for name, cond, measure in measures:
                 mem = None
                 if cond == "memory":
                     mem = memory_of(rec["input"])
@@ -88,8 +121,8 @@ def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[s
                     if foreign is None:
                         raise ValueError(f"memory_foreign: the {lang} records hold one input only")
                     mem = memory_of(foreign)
-                x = record_losses(model, rec, cond, mem).float()  # [N]
-                sums[cond][0] += float(x.sum())
-                sums[cond][1] += x.numel()
+                x = measure(model, rec, cond, mem).float()  # [N]
+                sums[name][0] += float(x.sum())
+                sums[name][1] += x.numel()
         out[lang] = {"records": len(same), **{c: round(t / max(1, n), 4) for c, (t, n) in sums.items()}}
     return out
