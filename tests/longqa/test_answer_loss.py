@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hicae import ICAE, ICAEConfig
 from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.demo.tiny import tiny_model
-from hicae.longqa.answer_loss import answer_losses, record_kl, record_losses
+from hicae.longqa.answer_loss import answer_losses, compress, record_kl, record_losses
 from hicae.training.data import Collator
 
 from conftest import TINY_ICAE, perturb_trainable
@@ -114,10 +114,15 @@ def test_kl_of_the_memory_equals_what_ft_distill_trains(model):
 
 
 def test_answer_losses_adds_each_conditions_mean_kl(model):
-    zh = {**REC, "lang": "zh", "input": "另一段文字：调度器在每个时钟节拍唤醒空闲任务。"}
-    out = answer_losses(model, [REC, zh], ("memory", "full", "none"), kl=True)
-    assert set(out["en"]) == {"records", "memory", "full", "none", "kl_memory", "kl_none"}
-    for lang, rec in (("en", REC), ("zh", zh)):
-        assert out[lang]["kl_memory"] == pytest.approx(float(record_kl(model, rec, "memory").mean()), abs=1e-4)
-        assert out[lang]["kl_none"] == pytest.approx(float(record_kl(model, rec, "none").mean()), abs=1e-4)
+    other = {**REC, "input": "A different text: the scheduler wakes the idle task every tick."}
+    out = answer_losses(model, [REC, other], ("memory", "memory_foreign", "full", "none"), kl=True)
+    assert set(out["en"]) == {"records", "memory", "memory_foreign", "full", "none",
+                              "kl_memory", "kl_memory_foreign", "kl_none"}
+    # equal answers: the token mean is the mean of the two records'; each reads the other's input as foreign
+    for cond in ("memory", "none"):
+        want = sum(float(record_kl(model, r, cond).mean()) for r in (REC, other)) / 2
+        assert out["en"][f"kl_{cond}"] == pytest.approx(want, abs=1e-4)
+    foreign = [float(record_kl(model, r, "memory_foreign", compress(model, f["input"])).mean())
+               for r, f in ((REC, other), (other, REC))]
+    assert out["en"]["kl_memory_foreign"] == pytest.approx(sum(foreign) / 2, abs=1e-4)
     assert "kl_memory" not in answer_losses(model, [REC], ("memory",))["en"]
