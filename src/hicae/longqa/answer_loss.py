@@ -25,10 +25,7 @@ from typing import Any
 import torch
 
 from ..batching import pad_decoder
-from ..layout import IGNORE
-from ..layout import DecoderExample
-from ..layout import fulltext_content
-from ..layout import with_target
+from ..layout import IGNORE, DecoderExample, fulltext_content, with_target
 from ..memory import Memory
 
 CONDITIONS = ("memory", "memory_foreign", "full", "none")
@@ -63,30 +60,36 @@ def _batch(model: Any, ex: DecoderExample) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 @torch.no_grad()
+def record_measures(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None,
+                    kl: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``record_losses`` and, with ``kl``, ``record_kl`` of one record from one decoder pass of the
+    condition's reader: [N], [N] or None."""
+    if kl and condition == "full":
+        raise ValueError("the KL is measured against the full text: choose another condition")
+    ex, slots, placements = _reader(model, rec, condition, memory)
+    ids, labels, mask = _batch(model, ex)
+    hidden = model.decoder_hidden(ids, mask, None if slots is None else slots.to(model.device), placements)
+    losses, _ = model.labelled_losses(hidden, labels)  # = token_losses of the same batch
+    if not kl:
+        return losses, None
+    t_ids, t_labels, t_mask = _batch(model, _reader(model, rec, "full", None)[0])
+    taught = torch.ones(losses.numel(), dtype=torch.bool, device=model.device)  # every answer token
+    return losses, model.distill_losses(hidden, labels, taught, t_ids, t_labels, t_mask, temperature=1.0)
+
+
 def record_losses(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
     """Token losses [N] of ``rec['answer']`` and the end of turn under ``condition``. ``memory``: what the
     memory conditions read (``memory_foreign`` needs it: another input's; ``memory`` compresses the
     record's input without it)."""
-    ex, slots, placements = _reader(model, rec, condition, memory)
-    ids, labels, mask = _batch(model, ex)
-    losses, _ = model.token_losses(ids, labels, mask, None if slots is None else slots.to(model.device), placements)
-    return losses
+    return record_measures(model, rec, condition, memory)[0]
 
 
-@torch.no_grad()
 def record_kl(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
     """``KL(full || condition)`` [N] at each token of ``answer <end-of-turn>``, nats (T = 1): how far the
     condition's next-token distributions are from the plain base reading the full text. Held out, it is
     what ``--ft_distill`` trains (its teacher is that reader), beside the answer loss, which scores only
     the teacher's greedy answer."""
-    if condition == "full":
-        raise ValueError("the KL is measured against the full text: choose another condition")
-    ex, slots, placements = _reader(model, rec, condition, memory)
-    ids, labels, mask = _batch(model, ex)
-    hidden = model.decoder_hidden(ids, mask, None if slots is None else slots.to(model.device), placements)
-    t_ids, t_labels, t_mask = _batch(model, _reader(model, rec, "full", None)[0])
-    taught = torch.ones(int((labels[:, 1:] != IGNORE).sum()), dtype=torch.bool, device=model.device)
-    return model.distill_losses(hidden, labels, taught, t_ids, t_labels, t_mask, temperature=1.0)
+    return record_measures(model, rec, condition, memory, kl=True)[1]
 
 
 def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[str, ...] = CONDITIONS,
@@ -108,12 +111,11 @@ def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[s
 
     out: dict[str, dict[str, float]] = {}
     for lang, same in sorted(by_lang.items()):
-        measures = [(c, c, record_losses) for c in conditions]
-        measures += [(f"kl_{c}", c, record_kl) for c in conditions if kl and c != "full"]
-        sums = {name: [0.0, 0] for name, _, _ in measures}
+        names = [*conditions, *(f"kl_{c}" for c in conditions if kl and c != "full")]
+        sums = {name: [0.0, 0] for name in names}
         for i, rec in enumerate(same):
             foreign = next((r["input"] for r in same[i + 1:] + same[:i] if r["input"] != rec["input"]), None)
-            for name, cond, measure in measures:
+            for cond in conditions:
                 mem = None
                 if cond == "memory":
                     mem = memory_of(rec["input"])
@@ -121,8 +123,10 @@ def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[s
                     if foreign is None:
                         raise ValueError(f"memory_foreign: the {lang} records hold one input only")
                     mem = memory_of(foreign)
-                x = measure(model, rec, cond, mem).float()  # [N]
-                sums[name][0] += float(x.sum())
-                sums[name][1] += x.numel()
+                measured = record_measures(model, rec, cond, mem, kl=kl and cond != "full")  # [N], [N] or None
+                for name, x in ((cond, measured[0]), (f"kl_{cond}", measured[1])):
+                    if x is not None:
+                        sums[name][0] += float(x.float().sum())
+                        sums[name][1] += x.numel()
         out[lang] = {"records": len(same), **{c: round(t / max(1, n), 4) for c, (t, n) in sums.items()}}
     return out
