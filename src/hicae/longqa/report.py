@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .settings import CONDITIONS, DECODED, MEMORY
+from .stats import paired, wilson
 
 LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)",
           DECODED: "memory read back + BM25", "full": "full text",
@@ -27,7 +28,9 @@ def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
             for cond, cell in by_cond.items():
                 rs = cell.pop("rows")
                 ok = [r for r in rs if "na" not in r]
-                cell.update(n=len(ok), na=len(rs) - len(ok), accuracy=_mean([r["contains"] for r in ok]),
+                right = sum(r["contains"] > 0 for r in ok)
+                cell.update(n=len(ok), na=len(rs) - len(ok), right=right, accuracy_ci=list(wilson(right, len(ok))),
+                            accuracy=_mean([r["contains"] for r in ok]),
                             f1=_mean([r["f1"] for r in ok]), ttft_s=_mean([r["ttft_s"] for r in ok]),
                             answer_s=_mean([r["answer_s"] for r in ok]),
                             context_tokens=_mean([r["context_tokens"] for r in ok]),
@@ -41,6 +44,20 @@ def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
                     cell["gold_retrieved"] = _mean([float(r["gold_retrieved"]) for r in ok])
                 if rs and rs[0].get("na"):
                     cell["na_reason"] = rs[0]["na"]
+    return out
+
+
+def pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each memory condition against each other condition that ran, on the same questions: one entry per
+    language, length and pair (``paired``'s cell plus ``lang``, ``tokens``, ``a``, ``b``)."""
+    ran = {r["condition"] for r in rows}
+    mine = [c for c in (*MEMORY, DECODED) if c in ran]
+    out = []
+    for i, a in enumerate(mine):
+        for b in [c for c in CONDITIONS if c in ran and c not in mine[:i + 1]]:  # each pair once
+            for lang, by_len in paired(rows, a, b).items():
+                for tokens, cell in sorted(by_len.items(), key=lambda kv: int(kv[0])):
+                    out.append({"lang": lang, "tokens": tokens, "a": a, "b": b, **cell})
     return out
 
 
@@ -58,23 +75,35 @@ def render_markdown(report: dict[str, Any], s: Any) -> str:
              "once (compress s) and run the decoder over the memory once (prefix s: its KV cache), then answer every "
              "question from it. Memory read back + BM25: the flat memory's segments reconstructed once ([AE]; "
              "prefix s is that read-back), then BM25 over that text within the memory's slot count and the plain "
-             "base answering: what the memory holds, apart from the decoder's own lookup.", ""]
+             "base answering: what the memory holds, apart from the decoder's own lookup. Right: questions answered "
+             "right, with the accuracy's 95% Wilson interval.", ""]
     if report.get("command"):
         lines += ["```", report["command"], "```", ""]
     reasons: list[str] = []
     for lang, by_len in report["summary"].items():
-        lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | F1 | TTFT s | s/answer | context tokens | "
-                  "N | compress s | prefix s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | right (95% CI) | F1 | TTFT s | s/answer | "
+                  "context tokens | N | compress s | prefix s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for tokens in sorted(by_len, key=int):
             for cond in [c for c in CONDITIONS if c in by_len[tokens]]:
                 c = by_len[tokens][cond]
                 if c["n"] == 0:
                     reasons.append(f"{lang}, {tokens} tokens, {LABELS[cond]}: n/a: {c.get('na_reason', '')}")
-                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | n/a | | | | {_fmt(c['budget'], '.0f')} | | |")
+                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | | n/a | | | | {_fmt(c['budget'], '.0f')} | | |")
                     continue
-                lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | {_fmt(c['f1'])} | "
+                lo, hi = c["accuracy_ci"]
+                lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | "
+                             f"{c['right']} ({lo:.2f}-{hi:.2f}) | {_fmt(c['f1'])} | "
                              f"{_fmt(c['ttft_s'])} | {_fmt(c['answer_s'])} | {_fmt(c['context_tokens'], '.0f')} | "
                              f"{_fmt(c['budget'], '.0f')} | {_fmt(c.get('compress_s'))} | {_fmt(c.get('prefix_s'))} |")
+        lines.append("")
+    if report.get("pairs"):
+        lines += ["## Paired on the same questions", "",
+                  "Questions both conditions answered; only A / only B: right in one, wrong in the other; p: exact "
+                  "two-sided sign (McNemar) test on those, the chance of a split at least this uneven if A and B "
+                  "were equally good.", "",
+                  "| lang | tokens | A | B | n | both right | only A | only B | p |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['lang']} | {p['tokens']} | {LABELS[p['a']]} | {LABELS[p['b']]} | {p['n']} | {p['both']} | "
+                  f"{p['only_a']} | {p['only_b']} | {p['p']:.2f} |" for p in report["pairs"]]
         lines.append("")
     notes = list(report.get("notes") or []) + reasons
     if notes:

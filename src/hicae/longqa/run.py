@@ -33,7 +33,7 @@ from ..instruct.questions import Question, cloze_questions
 from .contexts import FirstTokenClock, bm25_ids, last_n_ids
 from .decoded import read_back
 from .documents import LongDoc
-from .report import render_markdown, summarise
+from .report import pairs, render_markdown, summarise
 from .settings import DECODED, MEMORY, LongQASettings
 
 ONCE = (*MEMORY, DECODED)  # conditions that compress the document once (their slot count is N)
@@ -202,7 +202,7 @@ def evaluate(docs: list[LongDoc], models: dict[str, Any], plain: Any, s: LongQAS
     report = {"command": command, "settings": dataclasses.asdict(s), "notes": notes,
               "documents": [{"id": d.id, "lang": d.lang, "tokens": d.tokens, "sources": d.sources[:50],
                              "n_sources": len(d.sources)} for d in docs],
-              "summary": summarise(rows, s), "machine": {"python": platform.python_version(), "torch": torch.__version__,
+              "summary": summarise(rows, s), "pairs": pairs(rows), "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                                          "threads": torch.get_num_threads(), "platform": platform.platform()}}
     write_text_atomic(out / "long_qa.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "long_qa.md", render_markdown(report, s))

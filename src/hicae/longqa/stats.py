@@ -1,0 +1,60 @@
+"""How sure a long-document row is: Wilson intervals for an accuracy, exact paired tests between conditions.
+
+Rows of 8-50 questions move 2-12 points per question, so "memory beats BM25" needs the questions both
+conditions answered, side by side: only the discordant ones (one right, the other wrong) tell them apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of ``k`` right out of ``n`` (``(0, 1)`` when ``n == 0``)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def sign_test_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar (sign) test: ``b`` questions only A got right, ``c`` only B.
+
+    Under "A and B are equally good" each discordant question goes either way with probability 1/2, so the
+    p-value is ``2 * P(X <= min(b, c))`` for ``X ~ Binomial(b + c, 1/2)``, at most 1.
+    """
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def paired(rows: Iterable[dict[str, Any]], a: str, b: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{lang: {tokens: cell}}`` comparing condition ``a`` with ``b`` on the questions both answered.
+
+    A question is ``(doc, q)``; rows marked ``na`` are left out. The cell holds ``n`` (questions both
+    answered), ``both`` (both right), ``only_a``, ``only_b`` and ``p`` (``sign_test_p(only_a, only_b)``).
+    """
+    right: dict[tuple[str, str, str], dict[tuple[Any, Any], bool]] = {}
+    for r in rows:
+        if "na" in r or r["condition"] not in (a, b):
+            continue
+        key = (r["lang"], str(r["tokens"]), r["condition"])
+        right.setdefault(key, {})[(r["doc"], r["q"])] = r["contains"] > 0
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (lang, tokens, cond), by_q in sorted(right.items()):
+        if cond != a or (lang, tokens, b) not in right:
+            continue
+        other = right[(lang, tokens, b)]
+        qs = [q for q in by_q if q in other]
+        both = sum(by_q[q] and other[q] for q in qs)
+        only_a = sum(by_q[q] and not other[q] for q in qs)
+        only_b = sum(other[q] and not by_q[q] for q in qs)
+        out.setdefault(lang, {})[tokens] = {"n": len(qs), "both": both, "only_a": only_a, "only_b": only_b,
+                                            "p": sign_test_p(only_a, only_b)}
+    return out

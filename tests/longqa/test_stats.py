@@ -1,0 +1,65 @@
+"""Wilson intervals, the exact sign test and the paired long-document comparison (hicae.longqa.stats)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hicae.longqa.report import pairs, render_markdown, summarise
+from hicae.longqa.stats import paired, sign_test_p, wilson
+
+
+def test_wilson_known_values():
+    # published 95% Wilson intervals (z = 1.96): 0/10 -> [0, 0.2775], 5/10 -> [0.2366, 0.7634]
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    lo, hi = wilson(4, 15)
+    assert lo < 4 / 15 < hi and wilson(8, 30)[1] - wilson(8, 30)[0] < hi - lo  # more questions, narrower
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_sign_test_exact():
+    assert sign_test_p(0, 5) == pytest.approx(2 / 32)
+    assert sign_test_p(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
+    assert sign_test_p(1, 9) == sign_test_p(9, 1)
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
+    # against the binomial tail summed directly
+    b, c = 2, 11
+    tail = sum(math.comb(13, i) * 0.5 ** 13 for i in range(0, 3))
+    assert sign_test_p(b, c) == pytest.approx(2 * tail)
+
+
+def _row(doc, q, cond, right, lang="en", tokens=2000, **kw):
+    return {"doc": doc, "q": q, "lang": lang, "tokens": tokens, "condition": cond, "contains": float(right),
+            "f1": float(right), "ttft_s": 0.1, "answer_s": 0.2, "context_tokens": 512, "budget": 512, **kw}
+
+
+def _rows():
+    mem = {("d0", 0): 1, ("d0", 1): 1, ("d0", 2): 0, ("d1", 0): 1, ("d1", 1): 0}
+    bm = {("d0", 0): 1, ("d0", 1): 0, ("d0", 2): 1, ("d1", 0): 0, ("d1", 1): 0}
+    rows = [_row(d, q, "memory_flat", v, compress_s=1.0, prefix_s=0.5) for (d, q), v in mem.items()]
+    rows += [_row(d, q, "bm25", v, gold_retrieved=True) for (d, q), v in bm.items()]
+    rows.append(_row("d1", 2, "bm25", 1, gold_retrieved=True))  # memory has no such question: not paired
+    rows.append({**_row("d1", 2, "memory_flat", 0, compress_s=1.0), "na": "over the window"})  # not asked
+    return rows
+
+
+def test_paired_counts_only_shared_questions():
+    cell = paired(_rows(), "memory_flat", "bm25")["en"]["2000"]
+    assert cell == {"n": 5, "both": 1, "only_a": 2, "only_b": 1, "p": sign_test_p(2, 1)}
+
+
+def test_report_has_counts_intervals_and_pairs():
+    rows = _rows() + [_row("z0", 0, "memory_flat", 0, lang="zh", compress_s=1.0, prefix_s=0.5),
+                      _row("z0", 0, "none", 1, lang="zh")]
+    summary = summarise(rows, None)
+    cell = summary["en"]["2000"]["memory_flat"]
+    assert (cell["n"], cell["na"], cell["right"]) == (5, 1, 3)
+    assert cell["accuracy_ci"] == pytest.approx(list(wilson(3, 5)))
+    ps = pairs(rows)
+    assert {(p["lang"], p["a"], p["b"]) for p in ps} == {("en", "memory_flat", "bm25"), ("zh", "memory_flat", "none")}
+    md = render_markdown({"summary": summary, "pairs": ps}, None)
+    assert "| 2000 | memory (flat) | 5 | 0.60 | 3 (0.23-0.88) |" in md
+    assert "| en | 2000 | memory (flat) | BM25 chunks | 5 | 1 | 2 | 1 | 1.00 |" in md
+    assert "| zh | 2000 | memory (flat) | no context | 1 | 0 | 0 | 1 | 1.00 |" in md
