@@ -556,6 +556,16 @@ class ICAE(nn.Module):
         tokens in the same order. ``temperature``: T (default ``distill_temperature``; the held-out measure of
         ``hicae.longqa.answer_loss`` reads the plain KL, T = 1).  -> [N_taught]
         """
+        with torch.no_grad():
+            t_hidden = self.decoder_hidden(teacher_ids, teacher_mask, None, None)  # [B_t, T', D]: the plain base
+        return self.distill_from_teacher(hidden, labels, taught, t_hidden, teacher_labels, temperature)
+
+    def distill_from_teacher(self, hidden: torch.Tensor, labels: torch.Tensor, taught: torch.Tensor,
+                             teacher_hidden: torch.Tensor, teacher_labels: torch.Tensor,
+                             temperature: float | None = None) -> torch.Tensor:
+        """``distill_losses`` from the teacher's final states ``teacher_hidden`` [B_t, T', D] already computed
+        (the plain base's ``decoder_hidden`` of the teacher batch): a caller that scores several students
+        against one teacher runs the teacher once.  -> [N_taught]"""
         target = labels[:, 1:]  # [B, T-1]; position i predicts token i+1
         student = hidden[:, :-1][target != IGNORE][taught]  # [N_taught, D]
         t_target = teacher_labels[:, 1:]
@@ -563,10 +573,7 @@ class ICAE(nn.Module):
         if not torch.equal(target[target != IGNORE][taught], t_target[t_sel]):
             raise DataError("distillation: the teacher's labelled tokens are not the taught examples' targets "
                             "(teacher_ids must hold the distilled examples' plain texts, in batch order)")
-        with torch.no_grad(), self.plain_decoding():
-            t_hidden = self.decoder.model(input_ids=teacher_ids, attention_mask=teacher_mask,
-                                          use_cache=False).last_hidden_state  # [B_t, T', D]
-        t_states = t_hidden[:, :-1][t_sel]  # [N_taught, D]: only these reach the 152k-wide output layer
+        t_states = teacher_hidden.detach()[:, :-1][t_sel]  # [N_taught, D]: only these reach the 152k-wide output layer
         head = self.decoder.get_output_embeddings()
         T = self.icae_config.distill_temperature if temperature is None else temperature
         out = []

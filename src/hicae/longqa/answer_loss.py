@@ -60,21 +60,35 @@ def _batch(model: Any, ex: DecoderExample) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 @torch.no_grad()
+def full_reading(model: Any, rec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain base reading the full text (the ``full`` condition, and the KL's reference): its final
+    states [1, T, D] and labels [1, T]. Computed once per record, it serves the ``full`` loss and every
+    condition's KL."""
+    ids, labels, mask = _batch(model, _reader(model, rec, "full", None)[0])
+    return model.decoder_hidden(ids, mask, None, None), labels
+
+
+@torch.no_grad()
 def record_measures(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None,
-                    kl: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    kl: bool = False, full: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``record_losses`` and, with ``kl``, ``record_kl`` of one record from one decoder pass of the
-    condition's reader: [N], [N] or None."""
+    condition's reader: [N], [N] or None. ``full``: the record's ``full_reading`` if already computed
+    (else it is computed here when needed)."""
     if kl and condition == "full":
         raise ValueError("the KL is measured against the full text: choose another condition")
+    if condition == "full":
+        hidden, labels = full if full is not None else full_reading(model, rec)
+        return model.labelled_losses(hidden, labels)[0], None
     ex, slots, placements = _reader(model, rec, condition, memory)
     ids, labels, mask = _batch(model, ex)
     hidden = model.decoder_hidden(ids, mask, None if slots is None else slots.to(model.device), placements)
     losses, _ = model.labelled_losses(hidden, labels)  # = token_losses of the same batch
     if not kl:
         return losses, None
-    t_ids, t_labels, t_mask = _batch(model, _reader(model, rec, "full", None)[0])
+    t_hidden, t_labels = full if full is not None else full_reading(model, rec)
     taught = torch.ones(losses.numel(), dtype=torch.bool, device=model.device)  # every answer token
-    return losses, model.distill_losses(hidden, labels, taught, t_ids, t_labels, t_mask, temperature=1.0)
+    return losses, model.distill_from_teacher(hidden, labels, taught, t_hidden, t_labels, temperature=1.0)
 
 
 def record_losses(model: Any, rec: dict[str, Any], condition: str, memory: Memory | None = None) -> torch.Tensor:
@@ -115,6 +129,8 @@ def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[s
         sums = {name: [0.0, 0] for name in names}
         for i, rec in enumerate(same):
             foreign = next((r["input"] for r in same[i + 1:] + same[:i] if r["input"] != rec["input"]), None)
+            # the full-text reading once per record: the full loss and every condition's KL reference
+            full = full_reading(model, rec) if kl or "full" in conditions else None
             for cond in conditions:
                 mem = None
                 if cond == "memory":
@@ -123,7 +139,7 @@ def answer_losses(model: Any, records: list[dict[str, Any]], conditions: tuple[s
                     if foreign is None:
                         raise ValueError(f"memory_foreign: the {lang} records hold one input only")
                     mem = memory_of(foreign)
-                measured = record_measures(model, rec, cond, mem, kl=kl and cond != "full")  # [N], [N] or None
+                measured = record_measures(model, rec, cond, mem, kl=kl and cond != "full", full=full)  # [N], [N] | None
                 for name, x in ((cond, measured[0]), (f"kl_{cond}", measured[1])):
                     if x is not None:
                         sums[name][0] += float(x.float().sum())
