@@ -11,7 +11,7 @@ import pytest
 from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.longqa.contexts import bm25_ids, chunks, last_n_ids
 from hicae.longqa.documents import build_long_docs, parse_lengths
-from hicae.longqa.run import contains, f1
+from hicae.longqa.scoring import contains, f1
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -32,6 +32,7 @@ def test_sign_test_exact():
 
 def _row(doc, q, cond, right, lang="en", tokens=2000, **kw):
     return {"doc": doc, "q": q, "lang": lang, "tokens": tokens, "condition": cond, "contains": float(right),
+            "strict": float(right), "answer": "x", "gold": "x",
             "f1": float(right), "ttft_s": 0.1, "answer_s": 0.2, "context_tokens": 512, "budget": 512, **kw}
 
 
@@ -48,6 +49,10 @@ def _rows():
 def test_paired_counts_only_shared_questions():
     cell = paired(_rows(), "memory_flat", "bm25")["en"]["2000"]
     assert cell == {"n": 5, "both": 1, "only_a": 2, "only_b": 1, "p": sign_test_p(2, 1)}
+    # by default on the strict score: a memory answer right only by LongBench's contains does not count
+    rows = [{**r, "strict": 0.0} if (r["condition"], r["doc"], r["q"]) == ("memory_flat", "d0", 1) else r for r in _rows()]
+    assert paired(rows, "memory_flat", "bm25")["en"]["2000"]["only_a"] == 1
+    assert paired(rows, "memory_flat", "bm25", key="contains")["en"]["2000"]["only_a"] == 2
 
 
 def test_report_has_counts_intervals_and_pairs():
@@ -55,11 +60,42 @@ def test_report_has_counts_intervals_and_pairs():
                       _row("z0", 0, "none", 1, lang="zh")]
     summary = summarise(rows, None)
     cell = summary["en"]["2000"]["memory_flat"]
-    assert (cell["n"], cell["na"], cell["right"]) == (5, 1, 3)
-    assert cell["accuracy_ci"] == pytest.approx(list(wilson(3, 5)))
+    assert (cell["n"], cell["na"], cell["strict_right"], cell["accuracy"]) == (5, 1, 3, 0.6)
+    assert cell["strict_ci"] == pytest.approx(list(wilson(3, 5)))
     ps = pairs(rows)
     assert {(p["lang"], p["a"], p["b"]) for p in ps} == {("en", "memory_flat", "bm25"), ("zh", "memory_flat", "none")}
     md = render_markdown({"summary": summary, "pairs": ps}, None)
     assert "| 2000 | memory (flat) | 5 | 0.60 | 3 (0.23-0.88) |" in md
     assert "| en | 2000 | memory (flat) | BM25 chunks | 5 | 1 | 2 | 1 | 1.00 |" in md
     assert "| zh | 2000 | memory (flat) | no context | 1 | 0 | 0 | 1 | 1.00 |" in md
+
+
+def test_report_from_stored_rows(tmp_path):
+    """experiments/long_qa_report.py's path: rows of two runs joined, rescored strict, written; a bad line
+    names its file and line; the same question in two runs is refused."""
+    import json
+
+    from hicae.errors import DataError
+    from hicae.longqa.report import join_rows, read_rows, write_report
+
+    rows = _rows()
+    mem = [r for r in rows if r["condition"] == "memory_flat"]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # rows of a run before the strict score: right by LongBench's contains only ("of the" for "of a")
+    old = [{**{k: v for k, v in r.items() if k != "strict"}, "answer": "of the", "gold": "of a"} for r in mem]
+    a.write_text("".join(json.dumps(r) + "\n" for r in old))
+    b.write_text("".join(json.dumps(r) + "\n" for r in rows if r["condition"] == "bm25"))
+    joined = join_rows([a, b])
+    assert len(joined) == len(rows)
+    report = write_report(joined, tmp_path / "out", "cmd")
+    cell = report["summary"]["en"]["2000"]["memory_flat"]
+    assert (cell["accuracy"], cell["strict_right"]) == (0.6, 0)  # rescored: none right strictly
+    assert "## Paired on the same questions" in (tmp_path / "out" / "long_qa.md").read_text()
+    with pytest.raises(DataError, match="also in"):
+        join_rows([a, a])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"doc": 1}\nnot json\n{"doc": 2}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2"):
+        read_rows(bad)
+    bad.write_text('{"doc": 1}\n{"doc": 2, "cut')  # an interrupted last write: dropped
+    assert read_rows(bad) == [{"doc": 1}]

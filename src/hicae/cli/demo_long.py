@@ -36,7 +36,7 @@ def long_document_part(model: Any, path: str | None, answer_from_text: Any, ques
     from ..instruct.build import text_rng
     from ..instruct.questions import cloze_questions
     from ..longqa.contexts import bm25_ids
-    from ..longqa.run import contains
+    from ..longqa.scoring import contains
 
     doc = Path(path) if path else LONG_DOCUMENT
     if not doc.is_file():

@@ -52,7 +52,7 @@ DATASET_MAX_NEW_TOKENS = {
 }
 _ZH_PUNCT = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
              "–—‘’‛“”„‟…‧﹏.")
-_EN_PUNCT = frozenset(string.punctuation)
+EN_PUNCT = _EN_PUNCT = frozenset(string.punctuation)  # public: longqa.scoring's strict match
 _ALL_PUNCT = frozenset(string.punctuation + _ZH_PUNCT)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"\d+")

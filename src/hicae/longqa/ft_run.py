@@ -26,7 +26,7 @@ from ..instruct.questions import cloze_questions
 from .documents import build_long_docs, parse_lengths
 from .finetune import DocMemory, combined_loss, memorise, step_losses, trainable_decoder_side
 from .ft_settings import LongDocFTSettings
-from .run import contains
+from .scoring import contains
 
 Log = Callable[[str], None]
 

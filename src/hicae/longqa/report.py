@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import platform
+from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
+from ..io.fileio import write_text_atomic
 from .settings import CONDITIONS, DECODED, MEMORY
+from .scoring import with_strict
 from .stats import paired, wilson
 
 LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)",
@@ -16,11 +22,62 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A run's ``rows.jsonl`` (none if absent). A cut last line (an interrupted write) is dropped, so that
+    its document x condition is redone; any other bad line is an error naming the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise DataError(f"{path}:{i}: not a JSON row ({e.msg}); remove or fix that line") from None
+    return out
+
+
+def join_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    """The rows of several runs as one table. The same question (document, question, condition) twice
+    is an error: two runs' documents with the same id must be the same document (same seed and sizes)."""
+    seen: dict[tuple[Any, ...], Path] = {}
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"{path}: no such rows file (experiments/long_qa.py writes rows.jsonl into --out_dir)")
+        for r in read_rows(path):
+            key = (r["doc"], r.get("q"), r["condition"])
+            if key in seen:
+                raise DataError(f"{path}: {r['doc']} question {r.get('q')} {r['condition']} is also in {seen[key]}; "
+                                "join runs of different documents or conditions")
+            seen[key] = path
+            rows.append(r)
+    return rows
+
+
+def write_report(rows: list[dict[str, Any]], out: Path, command: str | None, settings: dict[str, Any] | None = None,
+                 notes: list[str] | None = None, documents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``long_qa.json`` and ``long_qa.md`` in ``out`` from ``rows``: the summary, the pairs, and what the
+    run knows (its settings, notes and documents) where given."""
+    import torch
+
+    report = {"command": command, "settings": settings, "notes": list(notes or []), "documents": documents or [],
+              "summary": summarise(rows), "pairs": pairs(rows),
+              "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "platform": platform.platform()}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "long_qa.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "long_qa.md", render_markdown(report))
+    return report
+
+
+def summarise(rows: list[dict[str, Any]], s: Any = None) -> dict[str, Any]:
     """``{lang: {tokens: {condition: cell}}}``; a cell holds n, accuracy (gold contained), F1, mean times,
     context tokens, the memory's compress time, and ``na`` (how many questions could not be asked)."""
     out: dict[str, Any] = {}
-    for r in rows:
+    for r in with_strict(rows):
         cell = out.setdefault(r["lang"], {}).setdefault(str(r["tokens"]), {}).setdefault(r["condition"], {"rows": []})
         cell["rows"].append(r)
     for lang in out.values():
@@ -28,9 +85,10 @@ def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
             for cond, cell in by_cond.items():
                 rs = cell.pop("rows")
                 ok = [r for r in rs if "na" not in r]
-                right = sum(r["contains"] > 0 for r in ok)
-                cell.update(n=len(ok), na=len(rs) - len(ok), right=right, accuracy_ci=list(wilson(right, len(ok))),
-                            accuracy=_mean([r["contains"] for r in ok]),
+                right = sum(r["strict"] > 0 for r in ok)
+                cell.update(n=len(ok), na=len(rs) - len(ok), accuracy=_mean([r["contains"] for r in ok]),
+                            strict=_mean([r["strict"] for r in ok]), strict_right=right,
+                            strict_ci=list(wilson(right, len(ok))),
                             f1=_mean([r["f1"] for r in ok]), ttft_s=_mean([r["ttft_s"] for r in ok]),
                             answer_s=_mean([r["answer_s"] for r in ok]),
                             context_tokens=_mean([r["context_tokens"] for r in ok]),
@@ -50,6 +108,7 @@ def summarise(rows: list[dict[str, Any]], s: Any) -> dict[str, Any]:
 def pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each memory condition against each other condition that ran, on the same questions: one entry per
     language, length and pair (``paired``'s cell plus ``lang``, ``tokens``, ``a``, ``b``)."""
+    rows = with_strict(rows)
     ran = {r["condition"] for r in rows}
     mine = [c for c in (*MEMORY, DECODED) if c in ran]
     out = []
@@ -65,7 +124,7 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def render_markdown(report: dict[str, Any], s: Any) -> str:
+def render_markdown(report: dict[str, Any], s: Any = None) -> str:
     lines = ["# Long-document QA", "",
              "Cloze questions (the words that follow a quoted cue) spread evenly over each held-out document; "
              "accuracy = the gold span is contained in the answer after LongBench's normalisation; F1 = LongBench's "
@@ -75,13 +134,15 @@ def render_markdown(report: dict[str, Any], s: Any) -> str:
              "once (compress s) and run the decoder over the memory once (prefix s: its KV cache), then answer every "
              "question from it. Memory read back + BM25: the flat memory's segments reconstructed once ([AE]; "
              "prefix s is that read-back), then BM25 over that text within the memory's slot count and the plain "
-             "base answering: what the memory holds, apart from the decoder's own lookup. Right: questions answered "
-             "right, with the accuracy's 95% Wilson interval.", ""]
+             "base answering: what the memory holds, apart from the decoder's own lookup. Strict: the gold's words, "
+             "articles kept, as whole adjacent words of the answer (LongBench's normalisation drops articles, so a "
+             "gold 'of a' becomes 'of', and its substring test finds that inside 'often'); Chinese: as accuracy. "
+             "Strict right: how many, with the 95% Wilson interval of that share.", ""]
     if report.get("command"):
         lines += ["```", report["command"], "```", ""]
     reasons: list[str] = []
     for lang, by_len in report["summary"].items():
-        lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | right (95% CI) | F1 | TTFT s | s/answer | "
+        lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | strict right (95% CI) | F1 | TTFT s | s/answer | "
                   "context tokens | N | compress s | prefix s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for tokens in sorted(by_len, key=int):
             for cond in [c for c in CONDITIONS if c in by_len[tokens]]:
@@ -90,15 +151,15 @@ def render_markdown(report: dict[str, Any], s: Any) -> str:
                     reasons.append(f"{lang}, {tokens} tokens, {LABELS[cond]}: n/a: {c.get('na_reason', '')}")
                     lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | | n/a | | | | {_fmt(c['budget'], '.0f')} | | |")
                     continue
-                lo, hi = c["accuracy_ci"]
+                lo, hi = c["strict_ci"]
                 lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | "
-                             f"{c['right']} ({lo:.2f}-{hi:.2f}) | {_fmt(c['f1'])} | "
+                             f"{c['strict_right']} ({lo:.2f}-{hi:.2f}) | {_fmt(c['f1'])} | "
                              f"{_fmt(c['ttft_s'])} | {_fmt(c['answer_s'])} | {_fmt(c['context_tokens'], '.0f')} | "
                              f"{_fmt(c['budget'], '.0f')} | {_fmt(c.get('compress_s'))} | {_fmt(c.get('prefix_s'))} |")
         lines.append("")
     if report.get("pairs"):
         lines += ["## Paired on the same questions", "",
-                  "Questions both conditions answered; only A / only B: right in one, wrong in the other; p: exact "
+                  "Questions both conditions answered, scored strict; only A / only B: right in one, wrong in the other; p: exact "
                   "two-sided sign (McNemar) test on those, the chance of a split at least this uneven if A and B "
                   "were equally good.", "",
                   "| lang | tokens | A | B | n | both right | only A | only B | p |", "|---|---|---|---|---|---|---|---|---|"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -23,31 +22,19 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..decoding.generation import generate_plain
-from ..evaluation import longbench
 from ..evaluation.decoding import chat_prompt_ids, decode
 from ..layout import fulltext_content
 from ..evaluation.runtime import compress_ids
-from ..io.fileio import write_text_atomic
 from ..instruct.build import text_rng
 from ..instruct.questions import Question, cloze_questions
 from .contexts import FirstTokenClock, bm25_ids, last_n_ids
 from .decoded import read_back
 from .documents import LongDoc
-from .report import pairs, render_markdown, summarise
+from .report import read_rows, write_report
+from .scoring import contains, f1, strict
 from .settings import DECODED, MEMORY, LongQASettings
 
 ONCE = (*MEMORY, DECODED)  # conditions that compress the document once (their slot count is N)
-
-
-def contains(answer: str, gold: str, lang: str) -> float:
-    """1.0 when the normalised gold span is inside the normalised answer (LongBench's normalisations)."""
-    norm = longbench.normalize_zh_answer if lang == "zh" else longbench.normalize_answer
-    g = norm(gold)
-    return float(bool(g) and g in norm(answer))
-
-
-def f1(answer: str, gold: str, lang: str) -> float:
-    return (longbench.qa_f1_zh if lang == "zh" else longbench.qa_f1)(answer, gold)
 
 
 def questions_of(doc: LongDoc, s: LongQASettings) -> list[Question]:
@@ -140,25 +127,11 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
         else:  # none
             answer, ttft, total, _ = _plain_answer(plain, q.prompt, s)
             ctx = 0
-        row.update(answer=answer, contains=contains(answer, q.gold, doc.lang), f1=f1(answer, q.gold, doc.lang),
+        row.update(answer=answer, contains=contains(answer, q.gold, doc.lang), strict=strict(answer, q.gold, doc.lang),
+                   f1=f1(answer, q.gold, doc.lang),
                    ttft_s=ttft, answer_s=total, context_tokens=ctx)
         rows.append(row)
     return rows
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = []
-    for i, line in enumerate(lines, 1):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):  # an interrupted write: that (document, condition) is redone
-                break
-            raise
-    return out
 
 
 def evaluate(docs: list[LongDoc], models: dict[str, Any], plain: Any, s: LongQASettings, notes: list[str],
@@ -199,14 +172,9 @@ def evaluate(docs: list[LongDoc], models: dict[str, Any], plain: Any, s: LongQAS
             scored = [r for r in new if "na" not in r]
             acc = sum(r["contains"] for r in scored) / len(scored) if scored else float("nan")
             log(f"{doc.id} {cond}: accuracy {acc:.2f} over {len(scored)} ({time.perf_counter() - t:.1f} s)")
-    report = {"command": command, "settings": dataclasses.asdict(s), "notes": notes,
-              "documents": [{"id": d.id, "lang": d.lang, "tokens": d.tokens, "sources": d.sources[:50],
-                             "n_sources": len(d.sources)} for d in docs],
-              "summary": summarise(rows, s), "pairs": pairs(rows), "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                                         "threads": torch.get_num_threads(), "platform": platform.platform()}}
-    write_text_atomic(out / "long_qa.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(out / "long_qa.md", render_markdown(report, s))
-    return report
+    documents = [{"id": d.id, "lang": d.lang, "tokens": d.tokens, "sources": d.sources[:50],
+                  "n_sources": len(d.sources)} for d in docs]
+    return write_report(rows, out, command, settings=dataclasses.asdict(s), notes=notes, documents=documents)
 
 
 def seeded(seed: int) -> None:

@@ -34,18 +34,19 @@ def sign_test_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired(rows: Iterable[dict[str, Any]], a: str, b: str) -> dict[str, dict[str, dict[str, Any]]]:
+def paired(rows: Iterable[dict[str, Any]], a: str, b: str, key: str = "strict"
+           ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{lang: {tokens: cell}}`` comparing condition ``a`` with ``b`` on the questions both answered.
 
-    A question is ``(doc, q)``; rows marked ``na`` are left out. The cell holds ``n`` (questions both
+    A question is ``(doc, q)``; rows marked ``na`` are left out; right = the row's ``key`` score > 0. The cell holds ``n`` (questions both
     answered), ``both`` (both right), ``only_a``, ``only_b`` and ``p`` (``sign_test_p(only_a, only_b)``).
     """
     right: dict[tuple[str, str, str], dict[tuple[Any, Any], bool]] = {}
     for r in rows:
         if "na" in r or r["condition"] not in (a, b):
             continue
-        key = (r["lang"], str(r["tokens"]), r["condition"])
-        right.setdefault(key, {})[(r["doc"], r["q"])] = r["contains"] > 0
+        where = (r["lang"], str(r["tokens"]), r["condition"])
+        right.setdefault(where, {})[(r["doc"], r["q"])] = r[key] > 0
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for (lang, tokens, cond), by_q in sorted(right.items()):
         if cond != a or (lang, tokens, b) not in right:

@@ -1,0 +1,39 @@
+"""Rewrite the long-document QA report from stored rows, with no model: after a scoring change, or to
+join several runs' rows (other lengths, languages or conditions on the same seed) into one table.
+
+    .venv/bin/python experiments/long_qa_report.py --rows outputs/lq19/en2k/rows.jsonl,outputs/lq19/en8k/rows.jsonl \
+        --out_dir outputs/lq19/all     # -> long_qa.json, long_qa.md (the strict score filled in for old rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hicae.errors import HicaeError
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", required=True, help="comma-separated rows.jsonl files of experiments/long_qa.py runs")
+    p.add_argument("--out_dir", required=True, help="where long_qa.json and long_qa.md go")
+    a = p.parse_args(argv)
+    try:
+        from hicae.longqa.report import join_rows, write_report
+
+        rows = join_rows([Path(x) for x in a.rows.split(",") if x])
+        command = "experiments/long_qa_report.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+        report = write_report(rows, Path(a.out_dir), command)
+    except HicaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"rows": len(rows), "out_dir": a.out_dir,
+                      "languages": sorted(report["summary"])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
