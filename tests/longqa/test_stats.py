@@ -58,13 +58,13 @@ def test_paired_counts_only_shared_questions():
 def test_report_has_counts_intervals_and_pairs():
     rows = _rows() + [_row("z0", 0, "memory_flat", 0, lang="zh", compress_s=1.0, prefix_s=0.5),
                       _row("z0", 0, "none", 1, lang="zh")]
-    summary = summarise(rows, None)
+    summary = summarise(rows)
     cell = summary["en"]["2000"]["memory_flat"]
     assert (cell["n"], cell["na"], cell["strict_right"], cell["accuracy"]) == (5, 1, 3, 0.6)
     assert cell["strict_ci"] == pytest.approx(list(wilson(3, 5)))
     ps = pairs(rows)
     assert {(p["lang"], p["a"], p["b"]) for p in ps} == {("en", "memory_flat", "bm25"), ("zh", "memory_flat", "none")}
-    md = render_markdown({"summary": summary, "pairs": ps}, None)
+    md = render_markdown({"summary": summary, "pairs": ps})
     assert "| 2000 | memory (flat) | 5 | 0.60 | 3 (0.23-0.88) |" in md
     assert "| en | 2000 | memory (flat) | BM25 chunks | 5 | 1 | 2 | 1 | 1.00 |" in md
     assert "| zh | 2000 | memory (flat) | no context | 1 | 0 | 0 | 1 | 1.00 |" in md

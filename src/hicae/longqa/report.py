@@ -73,9 +73,10 @@ def write_report(rows: list[dict[str, Any]], out: Path, command: str | None, set
     return report
 
 
-def summarise(rows: list[dict[str, Any]], s: Any = None) -> dict[str, Any]:
-    """``{lang: {tokens: {condition: cell}}}``; a cell holds n, accuracy (gold contained), F1, mean times,
-    context tokens, the memory's compress time, and ``na`` (how many questions could not be asked)."""
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{lang: {tokens: {condition: cell}}}``; a cell holds n, accuracy (LongBench's contains), strict (its
+    mean, ``strict_right`` the count, ``strict_ci`` the count's 95% Wilson interval as a share), F1, mean
+    times, context tokens, the memory's compress time, and ``na`` (how many questions could not be asked)."""
     out: dict[str, Any] = {}
     for r in with_strict(rows):
         cell = out.setdefault(r["lang"], {}).setdefault(str(r["tokens"]), {}).setdefault(r["condition"], {"rows": []})
@@ -124,7 +125,7 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def render_markdown(report: dict[str, Any], s: Any = None) -> str:
+def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# Long-document QA", "",
              "Cloze questions (the words that follow a quoted cue) spread evenly over each held-out document; "
              "accuracy = the gold span is contained in the answer after LongBench's normalisation; F1 = LongBench's "
