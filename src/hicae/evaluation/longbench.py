@@ -52,7 +52,7 @@ DATASET_MAX_NEW_TOKENS = {
 }
 _ZH_PUNCT = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
              "–—‘’‛“”„‟…‧﹏.")
-EN_PUNCT = _EN_PUNCT = frozenset(string.punctuation)  # public: longqa.scoring's strict match
+_EN_PUNCT = frozenset(string.punctuation)
 _ALL_PUNCT = frozenset(string.punctuation + _ZH_PUNCT)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"\d+")
@@ -73,10 +73,14 @@ def check_dataset(name: str, where: str) -> str:
 # ---- normalisation and tokens ------------------------------------------------------------------------
 
 
+def lower_no_punct(s: str) -> str:
+    """Lower case without ASCII punctuation: the first step of ``normalize_answer`` (articles kept)."""
+    return "".join(ch for ch in s.lower() if ch not in _EN_PUNCT)
+
+
 def normalize_answer(s: str) -> str:
     """LongBench's English normalisation: lower case, no ASCII punctuation, no articles, single spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in _EN_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", s).split())
+    return " ".join(_ARTICLES.sub(" ", lower_no_punct(s)).split())
 
 
 def normalize_zh_answer(s: str) -> str:

@@ -19,16 +19,12 @@ def contains(answer: str, gold: str, lang: str) -> float:
     return float(bool(g) and g in norm(answer))
 
 
-def _words(s: str) -> list[str]:
-    return "".join(ch for ch in s.lower() if ch not in longbench.EN_PUNCT).split()
-
-
 def strict(answer: str, gold: str, lang: str) -> float:
     """1.0 when every word of the gold span, articles included, appears in the answer as whole words in
     the same order and adjacent (lower case, ASCII punctuation removed); Chinese: ``contains``."""
     if lang == "zh":
         return contains(answer, gold, lang)
-    g, a = _words(gold), _words(answer)
+    g, a = longbench.lower_no_punct(gold).split(), longbench.lower_no_punct(answer).split()
     return float(bool(g) and any(a[i:i + len(g)] == g for i in range(len(a) - len(g) + 1)))
 
 
