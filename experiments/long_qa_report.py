@@ -3,6 +3,9 @@ join several runs' rows (other lengths, languages or conditions on the same seed
 
     .venv/bin/python experiments/long_qa_report.py --rows outputs/lq19/en2k/rows.jsonl,outputs/lq19/en8k/rows.jsonl \
         --out_dir outputs/lq19/all     # -> long_qa.json, long_qa.md (the strict score filled in for old rows)
+
+A rows file given as ``PATH:full+none`` gives only those conditions (e.g. the budget-free ones of a run
+whose baselines had another N).
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     from hicae.errors import HicaeError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", required=True, help="comma-separated rows.jsonl files of experiments/long_qa.py runs")
+    p.add_argument("--rows", required=True, help="comma-separated rows.jsonl files of experiments/long_qa.py runs; "
+                                                 "PATH:COND+COND takes only those conditions from PATH")
     p.add_argument("--out_dir", required=True, help="where long_qa.json and long_qa.md go")
     a = p.parse_args(argv)
     try:
         from hicae.longqa.report import join_rows, write_report
 
-        rows = join_rows([Path(x) for x in a.rows.split(",") if x])
+        specs = [x.partition(":") for x in a.rows.split(",") if x]
+        only = {Path(path): set(conds.split("+")) for path, _, conds in specs if conds}
+        rows = join_rows([Path(path) for path, _, _ in specs], only)
         command = "experiments/long_qa_report.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
         report = write_report(rows, Path(a.out_dir), command)
     except HicaeError as e:

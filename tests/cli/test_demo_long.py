@@ -1,4 +1,4 @@
-"""``hicae demo``'s long-document part on a tiny model: three questions, three conditions each, right/wrong marked."""
+"""``hicae demo``'s long-document part on a tiny model: three questions, four readers each, right/wrong marked."""
 
 from __future__ import annotations
 
@@ -31,8 +31,11 @@ def test_long_document_part_asks_three_questions_from_memory_full_text_and_bm25(
     assert n_tok > model.icae_config.model_max_length  # longer than the model's limit: the demo compresses it all
     assert got["tokens"] == n_tok and got["slots"] == model.num_slots(n_tok) and got["questions"] == 3
     assert out.count("Q: ") == 3 and out.count("memory ") >= 3 and out.count("BM25") >= 3
+    # the decoder also reads only the picked segments: 64 slots = 16 segments of k = 4
+    assert got["picked_slots"] == 64 and out.count("     memory, 64 slots picked  ") == 3 and "of the 16 segments" in out
     assert len(asked) == 6 and asked[0][0] == len(TEXT) and asked[1][0] < len(TEXT)  # full text, then BM25's chunks
     assert got["right"]["BM25"] == 0 and got["right"]["full text"] in (0, 1)
+    assert set(got["right"]) == {"memory", "memory, 64 slots picked", "full text", "BM25"}
 
 
 def test_missing_document_is_skipped_with_a_note(tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_dry_run_every_condition_and_resume(tmp_path, corpus, icae_ckpt, hier_ck
             "--out_dir", str(out), "--full_max_tokens", "200"]
     assert _script().main(argv) == 0
     rep = json.loads((out / "long_qa.json").read_text())
-    conds = {"memory_flat", "memory_hier", "memory_decoded", "full", "last_n", "bm25", "none"}
+    conds = {"memory_flat", "memory_hier", "memory_retrieved", "memory_decoded", "full", "last_n", "bm25", "none"}
     for lang in ("en", "zh"):
         assert set(rep["summary"][lang]) == {"96", "160"}
         for cells in rep["summary"][lang].values():
@@ -89,12 +89,30 @@ def test_dry_run_every_condition_and_resume(tmp_path, corpus, icae_ckpt, hier_ck
             assert r["budget"] == r["slots"] == flat["slots"] and r["decoded_tokens"] > 0
         if r["condition"] == "memory_hier":
             assert r["slots"] <= 16
+        if r["condition"] == "memory_retrieved":  # --retrieve_slots 8 (DRY): two segments of k = 4 read
+            flat = next(x for x in rows if x["doc"] == r["doc"] and x["condition"] == "memory_flat")
+            assert r["context_tokens"] == r["budget"] == r["slots"] == 8 and r["memory_slots"] == flat["slots"]
+            assert len(r["chunks"]) == 2 and r["chunks"] == sorted(r["chunks"]) and r["retrieve_from"] == "text"
     # the full text of 160 tokens does not fit --full_max_tokens 200 with the chat template: n/a, not a score
     assert rep["summary"]["en"]["160"]["full"]["n"] == 0 and rep["summary"]["en"]["160"]["full"]["na"] > 0
     md = (out / "long_qa.md").read_text()
     assert "## en" in md and "## zh" in md and "BM25 chunks" in md and "n/a" in md
     data = (out / "rows.jsonl").read_bytes()
     assert _script().main(argv) == 0 and (out / "rows.jsonl").read_bytes() == data  # nothing redone
+
+
+def test_retrieved_segments_from_the_memory_read_back(tmp_path, corpus, icae_ckpt):
+    out = tmp_path / "rb"
+    argv = ["--dry_run", "--checkpoint", str(icae_ckpt), "--corpus", str(corpus), "--out_dir", str(out),
+            "--conditions", "memory_retrieved,bm25", "--languages", "en", "--retrieve_from", "read_back",
+            "--retrieve_slots", "5"]
+    assert _script().main(argv) == 0
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    mine = [r for r in rows if r["condition"] == "memory_retrieved"]
+    assert mine and all(r["retrieve_from"] == "read_back" and r["prefix_s"] > 0 for r in mine)
+    assert all(r["slots"] == r["context_tokens"] == 4 and len(r["chunks"]) == 1 for r in mine)  # one whole segment
+    # the baseline's N is the slots the decoder read, not the whole memory
+    assert all(r["budget"] == 4 for r in rows if r["condition"] == "bm25")
 
 
 def test_memory_answers_are_the_same_with_the_prefix_computed_once(tmp_path, corpus, icae_ckpt):

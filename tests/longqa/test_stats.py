@@ -48,7 +48,14 @@ def _rows():
 
 def test_paired_counts_only_shared_questions():
     cell = paired(_rows(), "memory_flat", "bm25")["en"]["2000"]
-    assert cell == {"n": 5, "both": 1, "only_a": 2, "only_b": 1, "p": sign_test_p(2, 1)}
+    assert cell == {"n": 5, "both": 1, "only_a": 2, "only_b": 1, "p": sign_test_p(2, 1),
+                    "f1_a": 2, "f1_b": 1, "f1_p": sign_test_p(2, 1)}
+    # F1's own sign test: partial credit counts where strict sees two wrong answers; ties are left out
+    rows = [{**r, "f1": 0.5} if (r["condition"], r["doc"], r["q"]) in (("memory_flat", "d1", 1), ("bm25", "d0", 1))
+            else r for r in _rows()]
+    cell = paired(rows, "memory_flat", "bm25")["en"]["2000"]
+    assert (cell["only_a"], cell["only_b"], cell["f1_a"], cell["f1_b"]) == (2, 1, 3, 1)
+    assert "f1_a" not in paired([{k: v for k, v in r.items() if k != "f1"} for r in _rows()], "memory_flat", "bm25")["en"]["2000"]
     # by default on the strict score: a memory answer right only by LongBench's contains does not count
     rows = [{**r, "strict": 0.0} if (r["condition"], r["doc"], r["q"]) == ("memory_flat", "d0", 1) else r for r in _rows()]
     assert paired(rows, "memory_flat", "bm25")["en"]["2000"]["only_a"] == 1
@@ -66,7 +73,7 @@ def test_report_has_counts_intervals_and_pairs():
     assert {(p["lang"], p["a"], p["b"]) for p in ps} == {("en", "memory_flat", "bm25"), ("zh", "memory_flat", "none")}
     md = render_markdown({"summary": summary, "pairs": ps})
     assert "| 2000 | memory (flat) | 5 | 0.60 | 3 (0.23-0.88) |" in md
-    assert "| en | 2000 | memory (flat) | BM25 chunks | 5 | 1 | 2 | 1 | 1.00 |" in md
+    assert "| en | 2000 | memory (flat) | BM25 chunks | 5 | 1 | 2 | 1 | 1.00 | 2 / 1 | 1.00 |" in md
     assert "| zh | 2000 | memory (flat) | no context | 1 | 0 | 0 | 1 | 1.00 |" in md
 
 
@@ -93,9 +100,37 @@ def test_report_from_stored_rows(tmp_path):
     assert "## Paired on the same questions" in (tmp_path / "out" / "long_qa.md").read_text()
     with pytest.raises(DataError, match="also in"):
         join_rows([a, a])
+    # one condition of a run only (PATH:bm25 in experiments/long_qa_report.py): no clash with the other's
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    picked = join_rows([a, both], {both: {"bm25"}})
+    assert sorted(r["condition"] for r in picked) == sorted(r["condition"] for r in rows)
+    # other questions of the same documents (another --questions) are more questions, not a clash
+    asked = [{**r, "question": f"which words follow cue {r['q']}?"} for r in mem]
+    other = [{**r, "question": f"which words follow another cue {r['q']}?"} for r in mem]
+    c, d = tmp_path / "c.jsonl", tmp_path / "d.jsonl"
+    c.write_text("".join(json.dumps(r) + "\n" for r in asked))
+    d.write_text("".join(json.dumps(r) + "\n" for r in other))
+    assert len(join_rows([c, d])) == 2 * len(mem)
+    with pytest.raises(DataError, match="also in"):
+        join_rows([c, c])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"doc": 1}\nnot json\n{"doc": 2}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2"):
         read_rows(bad)
     bad.write_text('{"doc": 1}\n{"doc": 2, "cut')  # an interrupted last write: dropped
     assert read_rows(bad) == [{"doc": 1}]
+
+
+def test_pairs_pool_the_lengths_of_a_language():
+    extra = {"memory_flat": {"compress_s": 1.0}, "bm25": {"gold_retrieved": True}}
+    rows = _rows() + [_row(d, q, c, v, tokens=8000, **extra[c])
+                      for (d, q, c, v) in (("e0", 0, "memory_flat", 1), ("e0", 0, "bm25", 0),
+                                           ("e0", 1, "memory_flat", 1), ("e0", 1, "bm25", 0))]
+    ps = {(p["tokens"], p["a"], p["b"]): p for p in pairs(rows)}
+    assert set(ps) == {("2000", "memory_flat", "bm25"), ("8000", "memory_flat", "bm25"), ("all", "memory_flat", "bm25")}
+    two, eight, pooled = (ps[(t, "memory_flat", "bm25")] for t in ("2000", "8000", "all"))
+    for k in ("n", "both", "only_a", "only_b", "f1_a", "f1_b"):
+        assert pooled[k] == two[k] + eight[k]
+    assert pooled["p"] == sign_test_p(4, 1) and "| en | all | memory (flat) | BM25 chunks | 7 |" in render_markdown(
+        {"summary": summarise(rows), "pairs": pairs(rows)})

@@ -4,8 +4,10 @@ three questions answered from its memory beside the full text and BM25-retrieved
 The document is the GPL-3 text that every Debian system carries (``/usr/share/common-licenses/GPL-3``,
 base-files; in none of the adapter's training data), or ``--long_document FILE``. The questions are
 cloze questions (which words follow a quoted phrase): their answer is a span of the text, so each
-answer is marked right or wrong, as in ``experiments/long_qa.py``. BM25 reads as many tokens as the
-memory has slots (the same budget).
+answer is marked right or wrong by the strict score of ``experiments/long_qa.py``. Four readers: the
+decoder over the whole memory; the decoder over the slots of the few segments BM25 picks for the question
+(``PICKED_SLOTS``: 64 slots, 256 tokens of text at 4x); the plain base over the full text; the plain base
+over BM25 chunks of as many tokens as the whole memory has slots (the same budget).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 LONG_DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
+PICKED_SLOTS = 64  # the picked segments' slots the decoder reads (long_qa's --retrieve_slots default)
 
 
 def timed(fn: Any) -> tuple[Any, float]:
@@ -36,7 +39,8 @@ def long_document_part(model: Any, path: str | None, answer_from_text: Any, ques
     from ..instruct.build import text_rng
     from ..instruct.questions import cloze_questions
     from ..longqa.contexts import bm25_ids
-    from ..longqa.scoring import contains
+    from ..longqa.retrieved import retrieved_memory, segment_ids
+    from ..longqa.scoring import strict
 
     doc = Path(path) if path else LONG_DOCUMENT
     if not doc.is_file():
@@ -54,18 +58,24 @@ def long_document_part(model: Any, path: str | None, answer_from_text: Any, ques
     print(f"\n[demo] long document {doc} ({len(ids)} tokens) -> {n} memory slots: compressed once in {t_comp:.1f} s, "
           f"the decoder read the memory once in {t_prefix:.1f} s; then {len(qs)} questions (the words after a quote):")
     tok = model.tokenizer
-    score = {"memory": 0.0, "full text": 0.0, "BM25": 0.0}
+    seg_texts = [tok.decode(p) for p in segment_ids(model, ids)]  # what BM25 picks the memory's segments by
+    picked = f"memory, {PICKED_SLOTS} slots picked"
+    score = {"memory": 0.0, picked: 0.0, "full text": 0.0, "BM25": 0.0}
     for q in qs:
         with torch.no_grad():
             ans_mem, t_mem = timed(lambda: model.generate(mem, [q.prompt], max_new_tokens=16, prefix_cache=cache)[0])
+            (sub, _), t_pick = timed(lambda: retrieved_memory(model, mem, seg_texts, q.prompt, PICKED_SLOTS))
+            ans_pick, t_sub = timed(lambda: model.generate(sub, [q.prompt], max_new_tokens=16, prefix_cache=False)[0])
         ans_full, t_full = timed(lambda: answer_from_text(model, text, q.prompt, 16))
         ctx, _ = bm25_ids(ids, q.prompt, n, 128, tok)
         ans_bm25, t_bm25 = timed(lambda: answer_from_text(model, tok.decode(ctx), q.prompt, 16))
         print(f"\n  Q: {q.prompt}\n     gold: {q.gold!r}")
-        for label, ans, t in (("memory", ans_mem, t_mem), ("full text", ans_full, t_full), ("BM25", ans_bm25, t_bm25)):
-            ok = contains(ans, q.gold or "", q.lang)
+        for label, ans, t in (("memory", ans_mem, t_mem), (picked, ans_pick, t_pick + t_sub),
+                              ("full text", ans_full, t_full), ("BM25", ans_bm25, t_bm25)):
+            ok = strict(ans, q.gold or "", q.lang)
             score[label] += ok
-            print(f"     {label:<10} {'right' if ok else 'wrong'}  {t:5.1f} s  {_short(ans)!r}")
+            print(f"     {label:<24} {'right' if ok else 'wrong'}  {t:5.1f} s  {_short(ans)!r}")
     print(f"\n  right out of {len(qs)}: " + ", ".join(f"{k} {int(v)}" for k, v in score.items()) +
-          f" (memory: {n} slots; full text: {len(ids)} tokens; BM25: {n} tokens)")
-    return {"tokens": len(ids), "slots": n, "right": score, "questions": len(qs)}
+          f" (memory: {n} slots; picked: the {sub.num_slots[0]} slots of the {sub.num_segments[0]}"
+          f" segments BM25 ranks best; full text: {len(ids)} tokens; BM25: {n} tokens)")
+    return {"tokens": len(ids), "slots": n, "picked_slots": sub.num_slots[0], "right": score, "questions": len(qs)}

@@ -30,12 +30,16 @@ def segment_memory(model: Any, mem: Memory) -> Memory:
                   encoder_weights=mem.encoder_weights)
 
 
-def read_back(model: Any, mem: Memory, rows: int = 32) -> list[int]:
-    """The document's ids as the memory holds them: every segment reconstructed (greedy, ``rows`` at a time)."""
+def read_back_segments(model: Any, mem: Memory, rows: int = 32) -> list[list[int]]:
+    """Each segment of a one-text flat memory reconstructed (greedy, ``rows`` segments at a time)."""
     seg = segment_memory(model, mem)
-    out: list[int] = []
+    out: list[list[int]] = []
     limit = max(seg.num_tokens) + 8  # as `hicae eval --task ae` allows
     for i in range(0, len(seg), rows):
-        for ids in model.reconstruct_ids(seg[list(range(i, min(i + rows, len(seg))))], max_new_tokens=limit):
-            out += ids
+        out += model.reconstruct_ids(seg[list(range(i, min(i + rows, len(seg))))], max_new_tokens=limit)
     return out
+
+
+def read_back(model: Any, mem: Memory, rows: int = 32) -> list[int]:
+    """The document's ids as the memory holds them: the segments' reconstructions in order."""
+    return [t for ids in read_back_segments(model, mem, rows) for t in ids]

@@ -9,12 +9,12 @@ from typing import Any
 
 from ..errors import DataError
 from ..io.fileio import write_text_atomic
-from .settings import CONDITIONS, DECODED, MEMORY
+from .settings import COMPRESSED, CONDITIONS, DECODED, RETRIEVED
 from .scoring import with_strict
-from .stats import paired, wilson
+from .stats import paired, question_key, wilson
 
 LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)",
-          DECODED: "memory read back + BM25", "full": "full text",
+          RETRIEVED: "memory, BM25-picked segments", DECODED: "memory read back + BM25", "full": "full text",
           "last_n": "last N tokens", "bm25": "BM25 chunks", "none": "no context"}
 
 
@@ -39,19 +39,24 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def join_rows(paths: list[Path]) -> list[dict[str, Any]]:
-    """The rows of several runs as one table. The same question (document, question, condition) twice
-    is an error: two runs' documents with the same id must be the same document (same seed and sizes)."""
+def join_rows(paths: list[Path], only: dict[Path, set[str]] | None = None) -> list[dict[str, Any]]:
+    """The rows of several runs as one table; ``only[path]``: the conditions taken from that run (all if
+    absent). The same question (document, question text, condition) twice is an error: two runs' documents
+    with the same id must be the same document (same seed and sizes); other questions of it (another
+    ``--questions``) join as more questions."""
     seen: dict[tuple[Any, ...], Path] = {}
     rows: list[dict[str, Any]] = []
     for path in paths:
         if not path.exists():
             raise DataError(f"{path}: no such rows file (experiments/long_qa.py writes rows.jsonl into --out_dir)")
+        keep = (only or {}).get(path)
         for r in read_rows(path):
-            key = (r["doc"], r.get("q"), r["condition"])
+            if keep is not None and r["condition"] not in keep:
+                continue
+            key = (*question_key(r), r["condition"])
             if key in seen:
                 raise DataError(f"{path}: {r['doc']} question {r.get('q')} {r['condition']} is also in {seen[key]}; "
-                                "join runs of different documents or conditions")
+                                "join runs of different documents or conditions (PATH:COND+COND takes some)")
             seen[key] = path
             rows.append(r)
     return rows
@@ -94,12 +99,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                             answer_s=_mean([r["answer_s"] for r in ok]),
                             context_tokens=_mean([r["context_tokens"] for r in ok]),
                             budget=_mean([r["budget"] for r in rs]))
-                if cond in MEMORY or cond == DECODED:
+                if cond in COMPRESSED:
                     per_doc = {r["doc"]: r["compress_s"] for r in ok}
                     cell["compress_s"] = _mean(list(per_doc.values()))
                     prefix = {r["doc"]: r["prefix_s"] for r in ok if "prefix_s" in r}
                     cell["prefix_s"] = _mean(list(prefix.values()))
-                if cond == "bm25":
+                if cond in ("bm25", RETRIEVED):
                     cell["gold_retrieved"] = _mean([float(r["gold_retrieved"]) for r in ok])
                 if rs and rs[0].get("na"):
                     cell["na_reason"] = rs[0]["na"]
@@ -108,16 +113,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each memory condition against each other condition that ran, on the same questions: one entry per
-    language, length and pair (``paired``'s cell plus ``lang``, ``tokens``, ``a``, ``b``)."""
+    language, length and pair (``paired``'s cell plus ``lang``, ``tokens``, ``a``, ``b``); where a pair was
+    asked at several lengths, one more with ``tokens`` "all": their questions pooled (each is its own)."""
     rows = with_strict(rows)
+    pooled = [{**r, "tokens": "all"} for r in rows]
     ran = {r["condition"] for r in rows}
-    mine = [c for c in (*MEMORY, DECODED) if c in ran]
+    mine = [c for c in COMPRESSED if c in ran]
     out = []
     for i, a in enumerate(mine):
         for b in [c for c in CONDITIONS if c in ran and c not in mine[:i + 1]]:  # each pair once
+            together = paired(pooled, a, b)
             for lang, by_len in paired(rows, a, b).items():
                 for tokens, cell in sorted(by_len.items(), key=lambda kv: int(kv[0])):
                     out.append({"lang": lang, "tokens": tokens, "a": a, "b": b, **cell})
+                if len(by_len) > 1:
+                    out.append({"lang": lang, "tokens": "all", "a": a, "b": b, **together[lang]["all"]})
     return out
 
 
@@ -135,7 +145,9 @@ def render_markdown(report: dict[str, Any]) -> str:
              "once (compress s) and run the decoder over the memory once (prefix s: its KV cache), then answer every "
              "question from it. Memory read back + BM25: the flat memory's segments reconstructed once ([AE]; "
              "prefix s is that read-back), then BM25 over that text within the memory's slot count and the plain "
-             "base answering: what the memory holds, apart from the decoder's own lookup. Strict: the gold's words, "
+             "base answering: what the memory holds, apart from the decoder's own lookup. Memory, BM25-picked segments: "
+             "BM25 ranks the memory's segments (by the document's text or by the memory read back) and the decoder "
+             "reads only the best segments' slots, up to its N (the slots it reads; the whole memory is larger). Strict: the gold's words, "
              "articles kept, as whole adjacent words of the answer (LongBench's normalisation drops articles, so a "
              "gold 'of a' becomes 'of', and its substring test finds that inside 'often'); Chinese: as accuracy. "
              "Strict right: how many, with the 95% Wilson interval of that share.", ""]
@@ -162,10 +174,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Paired on the same questions", "",
                   "Questions both conditions answered, scored strict; only A / only B: right in one, wrong in the other; p: exact "
                   "two-sided sign (McNemar) test on those, the chance of a split at least this uneven if A and B "
-                  "were equally good.", "",
-                  "| lang | tokens | A | B | n | both right | only A | only B | p |", "|---|---|---|---|---|---|---|---|---|"]
+                  "were equally good. F1 higher in A / in B: the same test on each question's F1 (ties left out).", "",
+                  "| lang | tokens | A | B | n | both right | only A | only B | p | F1 higher in A / in B | F1 p |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {p['lang']} | {p['tokens']} | {LABELS[p['a']]} | {LABELS[p['b']]} | {p['n']} | {p['both']} | "
-                  f"{p['only_a']} | {p['only_b']} | {p['p']:.2f} |" for p in report["pairs"]]
+                  f"{p['only_a']} | {p['only_b']} | {p['p']:.2f} | "
+                  + (f"{p['f1_a']} / {p['f1_b']} | {p['f1_p']:.2f} |" if "f1_a" in p else "| |")
+                  for p in report["pairs"]]
         lines.append("")
     notes = list(report.get("notes") or []) + reasons
     if notes:

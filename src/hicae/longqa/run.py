@@ -4,6 +4,8 @@ Same questions and the same greedy decoding for every condition; one question at
 time to the first answer token is that question's own. Memory conditions compress each document
 once (``compress_s``) and answer every question from that memory (``answer_s`` per question):
 the cost of "compress once, ask many". ``full`` rereads the whole text for every question.
+``memory_retrieved`` compresses once too but reads, for each question, only the slots of the segments
+BM25 picks (``retrieved.py``); its slot count (what sets the baselines' N) is what the decoder reads.
 
 Rows go to ``rows.jsonl`` one (document, condition) at a time; a rerun skips those done, so an
 interrupted run continues. ``long_qa.json`` and ``long_qa.md`` are rewritten from all rows.
@@ -28,13 +30,12 @@ from ..evaluation.runtime import compress_ids
 from ..instruct.build import text_rng
 from ..instruct.questions import Question, cloze_questions
 from .contexts import FirstTokenClock, bm25_ids, last_n_ids
-from .decoded import read_back
+from .decoded import read_back, read_back_segments
 from .documents import LongDoc
 from .report import read_rows, write_report
 from .scoring import contains, f1, strict
-from .settings import DECODED, MEMORY, LongQASettings
-
-ONCE = (*MEMORY, DECODED)  # conditions that compress the document once (their slot count is N)
+from .retrieved import retrieved_memory, segment_ids
+from .settings import COMPRESSED as ONCE, DECODED, MEMORY, RETRIEVED, LongQASettings
 
 
 def questions_of(doc: LongDoc, s: LongQASettings) -> list[Question]:
@@ -63,6 +64,16 @@ def _compress(model: Any, doc: LongDoc, max_slots: int | None, cond: str, memory
     return mem
 
 
+def _cue_end(tok: Any, doc: LongDoc, q: Question) -> int:
+    """Token count of the document up to the gold span (the cue's end): where retrieval must reach."""
+    return len(tok(doc.text[: q.extra["offset"]], add_special_tokens=False)["input_ids"])
+
+
+def _segment_of(token: int, seg_ends: list[int]) -> int:
+    """The segment holding token ``token - 1`` (the cue's last token), given the segments' end offsets."""
+    return next((j for j, end in enumerate(seg_ends) if max(0, token - 1) < end), len(seg_ends) - 1)
+
+
 def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str, Any], plain: Any,
                   s: LongQASettings, budget: int, memory_info: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of one condition on one document (one per question)."""
@@ -72,7 +83,22 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
     rows = []
     mem = cache = None
     decoded_ids: list[int] = []
-    if cond == DECODED:  # the flat memory, read back as text once per document
+    seg_texts: list[str] = []
+    if cond == RETRIEVED:  # the flat memory and the index its segments are picked by, once per document
+        model = models["memory_flat"]
+        whole = _compress(model, doc, None, cond, memory_info)
+        own = segment_ids(model, model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id))
+        seg_ends = [sum(len(p) for p in own[: j + 1]) for j in range(len(own))]
+        t = time.perf_counter()
+        seg_texts = [tok.decode(p) for p in (read_back_segments(model, whole) if s.retrieve_from == "read_back"
+                                             else own)]
+        if s.retrieve_from == "read_back":
+            memory_info[cond]["prefix_s"] = time.perf_counter() - t  # the read-back: once per document
+        k = model.icae_config.mem_size
+        memory_info[cond].update(memory_slots=memory_info[cond]["slots"], segments=len(own),
+                                 slots=min(len(own), max(1, s.retrieve_slots // k)) * k,  # what the decoder reads
+                                 retrieve_from=s.retrieve_from)
+    elif cond == DECODED:  # the flat memory, read back as text once per document
         model = models["memory_flat"]
         mem = _compress(model, doc, None, cond, memory_info)
         t = time.perf_counter()
@@ -99,6 +125,14 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
                                                                    logits_processor=lp))
             answer, ctx = decode(model, [out])[0], memory_info[cond]["slots"]
             row.update(memory_info[cond], budget=memory_info[cond]["slots"])  # a memory's budget is its own size
+        elif cond == RETRIEVED:
+            model = models["memory_flat"]
+            sub, keep = retrieved_memory(model, whole, seg_texts, q.prompt, s.retrieve_slots)
+            out, ttft, total = _timed(lambda lp: model.generate_ids(sub, [q.prompt], max_new_tokens=s.max_new_tokens,
+                                                                   prefix_cache=False, logits_processor=lp))
+            answer, ctx = decode(model, [out])[0], sub.num_slots[0]
+            row.update(memory_info[cond], budget=memory_info[cond]["slots"], chunks=keep,
+                       gold_retrieved=_segment_of(_cue_end(tok, doc, q), seg_ends) in keep)
         elif cond == "full":
             prompt_len = len(chat_prompt_ids(plain, fulltext_content(doc.text, q.prompt)))
             if window and prompt_len + s.max_new_tokens > window:
@@ -120,8 +154,7 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
                 ctx_ids, taken = bm25_ids(doc_ids, q.prompt, budget, s.chunk_tokens, tok)
                 row["chunks"] = taken
                 # did retrieval bring the gold's place? (the chunk holding the cue's end)
-                cue_end = len(tok(doc.text[: q.extra["offset"]], add_special_tokens=False)["input_ids"])
-                row["gold_retrieved"] = (max(0, cue_end - 1) // s.chunk_tokens) in taken
+                row["gold_retrieved"] = (max(0, _cue_end(tok, doc, q) - 1) // s.chunk_tokens) in taken
             answer, ttft, total, _ = _plain_answer(plain, fulltext_content(tok.decode(ctx_ids), q.prompt), s)
             ctx = len(ctx_ids)
         else:  # none

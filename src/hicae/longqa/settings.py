@@ -9,16 +9,21 @@ from dataclasses import MISSING, dataclass, fields
 from ..errors import ConfigError
 from ..setting import setting as _f
 
-CONDITIONS = ("memory_flat", "memory_hier", "memory_decoded", "full", "last_n", "bm25", "none")
+CONDITIONS = ("memory_flat", "memory_hier", "memory_retrieved", "memory_decoded", "full", "last_n", "bm25", "none")
 MEMORY = ("memory_flat", "memory_hier")  # answered by the decoder from the slots
 DECODED = "memory_decoded"  # the flat memory read back as text (decoded.py), then BM25 and the plain base
+RETRIEVED = "memory_retrieved"  # BM25 picks segments of the flat memory, the decoder reads their slots (retrieved.py)
+FROM_FLAT = (RETRIEVED, DECODED)  # conditions served by the flat checkpoint besides memory_flat
+COMPRESSED = (*MEMORY, *FROM_FLAT)  # conditions that compress the document once
+RETRIEVE_FROM = ("text", "read_back")
 
 
 
 @dataclass
 class LongQASettings:
     checkpoint: str | None = _f(None, "flat ICAE checkpoint: the memory_flat condition (multi-span, all segments' "
-                                      "slots) and memory_decoded (that memory read back as text, then BM25)")
+                                      "slots), memory_retrieved (the slots of the segments BM25 picks) and "
+                                      "memory_decoded (that memory read back as text, then BM25)")
     hier_checkpoint: str | None = _f(None, "hierarchical checkpoint: the memory_hier condition (at most --max_slots slots)")
     base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct); "
                                 "checkpoints that carry their base/ use it")
@@ -28,6 +33,11 @@ class LongQASettings:
     lengths: str = _f("2k,8k,32k,100k", "document lengths in tokens (k = 1000)")
     docs_per_length: int = _f(1, "long documents per language and length")
     questions: int = _f(4, "cloze questions per document, one from each of this many equal stretches of it")
+    retrieve_slots: int = _f(64, "memory_retrieved: slots the decoder reads per question, whole segments of k, "
+                                 "the best BM25 ranks first (at least one segment)")
+    retrieve_from: str = _f("text", "memory_retrieved: what BM25 ranks the segments by: text (the document's "
+                                    "segments, kept beside the memory) or read_back (the memory read back as text "
+                                    "once per document: only the slots are kept)")
     max_new_tokens: int = _f(16, "answer length limit (the gold spans are 2 words / 4 characters)")
     chunk_tokens: int = _f(128, "bm25: chunk size in tokens")
     prefix_cache: bool = _f(True, "memory conditions: the decoder's pass over the memory runs once per document "
@@ -58,7 +68,9 @@ class LongQASettings:
             raise ConfigError(f"--conditions: unknown {bad}; choose from {', '.join(CONDITIONS)}")
         if not set(self.languages.split(",")) <= {"en", "zh"}:
             raise ConfigError(f"--languages: en and/or zh, got {self.languages!r}")
-        for name in ("max_slots", "docs_per_length", "questions", "max_new_tokens", "chunk_tokens"):
+        if self.retrieve_from not in RETRIEVE_FROM:
+            raise ConfigError(f"--retrieve_from: one of {', '.join(RETRIEVE_FROM)}, got {self.retrieve_from!r}")
+        for name in ("max_slots", "retrieve_slots", "docs_per_length", "questions", "max_new_tokens", "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not self.memory_conditions and not self.budget:
@@ -71,20 +83,23 @@ class LongQASettings:
 
     @property
     def memory_conditions(self) -> list[str]:
-        have = {"memory_flat": self.checkpoint, "memory_hier": self.hier_checkpoint, DECODED: self.checkpoint}
+        have = {"memory_flat": self.checkpoint, "memory_hier": self.hier_checkpoint, DECODED: self.checkpoint,
+                RETRIEVED: self.checkpoint}
         return [c for c in self.condition_list if c in have and have[c]]
 
     @property
     def models_needed(self) -> list[str]:
-        """The checkpoints to load, by the memory condition they serve (memory_decoded reads the flat one)."""
-        return sorted({"memory_flat" if c == DECODED else c for c in self.memory_conditions})
+        """The checkpoints to load, by the memory condition they serve (memory_retrieved and memory_decoded read
+        the flat one)."""
+        return sorted({"memory_flat" if c in FROM_FLAT else c for c in self.memory_conditions})
 
     @property
     def language_list(self) -> list[str]:
         return [x.strip() for x in self.languages.split(",") if x.strip()]
 
 
-DRY = dict(lengths="96,160", questions=2, max_new_tokens=4, chunk_tokens=16, max_slots=16, dtype="fp32")
+DRY = dict(lengths="96,160", questions=2, max_new_tokens=4, chunk_tokens=16, max_slots=16, retrieve_slots=8,
+           dtype="fp32")
 
 
 def parser(settings: type = None) -> argparse.ArgumentParser:  # type: ignore[assignment]

@@ -34,28 +34,40 @@ def sign_test_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def question_key(row: dict[str, Any]) -> tuple[Any, Any]:
+    """What makes two rows the same question: the document and the question's text (its index where a
+    row has no text), so that runs asking other questions of the same documents join without clashing."""
+    return row["doc"], row.get("question", row.get("q"))
+
+
 def paired(rows: Iterable[dict[str, Any]], a: str, b: str, key: str = "strict"
            ) -> dict[str, dict[str, dict[str, Any]]]:
     """``{lang: {tokens: cell}}`` comparing condition ``a`` with ``b`` on the questions both answered.
 
-    A question is ``(doc, q)``; rows marked ``na`` are left out; right = the row's ``key`` score > 0. The cell holds ``n`` (questions both
-    answered), ``both`` (both right), ``only_a``, ``only_b`` and ``p`` (``sign_test_p(only_a, only_b)``).
+    A question is ``question_key``; rows marked ``na`` are left out; right = the row's ``key`` score > 0. The cell holds ``n`` (questions both
+    answered), ``both`` (both right), ``only_a``, ``only_b`` and ``p`` (``sign_test_p(only_a, only_b)``); and,
+    where the rows have F1, the same sign test on it: ``f1_a`` (questions where A's F1 is the higher),
+    ``f1_b`` and ``f1_p`` (ties left out).
     """
-    right: dict[tuple[str, str, str], dict[tuple[Any, Any], bool]] = {}
+    score: dict[tuple[str, str, str], dict[tuple[Any, Any], tuple[bool, float | None]]] = {}
     for r in rows:
         if "na" in r or r["condition"] not in (a, b):
             continue
         where = (r["lang"], str(r["tokens"]), r["condition"])
-        right.setdefault(where, {})[(r["doc"], r["q"])] = r[key] > 0
+        score.setdefault(where, {})[question_key(r)] = (r[key] > 0, r.get("f1"))
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (lang, tokens, cond), by_q in sorted(right.items()):
-        if cond != a or (lang, tokens, b) not in right:
+    for (lang, tokens, cond), by_q in sorted(score.items()):
+        if cond != a or (lang, tokens, b) not in score:
             continue
-        other = right[(lang, tokens, b)]
+        other = score[(lang, tokens, b)]
         qs = [q for q in by_q if q in other]
-        both = sum(by_q[q] and other[q] for q in qs)
-        only_a = sum(by_q[q] and not other[q] for q in qs)
-        only_b = sum(other[q] and not by_q[q] for q in qs)
-        out.setdefault(lang, {})[tokens] = {"n": len(qs), "both": both, "only_a": only_a, "only_b": only_b,
-                                            "p": sign_test_p(only_a, only_b)}
+        both = sum(by_q[q][0] and other[q][0] for q in qs)
+        only_a = sum(by_q[q][0] and not other[q][0] for q in qs)
+        only_b = sum(other[q][0] and not by_q[q][0] for q in qs)
+        cell = {"n": len(qs), "both": both, "only_a": only_a, "only_b": only_b, "p": sign_test_p(only_a, only_b)}
+        f1s = [(by_q[q][1], other[q][1]) for q in qs if by_q[q][1] is not None and other[q][1] is not None]
+        if f1s:
+            fa, fb = sum(x > y for x, y in f1s), sum(y > x for x, y in f1s)
+            cell.update(f1_a=fa, f1_b=fb, f1_p=sign_test_p(fa, fb))
+        out.setdefault(lang, {})[tokens] = cell
     return out
