@@ -73,6 +73,8 @@ def test_report_has_counts_intervals_and_pairs():
     assert {(p["lang"], p["a"], p["b"]) for p in ps} == {("en", "memory_flat", "bm25"), ("zh", "memory_flat", "none")}
     md = render_markdown({"summary": summary, "pairs": ps})
     assert "| 2000 | memory (flat) | 5 | 0.60 | 3 (0.23-0.88) |" in md
+    cells = {line.split(" | ")[1]: line.split(" | ") for line in md.splitlines() if line.startswith("| 2000 |")}
+    assert cells["memory (flat)"][9] == "512" and cells["no context"][9] == "—"  # N limits no-context nothing
     assert "| en | 2000 | memory (flat) | BM25 chunks | 5 | 1 | 2 | 1 | 1.00 | 2 / 1 | 1.00 |" in md
     assert "| zh | 2000 | memory (flat) | no context | 1 | 0 | 0 | 1 | 1.00 |" in md
 

@@ -135,6 +135,12 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
+def _n(cond: str, cell: dict[str, Any]) -> str:
+    """The N column: the budget of the conditions it limits (a memory's own size, last N, BM25); none for
+    the full text and no context, which read what they read whatever N is."""
+    return "—" if cond in ("full", "none") else _fmt(cell["budget"], ".0f")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# Long-document QA", "",
              "Cloze questions (the words that follow a quoted cue) spread evenly over each held-out document; "
@@ -162,13 +168,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 c = by_len[tokens][cond]
                 if c["n"] == 0:
                     reasons.append(f"{lang}, {tokens} tokens, {LABELS[cond]}: n/a: {c.get('na_reason', '')}")
-                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | | n/a | | | | {_fmt(c['budget'], '.0f')} | | |")
+                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | | n/a | | | | {_n(cond, c)} | | |")
                     continue
                 lo, hi = c["strict_ci"]
                 lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | "
                              f"{c['strict_right']} ({lo:.2f}-{hi:.2f}) | {_fmt(c['f1'])} | "
                              f"{_fmt(c['ttft_s'])} | {_fmt(c['answer_s'])} | {_fmt(c['context_tokens'], '.0f')} | "
-                             f"{_fmt(c['budget'], '.0f')} | {_fmt(c.get('compress_s'))} | {_fmt(c.get('prefix_s'))} |")
+                             f"{_n(cond, c)} | {_fmt(c.get('compress_s'))} | {_fmt(c.get('prefix_s'))} |")
         lines.append("")
     if report.get("pairs"):
         lines += ["## Paired on the same questions", "",
