@@ -24,15 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", required=True, help="comma-separated rows.jsonl files of experiments/long_qa.py runs; "
                                                  "PATH:COND+COND takes only those conditions from PATH")
     p.add_argument("--out_dir", required=True, help="where long_qa.json and long_qa.md go")
+    p.add_argument("--skip_repeats", action="store_true", help="a question asked again by a later run (other "
+                   "question sets of the same documents can draw the same cue) is kept once, noted in the "
+                   "report, instead of refused")
     a = p.parse_args(argv)
     try:
         from hicae.longqa.report import join_rows, write_report
 
         specs = [x.partition(":") for x in a.rows.split(",") if x]
         only = {Path(path): set(conds.split("+")) for path, _, conds in specs if conds}
-        rows = join_rows([Path(path) for path, _, _ in specs], only)
+        repeats: list[str] | None = [] if a.skip_repeats else None
+        rows = join_rows([Path(path) for path, _, _ in specs], only, repeats)
         command = "experiments/long_qa_report.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
-        report = write_report(rows, Path(a.out_dir), command)
+        notes = [f"{len(repeats)} repeated questions kept once: " + "; ".join(repeats)] if repeats else None
+        report = write_report(rows, Path(a.out_dir), command, notes=notes)
     except HicaeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -116,6 +116,9 @@ def test_report_from_stored_rows(tmp_path):
     assert len(join_rows([c, d])) == 2 * len(mem)
     with pytest.raises(DataError, match="also in"):
         join_rows([c, c])
+    repeats: list[str] = []
+    assert join_rows([c, d, c], repeats=repeats) == join_rows([c, d]) and len(repeats) == len(mem)
+    assert all("repeats one of" in x and "c.jsonl" in x for x in repeats)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"doc": 1}\nnot json\n{"doc": 2}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2"):

@@ -39,11 +39,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def join_rows(paths: list[Path], only: dict[Path, set[str]] | None = None) -> list[dict[str, Any]]:
+def join_rows(paths: list[Path], only: dict[Path, set[str]] | None = None,
+              repeats: list[str] | None = None) -> list[dict[str, Any]]:
     """The rows of several runs as one table; ``only[path]``: the conditions taken from that run (all if
     absent). The same question (document, question text, condition) twice is an error: two runs' documents
     with the same id must be the same document (same seed and sizes); other questions of it (another
-    ``--questions``) join as more questions."""
+    ``--questions``) join as more questions. With ``repeats`` (a list), a question a later run asked again
+    is kept once (the first run's row) and named in ``repeats`` instead: other question sets of the same
+    documents can draw the same cue."""
     seen: dict[tuple[Any, ...], Path] = {}
     rows: list[dict[str, Any]] = []
     for path in paths:
@@ -54,6 +57,9 @@ def join_rows(paths: list[Path], only: dict[Path, set[str]] | None = None) -> li
             if keep is not None and r["condition"] not in keep:
                 continue
             key = (*question_key(r), r["condition"])
+            if key in seen and repeats is not None:
+                repeats.append(f"{path}: {r['doc']} question {r.get('q')} {r['condition']} repeats one of {seen[key]}")
+                continue
             if key in seen:
                 raise DataError(f"{path}: {r['doc']} question {r.get('q')} {r['condition']} is also in {seen[key]}; "
                                 "join runs of different documents or conditions (PATH:COND+COND takes some)")
