@@ -44,11 +44,15 @@ def segment_texts(model: Any, text: str) -> list[str]:
     return [model.tokenizer.decode(p) for p in segment_ids(model, model.prepare_texts([text])[0])]
 
 
+def segments_read(slots_each: int, budget: int, available: int) -> int:
+    """How many whole segments of ``slots_each`` slots fit ``budget``: at least one (a budget below one
+    segment still reads the best one), at most the ``available`` ones."""
+    return min(available, max(1, budget // slots_each))
+
+
 def pick_segments(texts: list[str], question: str, slots_each: int, budget: int) -> list[int]:
-    """Indices (document order) of the best-ranked segments that fit ``budget`` slots, ``slots_each`` a
-    segment; at least one, so a budget below one segment still reads the best one."""
-    n = max(1, budget // slots_each)
-    return sorted(rank(texts, question)[:n])
+    """Indices (document order) of the best-ranked segments that fit ``budget`` slots (``segments_read``)."""
+    return sorted(rank(texts, question)[:segments_read(slots_each, budget, len(texts))])
 
 
 def sub_memory(model: Any, mem: Memory, keep: list[int]) -> Memory:

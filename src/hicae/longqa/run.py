@@ -17,6 +17,8 @@ import dataclasses
 import json
 import random
 import time
+from bisect import bisect_right
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +36,7 @@ from .decoded import read_back, read_back_segments
 from .documents import LongDoc
 from .report import read_rows, write_report
 from .scoring import contains, f1, strict
-from .retrieved import retrieved_memory, segment_ids
+from .retrieved import retrieved_memory, segment_ids, segments_read
 from .settings import COMPRESSED as ONCE, DECODED, MEMORY, RETRIEVED, LongQASettings
 
 
@@ -55,13 +57,15 @@ def _plain_answer(model: Any, content: str, s: LongQASettings) -> tuple[str, flo
     return decode(model, [ids])[0], ttft, total, len(prompt)
 
 
-def _compress(model: Any, doc: LongDoc, max_slots: int | None, cond: str, memory_info: dict[str, Any]) -> Any:
-    """The document's memory, timed; records its slot count and compress time under ``memory_info[cond]``."""
+def _compress(model: Any, doc: LongDoc, max_slots: int | None, cond: str,
+              memory_info: dict[str, Any]) -> tuple[Any, list[int]]:
+    """The document's memory, timed, and the token ids it was made from; records its slot count and
+    compress time under ``memory_info[cond]``."""
     ids = model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id)
     t = time.perf_counter()
     mem = compress_ids(model, [ids], max_slots)
     memory_info[cond] = {"slots": int(mem.num_slots[0]), "compress_s": time.perf_counter() - t}
-    return mem
+    return mem, ids
 
 
 def _cue_end(tok: Any, doc: LongDoc, q: Question) -> int:
@@ -71,7 +75,7 @@ def _cue_end(tok: Any, doc: LongDoc, q: Question) -> int:
 
 def _segment_of(token: int, seg_ends: list[int]) -> int:
     """The segment holding token ``token - 1`` (the cue's last token), given the segments' end offsets."""
-    return next((j for j, end in enumerate(seg_ends) if max(0, token - 1) < end), len(seg_ends) - 1)
+    return min(bisect_right(seg_ends, max(0, token - 1)), len(seg_ends) - 1)
 
 
 def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str, Any], plain: Any,
@@ -86,9 +90,9 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
     seg_texts: list[str] = []
     if cond == RETRIEVED:  # the flat memory and the index its segments are picked by, once per document
         model = models["memory_flat"]
-        whole = _compress(model, doc, None, cond, memory_info)
-        own = segment_ids(model, model.check_length(model.tokens.text_ids([doc.text])[0], where=doc.id))
-        seg_ends = [sum(len(p) for p in own[: j + 1]) for j in range(len(own))]
+        whole, ids = _compress(model, doc, None, cond, memory_info)
+        own = segment_ids(model, ids)
+        seg_ends = list(accumulate(len(p) for p in own))
         t = time.perf_counter()
         seg_texts = [tok.decode(p) for p in (read_back_segments(model, whole) if s.retrieve_from == "read_back"
                                              else own)]
@@ -96,11 +100,11 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
             memory_info[cond]["prefix_s"] = time.perf_counter() - t  # the read-back: once per document
         k = model.icae_config.mem_size
         memory_info[cond].update(memory_slots=memory_info[cond]["slots"], segments=len(own),
-                                 slots=min(len(own), max(1, s.retrieve_slots // k)) * k,  # what the decoder reads
+                                 slots=segments_read(k, s.retrieve_slots, len(own)) * k,  # what the decoder reads
                                  retrieve_from=s.retrieve_from)
     elif cond == DECODED:  # the flat memory, read back as text once per document
         model = models["memory_flat"]
-        mem = _compress(model, doc, None, cond, memory_info)
+        mem, _ = _compress(model, doc, None, cond, memory_info)
         t = time.perf_counter()
         decoded_ids = read_back(model, mem)
         memory_info[cond]["prefix_s"] = time.perf_counter() - t  # the read-back: once per document
@@ -108,7 +112,7 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
         mem = None
     elif cond in MEMORY:
         model = models[cond]
-        mem = _compress(model, doc, s.max_slots if cond == "memory_hier" else None, cond, memory_info)
+        mem, _ = _compress(model, doc, s.max_slots if cond == "memory_hier" else None, cond, memory_info)
         if s.prefix_cache:  # the decoder's pass over the memory, once per document: then each question only reads it
             t = time.perf_counter()
             cache = model.prefix_cache(mem)
