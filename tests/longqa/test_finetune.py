@@ -17,8 +17,11 @@ from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.batching import pad_decoder
 from hicae.errors import ConfigError
 from hicae.longqa.documents import LongDoc
-from hicae.longqa.finetune import (DocMemory, combined_loss, memorise, question_rows, segment_rows,
-                                   shared_prefix_losses, step_losses, trainable_decoder_side)
+from hicae.longqa.finetune import (DocMemory, combined_loss, memorise, picked_doc, question_rows, segment_rows,
+                                   shared_prefix_losses, step_losses, tokenised, trainable, trainable_decoder_side)
+from hicae.instruct.questions import cloze_questions
+from hicae.longqa.ft_settings import LongDocFTSettings
+from hicae.longqa.retrieved import pick_segments, segment_ids, sub_memory
 from hicae.demo.tiny import tiny_model
 
 from conftest import TINY_ICAE, perturb_trainable
@@ -104,6 +107,58 @@ def test_a_checkpoint_without_a_decoder_adapter_is_refused():
         trainable_decoder_side(_model(decoder_lora_r=0))
 
 
+@pytest.mark.parametrize("positions", ["follow", "sequential"])
+def test_picked_doc_is_the_memory_the_evaluation_reads_for_its_question(positions):
+    """retrieve_slots training: the step's memory is what memory_retrieved reads for the anchor question
+    (BM25's segments of the document, whole, within the budget), slot for slot, and its text is theirs."""
+    model = _model(positions)
+    dm = _doc_memory(model)
+    k = model.icae_config.mem_size
+    rng = random.Random(5)
+    picked = picked_doc(model, dm, rng, 3 * k, grad=False)
+    anchor = cloze_questions(TEXT, 1, random.Random(5), "en")[0]  # the draw picked_doc made with the same seed
+    segs = segment_ids(model, dm.ids)
+    keep = pick_segments([model.tokenizer.decode(x) for x in segs], anchor.prompt, k, 3 * k)
+    assert len(keep) == 3 and keep == sorted(keep) and len(segs) > 3
+    assert picked.ids == [t for i in keep for t in segs[i]]
+    assert picked.doc.text == model.tokenizer.decode(picked.ids) and picked.doc.id.endswith(",".join(map(str, keep)))
+    want = sub_memory(model, dm.mem, keep)
+    torch.testing.assert_close(picked.slots, want.slots[0], rtol=1e-5, atol=1e-5)
+    assert model.placements(picked.mem) == model.placements(want)
+
+
+def test_train_encoder_moves_the_encoder_and_a_picked_step_lowers_the_loss():
+    model = _model()
+    dm = tokenised(model, [LongDoc("en-x-0", "en", 0, TEXT)])[0]
+    assert dm.mem is None
+    named = trainable(model, encoder=True)
+    assert "mem_embeddings" in named and any(n.startswith("encoder.") for n in named)
+    assert set(model.trainable_parameters()) == {n for n, p in model.named_parameters()
+                                                 if any(p is q for q in named.values())}
+    before = {n: p.detach().clone() for n, p in named.items()}
+    opt = torch.optim.AdamW(list(named.values()), lr=1e-2)
+    model.train()
+    first = None
+    for _ in range(6):  # the same picks and questions each time: the loss must go down
+        rng = random.Random(1)
+        sub = picked_doc(model, dm, rng, 2 * model.icae_config.mem_size, grad=True)
+        loss = combined_loss(step_losses(model, sub, rng, 2, 1), 0.5)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        assert named["mem_embeddings"].grad is not None and float(named["mem_embeddings"].grad.abs().sum()) > 0
+        opt.step()
+    assert float(loss.detach()) < first
+    assert all(not torch.equal(p, before[n]) for n, p in named.items() if n.startswith("encoder.") and "lora_B" in n)
+
+
+def test_train_encoder_needs_retrieve_slots():
+    with pytest.raises(ConfigError, match="--retrieve_slots"):
+        LongDocFTSettings(checkpoint="x", train_encoder=True)
+    with pytest.raises(ConfigError, match="--retrieve_slots"):
+        LongDocFTSettings(checkpoint="x", retrieve_slots=-1)
+
+
 def _script():
     spec = importlib.util.spec_from_file_location("longdoc_ft", ROOT / "experiments" / "longdoc_ft.py")
     mod = importlib.util.module_from_spec(spec)
@@ -139,3 +194,32 @@ def test_run_end_to_end_and_an_interrupted_run_continues_to_the_same_weights(tmp
     start = load_file(str(ckpt / "icae_embeddings.safetensors"))
     assert not torch.equal(a["task_embeddings"], start["task_embeddings"])  # it trained
     torch.testing.assert_close(a["mem_embeddings"], start["mem_embeddings"], rtol=0, atol=0)  # encoder side frozen
+
+
+def test_a_picked_run_trains_the_encoder_and_continues_to_the_same_weights(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _model().save_pretrained(ckpt, save_base=True)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": TEXT.replace("driver", w)}) + "\n"
+                              for w in ("driver", "module", "daemon", "service")))
+    out = tmp_path / "run"
+    argv = ["--checkpoint", str(ckpt), "--corpus", str(corpus), "--languages", "en", "--lengths", "60,120",
+            "--docs_per_length", "2", "--steps", "3", "--save_every", "2", "--val_every", "3", "--val_questions", "2",
+            "--retrieve_slots", "8", "--train_encoder", "--dtype", "fp32", "--out_dir", str(out)]
+    assert _script().main(argv) == 0
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    assert all("@" in r["doc"] for r in log if "loss" in r)  # each step read picked segments
+    assert [r["step"] for r in log if "val" in r] == [0, 3] and "strict" in log[0]["val"]
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    shutil.rmtree(again / "step-3")
+    assert _script().main([a if a != str(out) else str(again) for a in argv]) == 0
+    start = {**load_file(str(ckpt / "adapter_model.safetensors")), **load_file(str(ckpt / "icae_embeddings.safetensors"))}
+    for name in ("adapter_model.safetensors", "icae_embeddings.safetensors"):
+        a, b = load_file(str(out / "step-3" / name)), load_file(str(again / "step-3" / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    a = load_file(str(out / "step-3" / "icae_embeddings.safetensors"))
+    assert not torch.equal(a["mem_embeddings"], start["mem_embeddings"])  # the encoder side trained

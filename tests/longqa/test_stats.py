@@ -139,3 +139,43 @@ def test_pairs_pool_the_lengths_of_a_language():
         assert pooled[k] == two[k] + eight[k]
     assert pooled["p"] == sign_test_p(4, 1) and "| en | all | memory (flat) | BM25 chunks | 7 |" in render_markdown(
         {"summary": summarise(rows), "pairs": pairs(rows)})
+
+
+def test_a_tagged_run_stands_beside_the_same_condition_and_is_paired(tmp_path):
+    """Two checkpoints' rows of one condition on the same questions (long_qa_report.py's PATH@TAG): the
+    second's renamed COND@TAG, reported in its own row after the first and paired with it and the baselines."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from hicae.errors import DataError
+    from hicae.longqa.report import join_rows, write_report
+
+    rows = _rows()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the new checkpoint: right on every question the first got wrong, wrong where it was right
+    b.write_text("".join(json.dumps({**r, "strict": 1.0 - r["strict"], "contains": 1.0 - r["contains"]}) + "\n"
+                         for r in rows if r["condition"] == "memory_flat" and "na" not in r))
+    with pytest.raises(DataError, match="also in"):
+        join_rows([a, b])
+    joined = join_rows([a, b], tags={b: "ft"})
+    assert sum(r["condition"] == "memory_flat@ft" for r in joined) == 5
+    report = write_report(joined, tmp_path / "out", "cmd")
+    assert report["summary"]["en"]["2000"]["memory_flat@ft"]["strict_right"] == 2
+    got = {(p["a"], p["b"]): (p["only_a"], p["only_b"]) for p in report["pairs"]}
+    assert got[("memory_flat", "memory_flat@ft")] == (3, 2)
+    assert got[("memory_flat@ft", "bm25")] == (1, 1) and ("memory_flat@ft", "memory_flat") not in got
+    md = (tmp_path / "out" / "long_qa.md").read_text()
+    assert md.index("| memory (flat) |") < md.index("| memory (flat) (ft) |") < md.index("| BM25 chunks |")
+    c = tmp_path / "c.jsonl"
+    c.write_text(json.dumps({**rows[0], "condition": "memory_magic"}) + "\n")
+    with pytest.raises(DataError, match="unknown condition 'memory_magic'"):
+        join_rows([c])
+    spec = importlib.util.spec_from_file_location("lqr", Path(__file__).resolve().parents[2] / "experiments" / "long_qa_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_rows_spec("o/r.jsonl") == (Path("o/r.jsonl"), None, None)
+    assert mod.parse_rows_spec("o/r.jsonl@ft") == (Path("o/r.jsonl"), None, "ft")
+    assert mod.parse_rows_spec("o/r.jsonl:full+none@ft") == (Path("o/r.jsonl"), {"full", "none"}, "ft")
+    assert mod.parse_rows_spec("o@x/r.jsonl:bm25") == (Path("o@x/r.jsonl"), {"bm25"}, None)

@@ -16,6 +16,13 @@ document's memory and learns
   reconstruction does not drift while the decoder adapter moves.
 
 loss = mean CE over answer tokens + ``ae_weight`` * mean CE over reconstruction tokens.
+
+With ``retrieve_slots`` the step trains where ``memory_retrieved`` reads (``picked_doc``): BM25 picks the
+segments of the document for a fresh cloze question, as the evaluation does, and the step's memory is
+theirs (a few segments, spliced: the picked ones are similar in words, so they are the distractors the
+evaluation's reader meets); the questions and reconstructions are about those segments. That memory is
+small (64 slots), so it is computed every step, and with ``train_encoder`` with gradients: the encoder's
+adapter learns to write slots that answer, the reconstruction rows keeping what it writes readable.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from ..instruct.questions import Question, cloze_questions
 from ..layout import FT, IGNORE, SLOT, DecoderExample, Placement, segment_lengths, span_slot_positions
 from ..memory import Memory
 from .documents import LongDoc
+from .retrieved import pick_segments, segment_ids
 
 ANSWER_WORDS = (1, 2, 3, 4)  # English cloze: words asked (the evaluation asks 2)
 ANSWER_CHARS = (2, 3, 4, 5)  # Chinese cloze: characters asked (the evaluation asks 4)
@@ -44,7 +52,7 @@ class DocMemory:
 
     doc: LongDoc
     ids: list[int]  # the text's tokens as compressed
-    mem: Memory  # one entry: all segments' slots
+    mem: Memory | None  # one entry: all segments' slots (None: not computed, the picked segments' is, per step)
 
     @property
     def slots(self) -> torch.Tensor:  # [S, D]
@@ -66,16 +74,55 @@ def trainable_decoder_side(model: Any) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def trainable(model: Any, encoder: bool = False) -> dict[str, torch.nn.Parameter]:
+    """``trainable_decoder_side``, and with ``encoder`` the encoder's adapter and the memory embeddings too."""
+    out = trainable_decoder_side(model)
+    if encoder:
+        out.update({f"encoder.{n}": p for n, p in model.encoder.named_parameters() if "lora_" in n})
+        out["mem_embeddings"] = model.mem_embeddings
+        for p in out.values():
+            p.requires_grad_(True)
+    return out
+
+
+def tokenised(model: Any, docs: list[LongDoc]) -> list[DocMemory]:
+    """Each document's tokens, no memory (the picked segments' memory is computed per step)."""
+    return [DocMemory(d, model.check_length(model.tokens.text_ids([d.text])[0], where=d.id), None) for d in docs]
+
+
 def memorise(model: Any, docs: list[LongDoc], log: Any = None) -> list[DocMemory]:
     """Each document compressed once (no grad), in order."""
     out = []
     with torch.no_grad():
-        for i, d in enumerate(docs):
-            ids = model.check_length(model.tokens.text_ids([d.text])[0], where=d.id)
-            out.append(DocMemory(d, ids, model.compress_ids([ids])))
+        for i, d in enumerate(tokenised(model, docs)):
+            ids = d.ids
+            out.append(DocMemory(d.doc, ids, model.compress_ids([ids])))
             if log:
-                log(f"memory {i + 1}/{len(docs)}: {d.id}, {len(ids)} tokens -> {out[-1].mem.num_slots[0]} slots")
+                log(f"memory {i + 1}/{len(docs)}: {d.doc.id}, {len(ids)} tokens -> {out[-1].mem.num_slots[0]} slots")
     return out
+
+
+def picked_ids(model: Any, dm: DocMemory, question: str, slots: int) -> tuple[list[int], list[int]]:
+    """The tokens of the document's segments BM25 picks for ``question`` within ``slots`` (whole segments,
+    in document order: what ``memory_retrieved`` reads), and their indices."""
+    segs = segment_ids(model, dm.ids)
+    keep = pick_segments([model.tokenizer.decode(x) for x in segs], question, model.icae_config.mem_size, slots)
+    return [t for i in keep for t in segs[i]], keep
+
+
+def picked_doc(model: Any, dm: DocMemory, rng: random.Random, slots: int, grad: bool) -> DocMemory | None:
+    """The step's document in ``retrieve_slots`` training: the segments BM25 picks for a fresh cloze question
+    (2 words / 4 characters, the evaluation's shape) of ``dm``, compressed now (with gradients if ``grad``).
+    The memory of some segments of a flat memory equals that of their joined tokens (retrieved.sub_memory).
+    None when the document yields no question."""
+    qs = cloze_questions(dm.doc.text, 1, rng, dm.doc.lang)
+    if not qs:
+        return None
+    ids, keep = picked_ids(model, dm, qs[0].prompt, slots)
+    with torch.set_grad_enabled(grad):
+        mem = model.compress_ids([ids])
+    d = LongDoc(f"{dm.doc.id}@{','.join(map(str, keep))}", dm.doc.lang, len(ids), model.tokenizer.decode(ids))
+    return DocMemory(d, ids, mem)
 
 
 def question_rows(model: Any, dm: DocMemory, rng: random.Random, n: int) -> tuple[list[Question], list[DecoderExample]]:

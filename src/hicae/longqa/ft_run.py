@@ -24,9 +24,9 @@ from ..io.fileio import atomic_path, write_text_atomic
 from ..instruct.build import text_rng
 from ..instruct.questions import cloze_questions
 from .documents import build_long_docs, parse_lengths
-from .finetune import DocMemory, combined_loss, memorise, step_losses, trainable_decoder_side
+from .finetune import DocMemory, combined_loss, memorise, picked_doc, picked_ids, step_losses, tokenised, trainable
 from .ft_settings import LongDocFTSettings
-from .scoring import contains
+from .scoring import contains, strict
 
 Log = Callable[[str], None]
 
@@ -62,25 +62,33 @@ def doc_of_step(step: int, n: int, seed: int) -> int:
 
 
 def validate(model: Any, val: list[DocMemory], s: LongDocFTSettings) -> dict[str, Any]:
-    """Cloze accuracy (the gold span in the greedy answer) on the validation documents, per language,
-    with the evaluation's question shape (2 words / 4 characters)."""
+    """Cloze accuracy (the gold span in the greedy answer; and the strict score) on the validation documents,
+    per language, with the evaluation's question shape (2 words / 4 characters). With ``retrieve_slots`` each
+    question reads the segments BM25 picks for it (``memory_retrieved``), compressed by the encoder as it is now."""
     was = model.training
     model.eval()
     hits: dict[str, list[float]] = {}
+    strict_hits: dict[str, list[float]] = {}
     examples = []
     with torch.no_grad():
         for dm in val:
             qs = cloze_questions(dm.doc.text, s.val_questions, text_rng(s.seed + 1, dm.doc.id), dm.doc.lang)
             if not qs:
                 continue
-            out = model.generate_ids(dm.mem, [q.prompt for q in qs], max_new_tokens=16)
+            if s.retrieve_slots:
+                out = [model.generate_ids(model.compress_ids([picked_ids(model, dm, q.prompt, s.retrieve_slots)[0]]),
+                                          [q.prompt], max_new_tokens=16)[0] for q in qs]
+            else:
+                out = model.generate_ids(dm.mem, [q.prompt for q in qs], max_new_tokens=16)
             answers = model.tokenizer.batch_decode(out, skip_special_tokens=True)
             for q, a in zip(qs, answers):
                 hits.setdefault(dm.doc.lang, []).append(contains(a, q.gold or "", dm.doc.lang))
+                strict_hits.setdefault(dm.doc.lang, []).append(strict(a, q.gold or "", dm.doc.lang))
             examples.append({"doc": dm.doc.id, "question": qs[0].prompt, "gold": qs[0].gold, "answer": answers[0]})
     model.train(was)
-    return {"accuracy": {k: sum(v) / len(v) for k, v in hits.items()}, "n": {k: len(v) for k, v in hits.items()},
-            "examples": examples}
+    return {"accuracy": {k: sum(v) / len(v) for k, v in hits.items()},
+            "strict": {k: sum(v) / len(v) for k, v in strict_hits.items()},
+            "n": {k: len(v) for k, v in hits.items()}, "examples": examples}
 
 
 def _last_checkpoint(out: Path) -> Path | None:
@@ -121,8 +129,9 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
     if resume is not None:
         load_trained_weights(model, resume)
         log(f"resuming from {resume}")
-    named = trainable_decoder_side(model)
-    log(f"training {sum(p.numel() for p in named.values())} parameters ({len(named)} tensors); encoder frozen")
+    named = trainable(model, s.train_encoder)
+    log(f"training {sum(p.numel() for p in named.values())} parameters ({len(named)} tensors); encoder "
+        f"{'trains' if s.train_encoder else 'frozen'}")
     docs: list[Any] = []
     for lang in s.language_list:
         d, notes = build_long_docs(protocol_docs(s, lang, held_out=False), lang, lengths, s.docs_per_length,
@@ -133,8 +142,11 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
     train_docs, val_docs = split_docs(docs, s)
     model.eval()
     t = time.perf_counter()
-    mems = memorise(model, train_docs + val_docs, log)
-    log(f"{len(mems)} memories in {time.perf_counter() - t:.0f}s")
+    if s.retrieve_slots:  # each step compresses the segments it picks: no memory of whole documents
+        mems = tokenised(model, train_docs + val_docs)
+    else:
+        mems = memorise(model, train_docs + val_docs, log)
+        log(f"{len(mems)} memories in {time.perf_counter() - t:.0f}s")
     train_m, val_m = mems[: len(train_docs)], mems[len(train_docs):]
     opt = torch.optim.AdamW(list(named.values()), lr=s.lr, weight_decay=s.weight_decay)
     start = 0
@@ -146,7 +158,7 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
     if start == 0 and val_m:
         v = validate(model, val_m, s)
         logf.write(json.dumps({"step": 0, "val": v}, ensure_ascii=False) + "\n")
-        log(f"step 0 validation {v['accuracy']}")
+        log(f"step 0 validation {v['accuracy']} strict {v['strict']}")
     model.train()
     from ..speed import bf16_adapter_training
 
@@ -158,6 +170,11 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
             g["lr"] = lr_at(step, s)
         ctx = bf16_adapter_training(model) if model.dtype == torch.bfloat16 else contextlib.nullcontext()
         with ctx:
+            if s.retrieve_slots:
+                picked = picked_doc(model, dm, rng, s.retrieve_slots, grad=s.train_encoder)
+                if picked is None:
+                    raise ValueError(f"step {step}: its document {dm.doc.id!r} yields no cloze question")
+                dm = picked
             losses = step_losses(model, dm, rng, s.questions, s.ae_rows)
             loss = combined_loss(losses, s.ae_weight)
         opt.zero_grad(set_to_none=True)
@@ -174,7 +191,7 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
         if val_m and (step % s.val_every == 0 or step == s.steps):
             v = validate(model, val_m, s)
             logf.write(json.dumps({"step": step, "val": v}, ensure_ascii=False) + "\n")
-            log(f"step {step} validation {v['accuracy']} e.g. {v['examples'][:1]}")
+            log(f"step {step} validation {v['accuracy']} strict {v['strict']} e.g. {v['examples'][:1]}")
         if step % s.save_every == 0 or step == s.steps:
             save_step(model, opt, names, out, step)
             log(f"saved {out}/step-{step}")

@@ -13,7 +13,8 @@ from ..setting import setting as _f
 @dataclass
 class LongDocFTSettings:
     checkpoint: str = _f("", "flat ICAE checkpoint to start from; it must have a decoder-side adapter "
-                             "(decoder_lora_r > 0): only that adapter and the task embeddings train")
+                             "(decoder_lora_r > 0): that adapter and the task embeddings train (with "
+                             "--train_encoder the encoder's adapter and memory embeddings too)")
     base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct)")
     out_dir: str = _f("outputs/longdoc_ft", "run folder: checkpoints step-N/, log.jsonl, memories of the "
                                             "training documents; rerunning continues from the last checkpoint")
@@ -24,6 +25,11 @@ class LongDocFTSettings:
     questions: int = _f(4, "cloze questions per step (rows sharing the memory's prefix pass)")
     ae_rows: int = _f(2, "segment reconstructions per step (rehearsal of [AE]); 0: none")
     ae_weight: float = _f(0.5, "weight of the reconstruction loss beside the answers' loss")
+    retrieve_slots: int = _f(0, "train where memory_retrieved reads: each step's memory is the segments BM25 picks "
+                                "for a fresh cloze question of the document, whole, up to this many slots, and the "
+                                "questions are about those segments' text; 0: the whole document's memory")
+    train_encoder: bool = _f(False, "also train the encoder's adapter and memory embeddings (each step compresses "
+                                    "its picked segments with gradients); needs --retrieve_slots")
     lr: float = _f(2e-4, "peak learning rate (AdamW; linear warm-up, cosine to 10%)")
     warmup: int = _f(10, "warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -48,6 +54,11 @@ class LongDocFTSettings:
         for name in ("steps", "docs_per_length", "questions", "val_every", "save_every", "val_questions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.retrieve_slots < 0:
+            raise ConfigError(f"--retrieve_slots must be >= 0, got {self.retrieve_slots}")
+        if self.train_encoder and not self.retrieve_slots:
+            raise ConfigError("--train_encoder recompresses the memory every step, which only the picked segments "
+                              "make affordable: set --retrieve_slots (e.g. 64)")
         if self.ae_rows < 0 or self.ae_weight < 0 or self.val_docs < 0:
             raise ConfigError("--ae_rows, --ae_weight and --val_docs must be >= 0")
         if not set(self.language_list) <= {"en", "zh"} or not self.language_list:

@@ -18,6 +18,22 @@ LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)"
           "last_n": "last N tokens", "bm25": "BM25 chunks", "none": "no context"}
 
 
+def base_condition(cond: str) -> str:
+    """``memory_retrieved@run2`` -> ``memory_retrieved``: a condition tagged by the run it came from (another
+    checkpoint's rows of the same condition, joined beside the first's; ``join_rows``' ``tags``)."""
+    return cond.partition("@")[0]
+
+
+def label(cond: str) -> str:
+    base, _, tag = cond.partition("@")
+    return LABELS[base] + (f" ({tag})" if tag else "")
+
+
+def ordered(conds: Any) -> list[str]:
+    """Conditions in the report's order (``CONDITIONS``), a tagged one after its untagged base."""
+    return sorted(conds, key=lambda c: (CONDITIONS.index(base_condition(c)), c))
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -40,13 +56,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def join_rows(paths: list[Path], only: dict[Path, set[str]] | None = None,
-              repeats: list[str] | None = None) -> list[dict[str, Any]]:
+              repeats: list[str] | None = None, tags: dict[Path, str] | None = None) -> list[dict[str, Any]]:
     """The rows of several runs as one table; ``only[path]``: the conditions taken from that run (all if
     absent). The same question (document, question text, condition) twice is an error: two runs' documents
     with the same id must be the same document (same seed and sizes); other questions of it (another
     ``--questions``) join as more questions. With ``repeats`` (a list), a question a later run asked again
     is kept once (the first run's row) and named in ``repeats`` instead: other question sets of the same
-    documents can draw the same cue."""
+    documents can draw the same cue. ``tags[path]``: that run's conditions are renamed ``COND@TAG`` (after
+    ``only``), so that two checkpoints' rows of one condition stand side by side and are paired."""
     seen: dict[tuple[Any, ...], Path] = {}
     rows: list[dict[str, Any]] = []
     for path in paths:
@@ -56,6 +73,10 @@ def join_rows(paths: list[Path], only: dict[Path, set[str]] | None = None,
         for r in read_rows(path):
             if keep is not None and r["condition"] not in keep:
                 continue
+            if base_condition(r["condition"]) not in CONDITIONS:
+                raise DataError(f"{path}: {r['doc']} question {r.get('q')}: unknown condition {r['condition']!r}")
+            if (tags or {}).get(path):
+                r = {**r, "condition": f"{base_condition(r['condition'])}@{tags[path]}"}
             key = (*question_key(r), r["condition"])
             if key in seen and repeats is not None:
                 repeats.append(f"{path}: {r['doc']} question {r.get('q')} {r['condition']} repeats one of {seen[key]}")
@@ -105,12 +126,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                             answer_s=_mean([r["answer_s"] for r in ok]),
                             context_tokens=_mean([r["context_tokens"] for r in ok]),
                             budget=_mean([r["budget"] for r in rs]))
-                if cond in COMPRESSED:
+                if base_condition(cond) in COMPRESSED:
                     per_doc = {r["doc"]: r["compress_s"] for r in ok}
                     cell["compress_s"] = _mean(list(per_doc.values()))
                     prefix = {r["doc"]: r["prefix_s"] for r in ok if "prefix_s" in r}
                     cell["prefix_s"] = _mean(list(prefix.values()))
-                if cond in ("bm25", RETRIEVED):
+                if base_condition(cond) in ("bm25", RETRIEVED):
                     cell["gold_retrieved"] = _mean([float(r["gold_retrieved"]) for r in ok])
                 if rs and rs[0].get("na"):
                     cell["na_reason"] = rs[0]["na"]
@@ -124,10 +145,10 @@ def pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = with_strict(rows)
     pooled = [{**r, "tokens": "all"} for r in rows]
     ran = {r["condition"] for r in rows}
-    mine = [c for c in COMPRESSED if c in ran]
+    mine = [c for c in ordered(ran) if base_condition(c) in COMPRESSED]
     out = []
     for i, a in enumerate(mine):
-        for b in [c for c in CONDITIONS if c in ran and c not in mine[:i + 1]]:  # each pair once
+        for b in [c for c in ordered(ran) if c not in mine[:i + 1]]:  # each pair once
             together = paired(pooled, a, b)
             for lang, by_len in paired(rows, a, b).items():
                 for tokens, cell in sorted(by_len.items(), key=lambda kv: int(kv[0])):
@@ -144,7 +165,7 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 def _n(cond: str, cell: dict[str, Any]) -> str:
     """The N column: the budget of the conditions it limits (a memory's own size, last N, BM25); none for
     the full text and no context, which read what they read whatever N is."""
-    return "—" if cond in ("full", "none") else _fmt(cell["budget"], ".0f")
+    return "—" if base_condition(cond) in ("full", "none") else _fmt(cell["budget"], ".0f")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -170,14 +191,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {lang}", "", "| tokens | condition | n | accuracy | strict right (95% CI) | F1 | TTFT s | s/answer | "
                   "context tokens | N | compress s | prefix s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for tokens in sorted(by_len, key=int):
-            for cond in [c for c in CONDITIONS if c in by_len[tokens]]:
+            for cond in ordered(by_len[tokens]):
                 c = by_len[tokens][cond]
                 if c["n"] == 0:
-                    reasons.append(f"{lang}, {tokens} tokens, {LABELS[cond]}: n/a: {c.get('na_reason', '')}")
-                    lines.append(f"| {tokens} | {LABELS[cond]} | 0 | n/a | | n/a | | | | {_n(cond, c)} | | |")
+                    reasons.append(f"{lang}, {tokens} tokens, {label(cond)}: n/a: {c.get('na_reason', '')}")
+                    lines.append(f"| {tokens} | {label(cond)} | 0 | n/a | | n/a | | | | {_n(cond, c)} | | |")
                     continue
                 lo, hi = c["strict_ci"]
-                lines.append(f"| {tokens} | {LABELS[cond]} | {c['n']} | {_fmt(c['accuracy'])} | "
+                lines.append(f"| {tokens} | {label(cond)} | {c['n']} | {_fmt(c['accuracy'])} | "
                              f"{c['strict_right']} ({lo:.2f}-{hi:.2f}) | {_fmt(c['f1'])} | "
                              f"{_fmt(c['ttft_s'])} | {_fmt(c['answer_s'])} | {_fmt(c['context_tokens'], '.0f')} | "
                              f"{_n(cond, c)} | {_fmt(c.get('compress_s'))} | {_fmt(c.get('prefix_s'))} |")
@@ -189,7 +210,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "were equally good. F1 higher in A / in B: the same test on each question's F1 (ties left out).", "",
                   "| lang | tokens | A | B | n | both right | only A | only B | p | F1 higher in A / in B | F1 p |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['lang']} | {p['tokens']} | {LABELS[p['a']]} | {LABELS[p['b']]} | {p['n']} | {p['both']} | "
+        lines += [f"| {p['lang']} | {p['tokens']} | {label(p['a'])} | {label(p['b'])} | {p['n']} | {p['both']} | "
                   f"{p['only_a']} | {p['only_b']} | {p['p']:.2f} | "
                   + (f"{p['f1_a']} / {p['f1_b']} | {p['f1_p']:.2f} |" if "f1_a" in p else "| |")
                   for p in report["pairs"]]
