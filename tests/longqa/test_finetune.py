@@ -166,13 +166,18 @@ def _script():
     return mod
 
 
-def test_run_end_to_end_and_an_interrupted_run_continues_to_the_same_weights(tmp_path):
+def _run_inputs(tmp_path):
+    """A saved tiny checkpoint, a corpus of four documents and a run folder for experiments/longdoc_ft.py."""
     ckpt = tmp_path / "ckpt"
     _model().save_pretrained(ckpt, save_base=True)
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps({"text": TEXT.replace("driver", w)}) + "\n"
                               for w in ("driver", "module", "daemon", "service")))
-    out = tmp_path / "run"
+    return ckpt, corpus, tmp_path / "run"
+
+
+def test_run_end_to_end_and_an_interrupted_run_continues_to_the_same_weights(tmp_path):
+    ckpt, corpus, out = _run_inputs(tmp_path)
     argv = ["--checkpoint", str(ckpt), "--corpus", str(corpus), "--languages", "en", "--lengths", "60,120",
             "--docs_per_length", "2", "--steps", "4", "--save_every", "2", "--val_every", "2", "--val_questions", "2",
             "--dtype", "fp32", "--out_dir", str(out)]
@@ -197,12 +202,7 @@ def test_run_end_to_end_and_an_interrupted_run_continues_to_the_same_weights(tmp
 
 
 def test_a_picked_run_trains_the_encoder_and_continues_to_the_same_weights(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    _model().save_pretrained(ckpt, save_base=True)
-    corpus = tmp_path / "docs.jsonl"
-    corpus.write_text("".join(json.dumps({"text": TEXT.replace("driver", w)}) + "\n"
-                              for w in ("driver", "module", "daemon", "service")))
-    out = tmp_path / "run"
+    ckpt, corpus, out = _run_inputs(tmp_path)
     argv = ["--checkpoint", str(ckpt), "--corpus", str(corpus), "--languages", "en", "--lengths", "60,120",
             "--docs_per_length", "2", "--steps", "3", "--save_every", "2", "--val_every", "3", "--val_questions", "2",
             "--retrieve_slots", "8", "--train_encoder", "--dtype", "fp32", "--out_dir", str(out)]
