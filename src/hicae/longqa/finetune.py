@@ -95,10 +95,9 @@ def memorise(model: Any, docs: list[LongDoc], log: Any = None) -> list[DocMemory
     out = []
     with torch.no_grad():
         for i, d in enumerate(tokenised(model, docs)):
-            ids = d.ids
-            out.append(DocMemory(d.doc, ids, model.compress_ids([ids])))
+            out.append(DocMemory(d.doc, d.ids, model.compress_ids([d.ids])))
             if log:
-                log(f"memory {i + 1}/{len(docs)}: {d.doc.id}, {len(ids)} tokens -> {out[-1].mem.num_slots[0]} slots")
+                log(f"memory {i + 1}/{len(docs)}: {d.doc.id}, {len(d.ids)} tokens -> {out[-1].mem.num_slots[0]} slots")
     return out
 
 

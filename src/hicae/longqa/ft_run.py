@@ -141,10 +141,10 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
             log(n)
     train_docs, val_docs = split_docs(docs, s)
     model.eval()
-    t = time.perf_counter()
     if s.retrieve_slots:  # each step compresses the segments it picks: no memory of whole documents
         mems = tokenised(model, train_docs + val_docs)
     else:
+        t = time.perf_counter()
         mems = memorise(model, train_docs + val_docs, log)
         log(f"{len(mems)} memories in {time.perf_counter() - t:.0f}s")
     train_m, val_m = mems[: len(train_docs)], mems[len(train_docs):]
