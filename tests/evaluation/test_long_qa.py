@@ -75,7 +75,8 @@ def test_dry_run_every_condition_and_resume(tmp_path, corpus, icae_ckpt, hier_ck
             "--out_dir", str(out), "--full_max_tokens", "200"]
     assert _script().main(argv) == 0
     rep = json.loads((out / "long_qa.json").read_text())
-    conds = {"memory_flat", "memory_hier", "memory_retrieved", "memory_decoded", "full", "last_n", "bm25", "none"}
+    conds = {"memory_flat", "memory_hier", "memory_retrieved", "memory_retrieved_each", "memory_decoded", "full",
+             "last_n", "bm25", "none"}
     for lang in ("en", "zh"):
         assert set(rep["summary"][lang]) == {"96", "160"}
         for cells in rep["summary"][lang].values():
@@ -93,6 +94,14 @@ def test_dry_run_every_condition_and_resume(tmp_path, corpus, icae_ckpt, hier_ck
             flat = next(x for x in rows if x["doc"] == r["doc"] and x["condition"] == "memory_flat")
             assert r["context_tokens"] == r["budget"] == r["slots"] == 8 and r["memory_slots"] == flat["slots"]
             assert len(r["chunks"]) == 2 and r["chunks"] == sorted(r["chunks"]) and r["retrieve_from"] == "text"
+        if r["condition"] == "memory_retrieved_each":  # the same picks, one k = 4 segment read at a time
+            same = next(x for x in rows if x["doc"] == r["doc"] and x["q"] == r["q"]
+                        and x["condition"] == "memory_retrieved")
+            assert r["chunks"] == same["chunks"] and r["budget"] == r["slots"] == 8 and r["context_tokens"] == 4
+            assert [c["segment"] for c in r["candidates"]] == r["chunks"] and r["ttft_s"] == r["answer_s"]
+            best = max(r["candidates"], key=lambda c: c["logprob"])
+            assert r["chosen"] == best["segment"] and r["answer"] == best["answer"]
+            assert r["gold_retrieved"] == any(c["gold_segment"] for c in r["candidates"])
     # the full text of 160 tokens does not fit --full_max_tokens 200 with the chat template: n/a, not a score
     assert rep["summary"]["en"]["160"]["full"]["n"] == 0 and rep["summary"]["en"]["160"]["full"]["na"] > 0
     md = (out / "long_qa.md").read_text()

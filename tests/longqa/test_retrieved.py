@@ -6,7 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hicae.longqa.retrieved import pick_segments, retrieved_memory, segment_ids, segment_texts, sub_memory
+from transformers import LogitsProcessorList
+
+from hicae.longqa.contexts import GreedyConfidence
+from hicae.longqa.retrieved import (pick_segments, read_each, retrieved_memory, segment_ids, segment_texts,
+                                    sub_memory, surest)
 
 SENTENCES = [f"Part {i}: the {w} module keeps {i * 3} buffers and logs every {w} event to the console."
              for i, w in enumerate(["network", "storage", "sound", "video", "input", "power", "clock", "memory"])]
@@ -72,3 +76,36 @@ def test_bm25_picks_the_segment_with_the_words_within_budget():
     assert got == [3, 5]
     assert pick_segments(texts, "video", 4, 1) == [3]  # a budget under one segment still reads the best one
     assert len(pick_segments(texts, "module", 4, 1000)) == len(texts)
+
+
+@torch.no_grad()
+def test_read_each_answers_from_each_segment_alone_with_its_greedy_logprob(model):
+    text = " ".join(SENTENCES)
+    mem = model.compress(text)
+    q = "How many buffers does the video module keep?"
+    keep = [2, 0, 3]
+    cands = read_each(model, mem, keep, q, max_new_tokens=5)
+    assert [c["segment"] for c in cands] == keep
+    for c in cands:
+        sub = sub_memory(model, mem, [c["segment"]])
+        conf = GreedyConfidence()
+        ids = model.generate_ids(sub, [q], max_new_tokens=5, prefix_cache=False,
+                                 logits_processor=LogitsProcessorList([conf]))[0]
+        assert c["ids"] == ids and c["logprob"] == conf.mean(len(ids))
+        # what the clock recorded is the log-probability of each greedy token, teacher-forced
+        ex = model.tokens.ft_example(sub.num_slots[0], q, ids)
+        hidden = model.decoder_hidden(ex_ids := torch.tensor([ex.ids]), torch.ones_like(ex_ids), sub.slots[0],
+                                      model.placements(sub))
+        losses, _ = model.labelled_losses(hidden, torch.tensor([ex.labels]))
+        n = len(ids)
+        torch.testing.assert_close(torch.tensor(conf.logprobs[:n]), -losses[:n].float().cpu(), rtol=0, atol=1e-4)
+        assert len(conf.logprobs) in (n, n + 1)  # n + 1: the stop was generated too, and counts in the mean
+    assert surest(cands) is max(cands, key=lambda c: c["logprob"])
+    assert surest([{"logprob": -1.0, "segment": 4}, {"logprob": -1.0, "segment": 1}])["segment"] == 4
+
+
+def test_greedy_confidence_mean():
+    conf = GreedyConfidence()
+    conf.logprobs = [-1.0, -2.0, -3.0]
+    assert conf.mean(2) == -2.0 and conf.mean(5) == -2.0 and conf.mean(0) == -1.0
+    assert GreedyConfidence().mean(3) == float("-inf")

@@ -42,6 +42,24 @@ def bm25_ids(ids: list[int], question: str, n: int, chunk_tokens: int, tokenizer
     return [t for i in keep for t in taken[i]], keep
 
 
+class GreedyConfidence(LogitsProcessor):
+    """Records, at each new token of a greedy one-row ``generate``, the log-probability of the token it
+    picks (the largest of the log-softmaxed scores): ``mean(n)`` is the answer's mean over its ``n`` tokens
+    and the end-of-turn that closed it. Put it last: it sees the scores the choice is made from."""
+
+    def __init__(self) -> None:
+        self.logprobs: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.logprobs.append(float(torch.log_softmax(scores[0].float(), -1).max()))  # scores: [1, V]
+        return scores
+
+    def mean(self, n: int) -> float:
+        """Mean log-probability of the first ``n`` tokens and the stop after them, where it was generated."""
+        taken = self.logprobs[: n + 1]
+        return sum(taken) / len(taken) if taken else float("-inf")
+
+
 class FirstTokenClock(LogitsProcessor):
     """Called by ``generate`` once per new token: the first call marks when the first token's logits
     exist (prefill done), i.e. the time to the first answer token."""

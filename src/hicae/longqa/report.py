@@ -9,12 +9,13 @@ from typing import Any
 
 from ..errors import DataError
 from ..io.fileio import write_text_atomic
-from .settings import COMPRESSED, CONDITIONS, DECODED, RETRIEVED
+from .settings import COMPRESSED, CONDITIONS, DECODED, EACH, PICKED, RETRIEVED
 from .scoring import with_strict
 from .stats import paired, question_key, wilson
 
 LABELS = {"memory_flat": "memory (flat)", "memory_hier": "memory (hierarchical)",
-          RETRIEVED: "memory, BM25-picked segments", DECODED: "memory read back + BM25", "full": "full text",
+          RETRIEVED: "memory, BM25-picked segments",
+          EACH: "memory, BM25-picked segments one by one", DECODED: "memory read back + BM25", "full": "full text",
           "last_n": "last N tokens", "bm25": "BM25 chunks", "none": "no context"}
 
 
@@ -131,7 +132,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     cell["compress_s"] = _mean(list(per_doc.values()))
                     prefix = {r["doc"]: r["prefix_s"] for r in ok if "prefix_s" in r}
                     cell["prefix_s"] = _mean(list(prefix.values()))
-                if base_condition(cond) in ("bm25", RETRIEVED):
+                if base_condition(cond) in ("bm25", *PICKED):
                     cell["gold_retrieved"] = _mean([float(r["gold_retrieved"]) for r in ok])
                 if rs and rs[0].get("na"):
                     cell["na_reason"] = rs[0]["na"]

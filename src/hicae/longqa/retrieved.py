@@ -15,6 +15,10 @@ case in long-document QA is more of the document per position of the reader's wi
     texts = segment_texts(model, text)               # or the memory read back: decoded.read_back_segments
     sub, keep = retrieved_memory(model, mem, texts, question, slots=64)
     answer = model.generate(sub, question)[0]
+
+``memory_retrieved_each`` reads the same picks one segment at a time (``read_each``: one ``k``-slot memory
+each, the regime the decoder reads best) and keeps the answer the decoder is surest of (the largest mean
+log-probability of its greedy tokens and stop): the recall of several picks, the reading of one.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from ..evaluation.bm25 import rank
 from ..layout import segment_lengths
 from ..memory import Memory
+from .contexts import GreedyConfidence
 from .decoded import segment_memory
 
 
@@ -75,3 +81,22 @@ def retrieved_memory(model: Any, mem: Memory, texts: list[str], question: str, s
     ``texts``, one per segment) within ``slots``, and their indices."""
     keep = pick_segments(texts, question, model.icae_config.mem_size, slots)
     return sub_memory(model, mem, keep), keep
+
+
+def read_each(model: Any, mem: Memory, keep: list[int], question: str, max_new_tokens: int
+              ) -> list[dict[str, Any]]:
+    """The greedy answer to ``question`` from each segment of ``keep`` alone (``sub_memory(mem, [i])``), in
+    ``keep``'s order: ``{"segment", "ids", "logprob"}``, ``logprob`` the mean log-probability of the
+    answer's tokens and the stop that ended it (``GreedyConfidence``)."""
+    out = []
+    for i in keep:
+        conf = GreedyConfidence()
+        ids = model.generate_ids(sub_memory(model, mem, [i]), [question], max_new_tokens=max_new_tokens,
+                                 prefix_cache=False, logits_processor=LogitsProcessorList([conf]))[0]
+        out.append({"segment": i, "ids": ids, "logprob": conf.mean(len(ids))})
+    return out
+
+
+def surest(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate with the largest ``logprob`` (the first of equals)."""
+    return max(candidates, key=lambda c: c["logprob"])

@@ -6,6 +6,8 @@ once (``compress_s``) and answer every question from that memory (``answer_s`` p
 the cost of "compress once, ask many". ``full`` rereads the whole text for every question.
 ``memory_retrieved`` compresses once too but reads, for each question, only the slots of the segments
 BM25 picks (``retrieved.py``); its slot count (what sets the baselines' N) is what the decoder reads.
+``memory_retrieved_each`` reads the same picks one segment at a time and keeps the surest answer: its
+answer exists only when every pick has been read, so its time to first token is its whole answer time.
 
 Rows go to ``rows.jsonl`` one (document, condition) at a time; a rerun skips those done, so an
 interrupted run continues. ``long_qa.json`` and ``long_qa.md`` are rewritten from all rows.
@@ -36,8 +38,8 @@ from .decoded import read_back, read_back_segments
 from .documents import LongDoc
 from .report import read_rows, write_report
 from .scoring import contains, f1, strict
-from .retrieved import retrieved_memory, segment_ids, segments_read
-from .settings import COMPRESSED as ONCE, DECODED, MEMORY, RETRIEVED, LongQASettings
+from .retrieved import pick_segments, read_each, retrieved_memory, segment_ids, segments_read, surest
+from .settings import COMPRESSED as ONCE, DECODED, EACH, MEMORY, PICKED, RETRIEVED, LongQASettings
 
 
 def questions_of(doc: LongDoc, s: LongQASettings) -> list[Question]:
@@ -88,7 +90,7 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
     mem = cache = None
     decoded_ids: list[int] = []
     seg_texts: list[str] = []
-    if cond == RETRIEVED:  # the flat memory and the index its segments are picked by, once per document
+    if cond in PICKED:  # the flat memory and the index its segments are picked by, once per document
         model = models["memory_flat"]
         whole, ids = _compress(model, doc, None, cond, memory_info)
         own = segment_ids(model, ids)
@@ -137,6 +139,20 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
             answer, ctx = decode(model, [out])[0], sub.num_slots[0]
             row.update(memory_info[cond], budget=memory_info[cond]["slots"], chunks=keep,
                        gold_retrieved=_segment_of(_cue_end(tok, doc, q), seg_ends) in keep)
+        elif cond == EACH:
+            model = models["memory_flat"]
+            keep = pick_segments(seg_texts, q.prompt, model.icae_config.mem_size, s.retrieve_slots)
+            t = time.perf_counter()
+            cands = read_each(model, whole, keep, q.prompt, s.max_new_tokens)
+            ttft = total = time.perf_counter() - t  # the answer is known once every pick is read
+            best = surest(cands)
+            answer, ctx = decode(model, [best["ids"]])[0], model.icae_config.mem_size
+            gold_seg = _segment_of(_cue_end(tok, doc, q), seg_ends)
+            row.update(memory_info[cond], budget=memory_info[cond]["slots"], chunks=keep,
+                       gold_retrieved=gold_seg in keep, chosen=best["segment"],
+                       candidates=[{"segment": c["segment"], "answer": decode(model, [c["ids"]])[0],
+                                    "logprob": c["logprob"], "gold_segment": c["segment"] == gold_seg}
+                                   for c in cands])
         elif cond == "full":
             prompt_len = len(chat_prompt_ids(plain, fulltext_content(doc.text, q.prompt)))
             if window and prompt_len + s.max_new_tokens > window:

@@ -9,11 +9,13 @@ from dataclasses import MISSING, dataclass, fields
 from ..errors import ConfigError
 from ..setting import setting as _f
 
-CONDITIONS = ("memory_flat", "memory_hier", "memory_retrieved", "memory_decoded", "full", "last_n", "bm25", "none")
+CONDITIONS = ("memory_flat", "memory_hier", "memory_retrieved", "memory_retrieved_each", "memory_decoded", "full", "last_n", "bm25", "none")
 MEMORY = ("memory_flat", "memory_hier")  # answered by the decoder from the slots
 DECODED = "memory_decoded"  # the flat memory read back as text (decoded.py), then BM25 and the plain base
 RETRIEVED = "memory_retrieved"  # BM25 picks segments of the flat memory, the decoder reads their slots (retrieved.py)
-FROM_FLAT = (RETRIEVED, DECODED)  # conditions served by the flat checkpoint besides memory_flat
+EACH = "memory_retrieved_each"  # the same picks read one segment at a time, the surest answer kept (retrieved.py)
+PICKED = (RETRIEVED, EACH)  # conditions that read the segments BM25 picks
+FROM_FLAT = (*PICKED, DECODED)  # conditions served by the flat checkpoint besides memory_flat
 COMPRESSED = (*MEMORY, *FROM_FLAT)  # conditions that compress the document once
 RETRIEVE_FROM = ("text", "read_back")
 
@@ -22,7 +24,8 @@ RETRIEVE_FROM = ("text", "read_back")
 @dataclass
 class LongQASettings:
     checkpoint: str | None = _f(None, "flat ICAE checkpoint: the memory_flat condition (multi-span, all segments' "
-                                      "slots), memory_retrieved (the slots of the segments BM25 picks) and "
+                                      "slots), memory_retrieved (the slots of the segments BM25 picks; "
+                                      "memory_retrieved_each: each picked segment alone, the surest answer) and "
                                       "memory_decoded (that memory read back as text, then BM25)")
     hier_checkpoint: str | None = _f(None, "hierarchical checkpoint: the memory_hier condition (at most --max_slots slots)")
     base: str | None = _f(None, "base model folder or .gguf (default: the real Qwen2.5-0.5B-Instruct); "
@@ -33,9 +36,9 @@ class LongQASettings:
     lengths: str = _f("2k,8k,32k,100k", "document lengths in tokens (k = 1000)")
     docs_per_length: int = _f(1, "long documents per language and length")
     questions: int = _f(4, "cloze questions per document, one from each of this many equal stretches of it")
-    retrieve_slots: int = _f(64, "memory_retrieved: slots the decoder reads per question, whole segments of k, "
+    retrieve_slots: int = _f(64, "memory_retrieved(_each): slots the decoder reads per question, whole segments of k, "
                                  "the best BM25 ranks first (at least one segment)")
-    retrieve_from: str = _f("text", "memory_retrieved: what BM25 ranks the segments by: text (the document's "
+    retrieve_from: str = _f("text", "memory_retrieved(_each): what BM25 ranks the segments by: text (the document's "
                                     "segments, kept beside the memory) or read_back (the memory read back as text "
                                     "once per document: only the slots are kept)")
     max_new_tokens: int = _f(16, "answer length limit (the gold spans are 2 words / 4 characters)")
@@ -84,13 +87,13 @@ class LongQASettings:
     @property
     def memory_conditions(self) -> list[str]:
         have = {"memory_flat": self.checkpoint, "memory_hier": self.hier_checkpoint, DECODED: self.checkpoint,
-                RETRIEVED: self.checkpoint}
+                RETRIEVED: self.checkpoint, EACH: self.checkpoint}
         return [c for c in self.condition_list if c in have and have[c]]
 
     @property
     def models_needed(self) -> list[str]:
-        """The checkpoints to load, by the memory condition they serve (memory_retrieved and memory_decoded read
-        the flat one)."""
+        """The checkpoints to load, by the memory condition they serve (memory_retrieved(_each) and
+        memory_decoded read the flat one)."""
         return sorted({"memory_flat" if c in FROM_FLAT else c for c in self.memory_conditions})
 
     @property
