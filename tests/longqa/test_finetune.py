@@ -17,7 +17,7 @@ from hicae.demo.assets import load_qwen3_tokenizer
 from hicae.batching import pad_decoder
 from hicae.errors import ConfigError
 from hicae.longqa.documents import LongDoc
-from hicae.longqa.finetune import (DocMemory, combined_loss, memorise, picked_doc, question_rows, segment_rows,
+from hicae.longqa.finetune import (DocMemory, askable, combined_loss, memorise, picked_doc, question_rows, segment_rows,
                                    shared_prefix_losses, step_losses, tokenised, trainable, trainable_decoder_side)
 from hicae.instruct.questions import cloze_questions
 from hicae.longqa.ft_settings import LongDocFTSettings
@@ -125,6 +125,20 @@ def test_picked_doc_is_the_memory_the_evaluation_reads_for_its_question(position
     want = sub_memory(model, dm.mem, keep)
     torch.testing.assert_close(picked.slots, want.slots[0], rtol=1e-5, atol=1e-5)
     assert model.placements(picked.mem) == model.placements(want)
+
+
+def test_a_document_whose_draws_can_fail_is_retried_and_one_that_never_yields_is_left_out():
+    """A Chinese text whose CJK runs mostly repeat their cues fails some cloze draws: the step draws again
+    (same rng, so a resumed run draws the same); one with no unique cue at all is left out before training."""
+    model = _model()
+    never = LongDoc("zh-never", "zh", 0, "甲乙丙丁" * 40)
+    mixed = LongDoc("zh-mixed", "zh", 0, "甲乙丙丁" * 40 + "。天地玄黄宇宙洪荒日月盈昃辰宿")
+    first_fails = next(seed for seed in range(200) if not cloze_questions(mixed.text, 1, random.Random(seed), "zh"))
+    assert askable([never, mixed]) == ([mixed], [never])
+    dm = memorise(model, [mixed])[0]
+    picked = picked_doc(model, dm, random.Random(first_fails), 2 * model.icae_config.mem_size, grad=False)
+    assert picked is not None and picked.ids
+    assert picked_doc(model, memorise(model, [never])[0], random.Random(0), 8, grad=False) is None
 
 
 def test_train_encoder_moves_the_encoder_and_a_picked_step_lowers_the_loss():
