@@ -109,34 +109,40 @@ def picked_ids(model: Any, dm: DocMemory, question: str, slots: int) -> tuple[li
     return [t for i in keep for t in segs[i]], keep
 
 
-def picked_doc(model: Any, dm: DocMemory, rng: random.Random, slots: int, grad: bool, tries: int = 8
-               ) -> DocMemory | None:
+CLOZE_TRIES = 8  # draws of a cloze question before a document counts as yielding none
+
+
+def drawn_question(doc: LongDoc, rng: random.Random, tries: int = CLOZE_TRIES) -> Question | None:
+    """One cloze question of ``doc`` (2 words / 4 characters, the evaluation's shape), drawing again up to
+    ``tries`` times: a Chinese text whose few CJK runs repeat their cues can fail a draw and pass the next."""
+    for _ in range(tries):
+        qs = cloze_questions(doc.text, 1, rng, doc.lang)
+        if qs:
+            return qs[0]
+    return None
+
+
+def picked_doc(model: Any, dm: DocMemory, rng: random.Random, slots: int, grad: bool) -> DocMemory | None:
     """The step's document in ``retrieve_slots`` training: the segments BM25 picks for a fresh cloze question
     (2 words / 4 characters, the evaluation's shape) of ``dm``, compressed now (with gradients if ``grad``).
     The memory of some segments of a flat memory equals that of their joined tokens (retrieved.sub_memory).
-    None when the document yields no question in ``tries`` draws (a Chinese text whose few CJK runs repeat
-    their cues can fail a draw and pass the next)."""
-    for _ in range(tries):
-        qs = cloze_questions(dm.doc.text, 1, rng, dm.doc.lang)
-        if qs:
-            break
-    else:
+    None when the document yields no question (``drawn_question``)."""
+    q = drawn_question(dm.doc, rng)
+    if q is None:
         return None
-    ids, keep = picked_ids(model, dm, qs[0].prompt, slots)
+    ids, keep = picked_ids(model, dm, q.prompt, slots)
     with torch.set_grad_enabled(grad):
         mem = model.compress_ids([ids])
     d = LongDoc(f"{dm.doc.id}@{','.join(map(str, keep))}", dm.doc.lang, len(ids), model.tokenizer.decode(ids))
     return DocMemory(d, ids, mem)
 
 
-def askable(docs: list[Any], tries: int = 8) -> tuple[list[Any], list[Any]]:
-    """The documents (``DocMemory`` or ``LongDoc``) that yield a cloze question in some of ``tries`` seeded
-    draws, and those that do not (training would stop at their first step)."""
+def askable(docs: list[LongDoc]) -> tuple[list[LongDoc], list[LongDoc]]:
+    """The documents that yield a cloze question in ``CLOZE_TRIES`` seeded draws, and those that do not
+    (training would stop at their first step)."""
     ok, bad = [], []
-    for d in docs:
-        doc = getattr(d, "doc", d)
-        rng = random.Random(f"askable:{doc.id}")
-        (ok if any(cloze_questions(doc.text, 1, rng, doc.lang) for _ in range(tries)) else bad).append(d)
+    for doc in docs:
+        (ok if drawn_question(doc, random.Random(f"askable:{doc.id}")) else bad).append(doc)
     return ok, bad
 
 

@@ -24,7 +24,7 @@ from ..io.fileio import atomic_path, write_text_atomic
 from ..instruct.build import text_rng
 from ..instruct.questions import cloze_questions
 from .documents import build_long_docs, parse_lengths
-from .finetune import DocMemory, askable, combined_loss, memorise, picked_doc, picked_ids, step_losses, tokenised, trainable
+from .finetune import CLOZE_TRIES, DocMemory, askable, combined_loss, memorise, picked_doc, picked_ids, step_losses, tokenised, trainable
 from .ft_settings import LongDocFTSettings
 from .scoring import contains, strict
 
@@ -141,7 +141,7 @@ def train(s: LongDocFTSettings, log: Log, command: str) -> dict[str, Any]:
             log(n)
     docs, unaskable = askable(docs)
     if unaskable:
-        log(f"left out, no cloze question in 8 draws: {', '.join(d.id for d in unaskable)}")
+        log(f"left out, no cloze question in {CLOZE_TRIES} draws: {', '.join(d.id for d in unaskable)}")
     train_docs, val_docs = split_docs(docs, s)
     model.eval()
     if s.retrieve_slots:  # each step compresses the segments it picks: no memory of whole documents

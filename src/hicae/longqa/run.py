@@ -146,13 +146,13 @@ def run_condition(cond: str, doc: LongDoc, qs: list[Question], models: dict[str,
             cands = read_each(model, whole, keep, q.prompt, s.max_new_tokens)
             ttft = total = time.perf_counter() - t  # the answer is known once every pick is read
             best = surest(cands)
-            answer, ctx = decode(model, [best["ids"]])[0], model.icae_config.mem_size
+            texts = decode(model, [c["ids"] for c in cands])
+            answer, ctx = texts[cands.index(best)], model.icae_config.mem_size
             gold_seg = _segment_of(_cue_end(tok, doc, q), seg_ends)
             row.update(memory_info[cond], budget=memory_info[cond]["slots"], chunks=keep,
                        gold_retrieved=gold_seg in keep, chosen=best["segment"],
-                       candidates=[{"segment": c["segment"], "answer": decode(model, [c["ids"]])[0],
-                                    "logprob": c["logprob"], "gold_segment": c["segment"] == gold_seg}
-                                   for c in cands])
+                       candidates=[{"segment": c["segment"], "answer": a, "logprob": c["logprob"],
+                                    "gold_segment": c["segment"] == gold_seg} for c, a in zip(cands, texts)])
         elif cond == "full":
             prompt_len = len(chat_prompt_ids(plain, fulltext_content(doc.text, q.prompt)))
             if window and prompt_len + s.max_new_tokens > window:
